@@ -1,0 +1,1 @@
+"""The artifact store: schema, ids, crash-safe writer, compaction, manifest, locking. Imports no torch."""

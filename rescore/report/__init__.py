@@ -1,0 +1,1 @@
+"""Reports: results tables, tier exports, comparisons and the HTML report. Imports no torch."""
