@@ -1,0 +1,364 @@
+"""The artifact store on disk (layout in the README and DESIGN.md).
+
+``<store>/gen/<run_id>/`` holds one generation unit: ``manifest.json``, ``rows.jsonl`` while it is being
+written (appended and fsynced per batch), ``rows.parquet`` once complete (written atomically), and
+``.lock`` while a writer holds it. :class:`UnitWriter` is the only code that writes a unit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from rescore.artifacts.io import atomic_write_json, atomic_write_table, read_json, safe_join, sha256_file
+from rescore.artifacts.lock import UnitLock
+from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
+from rescore.errors import CorruptArtifactError, StoreError
+
+MANIFEST = "manifest.json"
+ROWS_JSONL = "rows.jsonl"
+ROWS_PARQUET = "rows.parquet"
+LOCK = ".lock"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class TornLineWarning(UserWarning):
+    pass
+
+
+class Store:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def gen_dir(self) -> Path:
+        return self.root / "gen"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.root / "scores"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.parquet"
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def unit_dir(self, run_id: str) -> Path:
+        return self.gen_dir / _checked(run_id)
+
+    def units(self) -> list[Unit]:
+        if not self.gen_dir.is_dir():
+            return []
+        out = []
+        for d in sorted(self.gen_dir.iterdir()):
+            if d.is_dir() and (d / MANIFEST).is_file():
+                out.append(Unit(d))
+        return out
+
+    def unit(self, run_id: str) -> Unit:
+        d = self.gen_dir / _checked(run_id)
+        if not (d / MANIFEST).is_file():
+            matches = [u for u in self.units() if u.run_id.startswith(run_id)] if run_id else []
+            if len(matches) == 1:
+                return matches[0]
+            hint = "several units start with it; give more characters" if matches else "`rescore ls` lists the units"
+            raise StoreError(f"no unit {run_id!r} in {self.root}", hint=hint)
+        return Unit(d)
+
+
+def _checked(run_id: str) -> str:
+    if not run_id or not all(c in "0123456789abcdef" for c in run_id):
+        raise StoreError(f"invalid run id {run_id!r}", hint="run ids are hexadecimal; `rescore ls` lists them")
+    return run_id
+
+
+_verified: dict[tuple[str, int, int], bool] = {}
+
+
+class Unit:
+    """A read-only view of one generation unit."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.run_id = path.name
+        self.manifest: dict[str, Any] = read_json(path / MANIFEST)
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status", "running"))
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def request_type(self) -> str:
+        return str(self.manifest["request_type"])
+
+    def rows_done(self) -> int:
+        if self.complete:
+            return int(self.manifest.get("rows_done", 0))
+        p = self.path / ROWS_JSONL
+        if not p.exists():
+            return 0
+        with open(p, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+    def rows_total(self) -> int | None:
+        t = self.manifest.get("rows_total")
+        return int(t) if t is not None else None
+
+    @property
+    def parquet_path(self) -> Path:
+        return self.path / ROWS_PARQUET
+
+    def verify(self) -> None:
+        """Check rows.parquet against the manifest's sha256 (cached per process by size and mtime)."""
+        p = self.parquet_path
+        if not p.is_file():
+            raise CorruptArtifactError(f"{p} is missing but the manifest says the unit is complete",
+                                       hint=f"delete {self.path} and regenerate the unit")
+        st = p.stat()
+        key = (str(p), st.st_size, st.st_mtime_ns)
+        if _verified.get(key):
+            return
+        expected = self.manifest.get("rows_parquet_sha256")
+        if expected and sha256_file(p) != expected:
+            raise CorruptArtifactError(f"{p} does not match the checksum in its manifest (truncated or modified)",
+                                       hint=f"delete {self.path} and regenerate the unit")
+        _verified[key] = True
+
+    def read_table(self, columns: Sequence[str] | None = None, *, verify: bool = True) -> pa.Table:
+        if not self.complete:
+            raise StoreError(f"unit {self.run_id} is not complete (status {self.status})",
+                             hint="finish it with `rescore gen` (it resumes) before reading it")
+        if verify:
+            self.verify()
+        try:
+            return pq.read_table(self.parquet_path, columns=list(columns) if columns is not None else None)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise CorruptArtifactError(f"cannot read {self.parquet_path}: {e}",
+                                       hint=f"delete {self.path} and regenerate the unit") from None
+
+    def describe(self) -> str:
+        m = self.manifest
+        return f"{m.get('model', {}).get('name')} / {m.get('task', {}).get('name')} / seed {m.get('seed')}"
+
+
+@dataclass
+class UnitWriter:
+    """Writes one unit: lock, resume from rows.jsonl, append batches with fsync, compact atomically.
+
+    Use as a context manager. ``done_ids`` holds the sample ids already written (after dropping a torn
+    last line). ``finish`` compacts to rows.parquet and marks the manifest complete.
+    """
+
+    store: Store
+    run_id: str
+    manifest: dict[str, Any]
+    done_ids: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.store.gen_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = safe_join(self.store.gen_dir, self.run_id)
+        self.schema = schema_for(self.manifest["request_type"])
+        self.lock = UnitLock(self.dir / LOCK, f"unit {self.run_id} ({self.manifest.get('task', {}).get('name')})")
+        self._fh: Any = None
+        self._checked_keys = False
+        self._t0 = time.time()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def __enter__(self) -> UnitWriter:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            self._open()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.lock.release()
+
+    @property
+    def already_complete(self) -> bool:
+        p = self.dir / MANIFEST
+        return p.is_file() and read_json(p).get("status") == "complete" and (self.dir / ROWS_PARQUET).is_file()
+
+    def _open(self) -> None:
+        mpath = self.dir / MANIFEST
+        if mpath.is_file():
+            old = read_json(mpath)
+            if old.get("status") == "complete":
+                return
+            self.manifest["created_at"] = old.get("created_at", now_iso())
+            self.manifest["resumes"] = int(old.get("resumes", 0)) + 1
+        else:
+            self.manifest["created_at"] = now_iso()
+            self.manifest["resumes"] = 0
+        self.manifest.update(status="running", schema_version=SCHEMA_VERSION, run_id=self.run_id,
+                             host=socket.gethostname(), pid=os.getpid())
+        atomic_write_json(mpath, self.manifest)
+        jsonl = self.dir / ROWS_JSONL
+        self.done_ids = scan_jsonl(jsonl, repair=True)
+        self._fh = open(jsonl, "ab")
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def append(self, rows: Iterable[dict[str, Any]]) -> int:
+        rows = list(rows)
+        if not rows:
+            return 0
+        if not self._checked_keys:
+            self._check_keys(rows[0])
+        buf = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in rows)
+        self._fh.write(buf)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        for r in rows:
+            self.done_ids.add(r["sample_id"])
+        return len(rows)
+
+    def _check_keys(self, row: dict[str, Any]) -> None:
+        names = set(self.schema.names)
+        extra = set(row) - names
+        missing = {"sample_id", "task", "request_type"} - set(row)
+        if extra or missing:
+            raise StoreError(f"backend produced a row with unknown columns {sorted(extra)} / missing {sorted(missing)}",
+                             hint="this is a backend bug; the row schema is rescore.artifacts.schema")
+        self._checked_keys = True
+
+    def finish(self, expected_ids: Sequence[str], extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Compact rows.jsonl to rows.parquet (atomic) and mark the unit complete."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        jsonl = self.dir / ROWS_JSONL
+        table = read_jsonl_table(jsonl, self.schema)
+        table = dedupe_sort(table)
+        got = set(table.column("sample_id").to_pylist())
+        want = set(expected_ids)
+        if got != want:
+            missing = sorted(want - got)[:5]
+            extra = sorted(got - want)[:5]
+            raise StoreError(f"unit {self.run_id}: rows do not match the requests (missing {missing}, unexpected {extra})",
+                             hint="run `rescore gen` again to resume; if it persists the task data changed")
+        sha = atomic_write_table(self.dir / ROWS_PARQUET, table)
+        self.manifest.update(
+            status="complete", rows_done=table.num_rows, rows_total=len(want), rows_parquet_sha256=sha,
+            completed_at=now_iso(), **(extra_manifest or {}),
+        )
+        self.manifest.pop("pid", None)
+        atomic_write_json(self.dir / MANIFEST, self.manifest)
+        try:
+            jsonl.unlink()
+        except FileNotFoundError:
+            pass
+        return self.manifest
+
+    def update_manifest(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        atomic_write_json(self.dir / MANIFEST, self.manifest)
+
+
+def scan_jsonl(path: Path, *, repair: bool) -> set[str]:
+    """Sample ids in ``rows.jsonl``. A torn last line (no newline: a kill mid-write) is dropped with a
+    warning (and cut off the file when ``repair``); any other malformed line is an error naming it."""
+    ids: set[str] = set()
+    if not path.exists():
+        return ids
+    data = path.read_bytes()
+    if not data:
+        return ids
+    end = len(data)
+    if not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        warnings.warn(f"{path}: dropped a torn last line ({end - cut} bytes) left by an interrupted write",
+                      TornLineWarning, stacklevel=2)
+        if repair:
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+        end = cut
+    lineno = 0
+    start = 0
+    while start < end:
+        nl = data.index(b"\n", start)
+        lineno += 1
+        line = data[start:nl]
+        start = nl + 1
+        try:
+            sid = orjson.loads(line)["sample_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise CorruptArtifactError(f"{path}:{lineno}: malformed row (not a JSON object with a sample_id)",
+                                       hint="the file was modified or damaged; delete the unit directory to regenerate it") from None
+        ids.add(sid)
+    return ids
+
+
+def read_jsonl_table(path: Path, schema: pa.Schema) -> pa.Table:
+    if not path.exists() or path.stat().st_size == 0:
+        return schema.empty_table()
+    try:
+        opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error", newlines_in_values=False)
+        table = pajson.read_json(path, parse_options=opts, read_options=pajson.ReadOptions(block_size=16 << 20))
+    except pa.ArrowInvalid as e:
+        raise CorruptArtifactError(f"{path}: rows do not match the schema ({e})",
+                                   hint="delete the unit directory and regenerate it") from None
+    # columns absent from every row come back missing; add them as nulls in schema order
+    cols = []
+    for f in schema:
+        if f.name in table.column_names:
+            cols.append(table.column(f.name).cast(f.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def dedupe_sort(table: pa.Table) -> pa.Table:
+    idx = pc.sort_indices(table, sort_keys=[("sample_id", "ascending")])
+    table = table.take(idx)
+    sid = table.column("sample_id")
+    if table.num_rows > 1:
+        same = pc.equal(sid.slice(1), sid.slice(0, table.num_rows - 1))
+        keep = pa.concat_arrays([pa.array([True]), pc.invert(same.combine_chunks())])
+        if not pc.all(keep).as_py():
+            table = table.filter(keep)
+    return table
+
+
+def environment_versions() -> dict[str, str]:
+    import numpy
+    import pyarrow
+
+    from rescore import __version__
+
+    return {"rescore": __version__, "python": sys.version.split()[0], "pyarrow": pyarrow.__version__,
+            "numpy": numpy.__version__}

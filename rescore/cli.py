@@ -1,0 +1,37 @@
+"""The ``rescore`` command line. Thin commands that call library functions.
+
+Each command group lives in its own module under ``rescore.commands`` and exposes ``register(app)``.
+Importing this module must stay light: no torch, transformers or vllm (a test checks).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="rescore",
+    help="Generate once on a GPU, score forever on a CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# Command modules, in the order their commands appear in --help.
+COMMAND_MODULES = [
+    "rescore.commands.gen",
+    "rescore.commands.store",
+]
+
+for _mod in COMMAND_MODULES:
+    importlib.import_module(_mod).register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

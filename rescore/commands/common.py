@@ -1,0 +1,54 @@
+"""Options and error handling shared by every command module."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from rescore.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_STORE = Path("rescore-store")
+
+StoreOpt = Annotated[
+    Path,
+    typer.Option("--store", envvar="RESCORE_STORE", help="Artifact store root (env RESCORE_STORE).", show_default=True),
+]
+OverridesOpt = Annotated[
+    list[str] | None,
+    typer.Option("-O", "--override", help="Config override key.path=value (value parsed as YAML). Repeatable."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line to stderr and exit with ``code``."""
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn :class:`UserError` into one line on stderr and its exit code; no traceback.
+
+    Set ``RESCORE_DEBUG=1`` to see the traceback anyway.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if os.environ.get("RESCORE_DEBUG"):
+                raise
+            fail(e.render(), e.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; finished batches are saved, run the same command again to resume", 130)
+
+    return wrapper  # type: ignore[return-value]
