@@ -220,6 +220,8 @@ class UnitWriter:
                 return
             self.manifest["created_at"] = old.get("created_at", now_iso())
             self.manifest["resumes"] = int(old.get("resumes", 0)) + 1
+            if "timings" in old:
+                self.manifest["timings"] = old["timings"]
         else:
             self.manifest["created_at"] = now_iso()
             self.manifest["resumes"] = 0

@@ -1,0 +1,83 @@
+"""``rescore gen``: run a suite on one or more models into the store (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rescore.commands.common import DEFAULT_STORE, OverridesOpt, StoreOpt, handle_errors
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    from rescore.errors import ConfigError
+
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers", hint="e.g. --seeds 0,1,2") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def gen(
+        suite: Annotated[str, typer.Argument(help="Suite name (configs/suites/NAME.yaml) or path to a suite YAML.")],
+        model: Annotated[str, typer.Option("--model", "-m", help="Model directory, hub id, 'fake', or a models YAML.")],
+        store: StoreOpt = DEFAULT_STORE,
+        backend: Annotated[str | None, typer.Option(help="Backend: hf, vllm or fake (default: hf; fake for --model fake).")] = None,
+        precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 | int8 | int4")] = None,
+        name: Annotated[str | None, typer.Option(help="Model label in the store (default: the directory name).")] = None,
+        step: Annotated[int | None, typer.Option(help="Training step of this checkpoint.")] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
+        seeds: Annotated[str | None, typer.Option(help="Override the suite's seeds, e.g. 0,1,2.")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Rows per batch.")] = None,
+        device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
+        direct: Annotated[bool, typer.Option("--direct", help="Load task data from its source when it is not prepared.")] = False,
+        override: OverridesOpt = None,
+        rows_per_s: Annotated[float | None, typer.Option("--fake-rows-per-s", help="fake backend: simulated speed.")] = None,
+        fail_after: Annotated[int | None, typer.Option("--fake-fail-after", help="fake backend: crash after N rows (tests).")] = None,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar (default: when a terminal).")] = None,  # type: ignore[assignment]
+    ) -> None:
+        """Generate artifacts for SUITE with MODEL. Completed units are skipped, partial ones resume."""
+        from rescore.artifacts.store import Store
+        from rescore.commands.models import resolve_models
+        from rescore.commands.progress import RichProgress
+        from rescore.gen.runner import plan_units, run_units
+        from rescore.tasks.suites import load_suite
+
+        suite_cfg = load_suite(suite, overrides=override)
+        options = {}
+        if rows_per_s is not None:
+            options["rows_per_s"] = rows_per_s
+        if fail_after is not None:
+            options["fail_after"] = fail_after
+        fields = {"precision": precision, "name": name, "step": step, "batch_size": batch_size, "device": device}
+        models = resolve_models(model, backend=backend, overrides=fields)
+        if options:
+            models = [m.model_copy(update={"options": {**m.options, **options}}) for m in models]
+        st = Store(store)
+        plans = plan_units(st, suite_cfg, models, data_root=data_root, allow_direct=direct, tasks=task,
+                           seeds=parse_seeds(seeds))
+        with RichProgress(enabled=progress) as prog:
+            results = run_units(st, plans, progress=prog)
+        summarize(results, prog.console)
+
+
+def summarize(results, console) -> None:  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    t = Table(title="generation summary", show_lines=False)
+    for col in ("run id", "model", "task", "seed", "action", "rows", "seconds"):
+        t.add_column(col)
+    for r in results:
+        t.add_row(r.plan.run_id[:12], r.plan.model.name, r.plan.task.name, str(r.plan.seed), r.action,
+                  f"{r.rows_written}/{r.rows_total}" if r.action != "skipped" else "-", f"{r.seconds:.1f}")
+    console.print(t)
+    n = {a: sum(1 for r in results if r.action == a) for a in ("generated", "resumed", "skipped")}
+    console.print(f"{len(results)} units: {n['generated']} generated, {n['resumed']} resumed, "
+                  f"{n['skipped']} already complete", highlight=False)

@@ -1,0 +1,158 @@
+"""Store inspection commands: ``status``, ``ls``, ``show``, ``validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+
+
+def unit_rows(store_path: Path) -> list[dict[str, Any]]:
+    from rescore.artifacts.store import Store
+
+    out = []
+    for u in Store(store_path).units():
+        m = u.manifest
+        out.append({
+            "run_id": u.run_id, "model": m.get("model", {}).get("name"), "step": m.get("model", {}).get("step"),
+            "task": m.get("task", {}).get("name"), "suite": m.get("suite"), "seed": m.get("seed"),
+            "request_type": m.get("request_type"), "status": "complete" if u.complete else "partial",
+            "rows_done": u.rows_done(), "rows_total": u.rows_total(),
+            "precision": m.get("model", {}).get("precision"), "created_at": m.get("created_at"),
+        })
+    return out
+
+
+def status_matrix(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """model -> task -> seed -> cell text."""
+    matrix: dict[str, dict[str, dict[str, str]]] = {}
+    for r in rows:
+        if r["status"] == "complete":
+            cell = "complete"
+        elif r["status"] == "missing":
+            cell = "missing"
+        else:
+            cell = f"partial {r['rows_done']}/{r['rows_total'] if r['rows_total'] is not None else '?'}"
+        matrix.setdefault(r["model"], {}).setdefault(r["task"], {})[str(r["seed"])] = cell
+    return matrix
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def status(
+        store: StoreOpt = DEFAULT_STORE,
+        suite: Annotated[str | None, typer.Option(help="Also list the units of this suite that are missing.")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="With --suite: the model(s) to plan for.")] = None,
+        backend: Annotated[str | None, typer.Option(help="With --suite: backend of --model.")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """The model x task x seed matrix: complete / partial (rows done/total) / missing."""
+        from rich.console import Console
+        from rich.table import Table
+
+        rows = unit_rows(store)
+        if suite:
+            from rescore.artifacts.store import Store
+            from rescore.commands.models import resolve_models
+            from rescore.errors import ConfigError
+            from rescore.gen.runner import plan_units, unit_state
+            from rescore.tasks.suites import load_suite
+
+            if not model:
+                raise ConfigError("--suite needs --model to know which units should exist", hint="add --model PATH")
+            plans = plan_units(Store(store), load_suite(suite), resolve_models(model, backend=backend, overrides={}),
+                               data_root=data_root, allow_direct=True)
+            known = {r["run_id"] for r in rows}
+            for p in plans:
+                if p.run_id not in known:
+                    state, done, total = unit_state(Store(store), p.run_id)
+                    rows.append({"run_id": p.run_id, "model": p.model.name, "task": p.task.name, "seed": p.seed,
+                                 "status": state, "rows_done": done, "rows_total": total})
+        matrix = status_matrix(rows)
+        if json_out:
+            print(json.dumps({"units": rows, "matrix": matrix}, indent=2, default=str))
+            return
+        console = Console()
+        if not rows:
+            console.print(f"no units in {store} (run `rescore gen SUITE --model PATH` first)", highlight=False)
+            return
+        seeds = sorted({str(r["seed"]) for r in rows}, key=lambda s: (len(s), s))
+        t = Table(title=f"units in {store}")
+        t.add_column("model")
+        t.add_column("task")
+        for s in seeds:
+            t.add_column(f"seed {s}")
+        style = {"complete": "green", "missing": "red"}
+        for m, tasks in sorted(matrix.items()):
+            for task, cells in sorted(tasks.items()):
+                vals = []
+                for s in seeds:
+                    c = cells.get(s, "")
+                    st = style.get(c, "yellow" if c.startswith("partial") else "")
+                    vals.append(f"[{st}]{c}[/{st}]" if st else c)
+                t.add_row(m, task, *vals)
+        console.print(t)
+        n = {k: sum(1 for r in rows if r["status"] == k) for k in ("complete", "partial", "missing")}
+        console.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing",
+                      highlight=False)
+
+    @app.command("ls")
+    @handle_errors
+    def ls_cmd(store: StoreOpt = DEFAULT_STORE, json_out: JsonOpt = False) -> None:
+        """List the generation units in the store."""
+        from rich.console import Console
+        from rich.table import Table
+
+        rows = unit_rows(store)
+        if json_out:
+            print(json.dumps(rows, indent=2, default=str))
+            return
+        t = Table()
+        for c in ("run id", "model", "step", "task", "seed", "type", "status", "rows", "precision", "created"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["run_id"], str(r["model"]), str(r["step"] if r["step"] is not None else "-"), str(r["task"]),
+                      str(r["seed"]), str(r["request_type"]), r["status"], f"{r['rows_done']}/{r['rows_total']}",
+                      str(r["precision"]), str(r["created_at"]))
+        Console().print(t)
+
+    @app.command()
+    @handle_errors
+    def show(
+        run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), see `rescore ls`.")],
+        store: StoreOpt = DEFAULT_STORE,
+        rows: Annotated[int, typer.Option(help="Also print the first N rows.")] = 0,
+    ) -> None:
+        """Print a unit's manifest (and optionally its first rows) as JSON."""
+        from rescore.artifacts.store import Store
+
+        u = Store(store).unit(run_id)
+        print(json.dumps(u.manifest, indent=2, sort_keys=True, default=str))
+        if rows:
+            if u.complete:
+                table = u.read_table().slice(0, rows)
+                for r in table.to_pylist():
+                    print(json.dumps(r, default=str))
+            else:
+                print(f"(unit is {u.status}; rows are in {u.path / 'rows.jsonl'})")
+
+    @app.command()
+    @handle_errors
+    def validate(
+        configs: Annotated[list[Path] | None, typer.Argument(help="Config files (suite or models YAML). Default: every shipped config.")] = None,
+    ) -> None:
+        """Validate config files and report every problem at once (exit 2 when any is invalid)."""
+        from rescore.commands.validate import validate_paths
+
+        problems, checked = validate_paths(configs or [])
+        for p in problems:
+            print(p)
+        if problems:
+            raise typer.Exit(2)
+        print(f"{checked} config file(s) valid")

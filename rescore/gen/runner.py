@@ -1,0 +1,245 @@
+"""Plan generation units and run them into the store.
+
+A unit is model x task x seed (plus the task's data fingerprint and sampling parameters); its run id is
+a hash of that resolved config, so completed units are found without loading anything. Deterministic
+tasks (loglikelihood, rolling, greedy generation) give the same rows for every seed, so they run once,
+under the first seed; sampled generation runs once per seed.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rescore.artifacts.ids import run_id as make_run_id
+from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions, now_iso
+from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
+from rescore.core import GenParams, Request, RequestType
+from rescore.errors import StoreError
+from rescore.gen.base import Backend, RunContext, make_backend
+
+# ModelConfig.options that change how a run behaves but not what it produces
+RUNTIME_OPTIONS = frozenset({"rows_per_s", "fail_after"})
+
+
+@dataclass
+class UnitPlan:
+    model: ModelConfig
+    suite: SuiteConfig
+    task: TaskConfig
+    seed: int
+    request_type: RequestType
+    data_fp: str
+    gen: GenParams | None
+    resolved: dict[str, Any]
+    run_id: str
+    data: Any = field(default=None, repr=False)  # rescore.tasks.data.TaskData
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} · {self.task.name} · seed {self.seed}"
+
+
+def model_identity(model: ModelConfig) -> dict[str, Any]:
+    """The parts of a model config that decide what it generates (batch sizes and devices do not)."""
+    return {
+        "name": model.name, "path": model.path, "backend": model.backend, "precision": model.precision,
+        "step": model.step, "stage": model.stage, "trust_remote_code": model.trust_remote_code,
+        "max_length": model.max_length,
+        "options": {k: v for k, v in sorted(model.options.items()) if k not in RUNTIME_OPTIONS},
+    }
+
+
+def task_gen_params(suite: SuiteConfig, task: TaskConfig, request_type: RequestType) -> GenParams | None:
+    if request_type != "generate":
+        return None
+    return (task.gen or suite.gen or GenConfig()).to_params()
+
+
+def task_seeds(suite: SuiteConfig, task: TaskConfig, request_type: RequestType, gen: GenParams | None) -> tuple[int, ...]:
+    seeds = tuple(task.seeds or suite.seeds)
+    if request_type != "generate" or (gen is not None and gen.greedy):
+        return seeds[:1]
+    return seeds
+
+
+def plan_units(
+    store: Store,
+    suite: SuiteConfig,
+    models: Sequence[ModelConfig],
+    *,
+    data_root: Path | None = None,
+    allow_direct: bool = False,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[UnitPlan]:
+    from rescore import tasks as task_api
+    from rescore.tasks.data import get_task_data
+
+    chosen = list(suite.tasks)
+    if tasks:
+        names = {t.name for t in chosen}
+        for t in tasks:
+            if t not in names:
+                suite.task(t)  # raises with the list of valid names
+        chosen = [t for t in chosen if t.name in set(tasks)]
+    plans: list[UnitPlan] = []
+    for task in chosen:
+        rt = task_api.request_type(task)
+        data = get_task_data(store.root, task, data_root=data_root, allow_direct=allow_direct)
+        gen = task_gen_params(suite, task, rt)
+        for seed in seeds if seeds is not None else task_seeds(suite, task, rt, gen):
+            for model in models:
+                resolved = {
+                    "model": model_identity(model),
+                    "task": task.model_dump(mode="json", exclude={"seeds"}),
+                    "data_fp": data.data_fp,
+                    "seed": seed,
+                    "gen": gen.to_dict() if gen else None,
+                }
+                plans.append(UnitPlan(model, suite, task, seed, rt, data.data_fp, gen, resolved,
+                                      make_run_id(resolved), data))
+    return plans
+
+
+def unit_state(store: Store, run_id: str) -> tuple[str, int, int | None]:
+    """(state, rows_done, rows_total): state is complete | partial | missing."""
+    d = store.gen_dir / run_id
+    if not (d / MANIFEST).is_file():
+        return "missing", 0, None
+    from rescore.artifacts.store import Unit
+
+    u = Unit(d)
+    if u.complete:
+        return "complete", u.rows_done(), u.rows_total()
+    return "partial", u.rows_done(), u.rows_total()
+
+
+def _git_rev() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class UnitResult:
+    plan: UnitPlan
+    action: str  # generated | resumed | skipped
+    rows_written: int
+    rows_total: int
+    seconds: float
+
+
+class Progress:
+    """Progress reporting interface; the CLI passes a rich implementation, tests a silent one."""
+
+    def start_unit(self, index: int, count: int, plan: UnitPlan, total: int, done: int) -> None: ...
+    def advance(self, rows: int) -> None: ...
+    def tokens(self, n: int) -> None: ...
+    def end_unit(self) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+def build_manifest(plan: UnitPlan, backend: Backend, command: str | None) -> dict[str, Any]:
+    task = plan.task
+    return {
+        "request_type": plan.request_type,
+        "model": {**model_identity(plan.model), **backend.describe()},
+        "suite": plan.suite.name,
+        "task": {"name": task.name, "family": task.family, "tier": task.tier, "config": task.model_dump(mode="json")},
+        "data_fp": plan.data_fp,
+        "data_meta": getattr(plan.data, "meta", None),
+        "seed": plan.seed,
+        "gen": plan.gen.to_dict() if plan.gen else None,
+        "resolved": plan.resolved,
+        "runtime": {"batch_size": plan.model.batch_size, "max_batch_tokens": plan.model.max_batch_tokens,
+                    "device": plan.model.device},
+        "versions": environment_versions() | dict(backend.describe().get("versions", {})),
+        "git_rev": _git_rev(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "command": command or " ".join(sys.argv),
+    }
+
+
+def run_units(
+    store: Store,
+    plans: Sequence[UnitPlan],
+    *,
+    progress: Progress | None = None,
+    command: str | None = None,
+    backend_factory: Callable[[ModelConfig], Backend] = make_backend,
+) -> list[UnitResult]:
+    """Run every plan that is not complete. Backends load lazily, once per model."""
+    from rescore import tasks as task_api
+
+    progress = progress or Progress()
+    results: list[UnitResult] = []
+    todo = [p for p in plans if unit_state(store, p.run_id)[0] != "complete"]
+    for p in plans:
+        if p not in todo:
+            results.append(UnitResult(p, "skipped", 0, 0, 0.0))
+    backends: dict[str, Backend] = {}
+    try:
+        for i, plan in enumerate(todo):
+            key = plan.model.model_dump_json()
+            if key not in backends:
+                for old in backends.values():
+                    old.close()
+                backends.clear()
+                progress.message(f"loading {plan.model.name} ({plan.model.backend}, {plan.model.precision})")
+                backends[key] = backend_factory(plan.model)
+            backend = backends[key]
+            t0 = time.perf_counter()
+            requests = task_api.build_requests(plan.task, plan.data, backend.tokenizer)
+            results.append(_run_one(store, plan, backend, requests, progress, i, len(todo), command, t0))
+    finally:
+        for b in backends.values():
+            b.close()
+    order = {p.run_id: k for k, p in enumerate(plans)}
+    results.sort(key=lambda r: order[r.plan.run_id])
+    return results
+
+
+def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,
+             index: int, count: int, command: str | None, t0: float) -> UnitResult:
+    ids = [r.sample_id for r in requests]
+    if len(set(ids)) != len(ids):
+        raise StoreError(f"task {plan.task.name} produced duplicate sample ids", hint="this is a task definition bug")
+    manifest = build_manifest(plan, backend, command)
+    manifest["rows_total"] = len(requests)
+    with UnitWriter(store, plan.run_id, manifest) as w:
+        if w.already_complete:
+            return UnitResult(plan, "skipped", 0, len(requests), 0.0)
+        resumed = bool(w.done_ids)
+        pending = [r for r in requests if r.sample_id not in w.done_ids]
+        progress.start_unit(index, count, plan, len(requests), len(requests) - len(pending))
+        ctx = RunContext(seed=plan.seed, params=plan.gen or GenParams(), topk=plan.task.topk,
+                         batch_size=plan.model.batch_size, max_batch_tokens=plan.model.max_batch_tokens,
+                         on_tokens=progress.tokens)
+        written = 0
+        gen_t0 = time.perf_counter()
+        for rows in backend.run(pending, ctx):
+            written += w.append(rows)
+            progress.advance(len(rows))
+        gen_s = time.perf_counter() - gen_t0
+        prev = w.manifest.get("timings") or {}
+        timings = {"generate_s": round(prev.get("generate_s", 0) + gen_s, 3),
+                   "last_run_s": round(time.perf_counter() - t0, 3)}
+        w.finish(ids, {"timings": timings, "finished_by": command})
+        progress.end_unit()
+    return UnitResult(plan, "resumed" if resumed else "generated", written, len(requests),
+                      time.perf_counter() - t0)
+
+
+__all__ = ["UnitPlan", "plan_units", "run_units", "unit_state", "model_identity", "Progress", "now_iso"]
