@@ -1,0 +1,253 @@
+"""The one model loader: every transformers model rescore runs is loaded here.
+
+``load_model(cfg)`` resolves the precision (fp32 | bf16 | fp16 | int8 | int4; the last two through
+bitsandbytes, which also runs on CPU), the device (``auto`` = CUDA when available, else CPU) and the
+loading policy (offline by default: ``cfg.path`` must be a local directory unless ``options.online`` is
+true; ``trust_remote_code`` only when the config says so). It returns the model, its tokenizer and an
+``info`` dict for the manifest: precision, dtype, device, a content fingerprint of the weights, tokenizer
+and chat-template hashes, library versions.
+
+Model options understood here (``ModelConfig.options``):
+  online               allow hub ids and downloads (default false: local directories only)
+  revision             hub revision (online only)
+  attn_implementation  e.g. "sdpa" (default), "eager", "flash_attention_2"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rescore.config import ModelConfig
+from rescore.errors import BackendError, ConfigError
+
+LOADER_OPTIONS = ("online", "revision", "attn_implementation")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+
+
+@dataclass
+class Loaded:
+    model: Any  # transformers PreTrainedModel, in eval mode
+    tokenizer: Any  # transformers tokenizer
+    info: dict[str, Any]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError(f"device {device!r} requested but CUDA is not available here", hint="use device: cpu or auto")
+    return device
+
+
+def check_options(cfg: ModelConfig, extra: tuple[str, ...] = ()) -> None:
+    unknown = sorted(set(cfg.options) - set(LOADER_OPTIONS) - set(extra))
+    if unknown:
+        raise ConfigError(
+            f"model {cfg.name!r}: unknown option(s) {unknown}",
+            hint=f"valid options for the hf backend: {', '.join(sorted(LOADER_OPTIONS + extra))}",
+        )
+
+
+def _resolve_path(cfg: ModelConfig) -> tuple[str, Path | None]:
+    """(name or path for from_pretrained, local directory or None when it is a hub id)."""
+    p = Path(cfg.path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise BackendError(f"model directory {p} has no config.json", hint="point path at a save_pretrained directory")
+        return str(p), p
+    if cfg.options.get("online"):
+        return cfg.path, None
+    raise BackendError(
+        f"model path {cfg.path!r} is not a local directory and loading is offline",
+        hint="download the model first (e.g. `huggingface-cli download ID --local-dir DIR`) and set path to DIR, "
+        "or set options.online: true to allow hub downloads",
+    )
+
+
+def _dtype_for(precision: str, device: str) -> Any:
+    import torch
+
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    # Quantized: the non-quantized parts and the compute dtype. CPU kernels run float32 fastest and exactly.
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def _quantization_config(precision: str, dtype: Any) -> Any:
+    if precision not in ("int8", "int4"):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as e:  # ImportError, or a broken native library
+        raise BackendError(
+            f"precision {precision} needs bitsandbytes, which cannot be imported here: {e}",
+            hint="pip install 'bitsandbytes==0.50.2' or use precision fp32/bf16/fp16",
+        ) from None
+    if precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(cfg: ModelConfig, *, extra_options: tuple[str, ...] = ()) -> Loaded:
+    """Load ``cfg``'s model and tokenizer under its precision/device policy; raise BackendError if it cannot."""
+    check_options(cfg, extra_options)
+    try:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise BackendError(f"the hf backend needs torch and transformers: {e}", hint="pip install 'rescore[hf]'") from None
+
+    source, local = _resolve_path(cfg)
+    device = resolve_device(cfg.device)
+    dtype = _dtype_for(cfg.precision, device)
+    quant = _quantization_config(cfg.precision, dtype)
+    online = bool(cfg.options.get("online"))
+    common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": not online}
+    if online and cfg.options.get("revision"):
+        common["revision"] = str(cfg.options["revision"])
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except Exception as e:
+        raise BackendError(f"cannot load the tokenizer of {cfg.path!r}: {e}", hint="check the model directory") from None
+
+    kwargs: dict[str, Any] = dict(common, dtype=dtype)
+    kwargs["attn_implementation"] = str(cfg.options.get("attn_implementation", "sdpa"))
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as e:
+        raise BackendError(
+            f"cannot load model {cfg.path!r} at precision {cfg.precision} on {device}: {e}",
+            hint="check the directory, the precision (int8/int4 need bitsandbytes support for this device) "
+            "and trust_remote_code",
+        ) from None
+    if quant is None:
+        model.to(device)
+    model.eval()
+
+    if local is None:  # downloaded: fingerprint the files in the local cache
+        local = _cached_dir(model)
+    info = {
+        "precision": cfg.precision,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device,
+        "fingerprint": model_fingerprint(local) if local is not None else None,
+        "tokenizer_hash": tokenizer_hash(local, tokenizer),
+        "chat_template_hash": chat_template_hash(tokenizer),
+        "max_length": max_length_of(model, tokenizer, cfg),
+        "attn_implementation": kwargs["attn_implementation"],
+        "quantization": _quantization_info(cfg.precision),
+        "trust_remote_code": cfg.trust_remote_code,
+        "versions": library_versions(),
+    }
+    return Loaded(model=model, tokenizer=tokenizer, info=info)
+
+
+def _quantization_info(precision: str) -> dict[str, Any] | None:
+    if precision == "int8":
+        return {"method": "bitsandbytes", "bits": 8, "scheme": "llm.int8"}
+    if precision == "int4":
+        return {"method": "bitsandbytes", "bits": 4, "scheme": "nf4"}
+    return None
+
+
+def _cached_dir(model: Any) -> Path | None:
+    path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if path and Path(path).is_dir():
+        return Path(path)
+    return None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 over config.json and the sha256 of every weight file (sorted by name)."""
+    h = hashlib.sha256()
+    h.update(b"config.json\0" + (model_dir / "config.json").read_bytes() + b"\0")
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES):
+            h.update(f"{f.name}\0{_sha256_file(f)}\0".encode())
+    return h.hexdigest()
+
+
+def tokenizer_hash(model_dir: Path | None, tokenizer: Any) -> str:
+    """sha256 over the tokenizer files present (tokenizer.json, vocab, merges, configs)."""
+    h = hashlib.sha256()
+    found = False
+    if model_dir is not None:
+        for name in TOKENIZER_FILES:
+            f = model_dir / name
+            if f.is_file():
+                h.update(f"{name}\0{_sha256_file(f)}\0".encode())
+                found = True
+    if not found:  # no files to hash: the vocabulary and special tokens stand in for them
+        vocab = sorted(tokenizer.get_vocab().items())
+        h.update(json.dumps([vocab, tokenizer.all_special_tokens], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def chat_template_hash(tokenizer: Any) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    if not isinstance(template, str):
+        template = json.dumps(template, sort_keys=True)
+    return hashlib.sha256(template.encode("utf-8")).hexdigest()
+
+
+def max_length_of(model: Any, tokenizer: Any, cfg: ModelConfig) -> int:
+    """The context window: cfg.max_length, else lm-eval's rule (config n_positions / max_position_embeddings /
+    n_ctx, then the tokenizer's model_max_length, then 2048)."""
+    if cfg.max_length:
+        return int(cfg.max_length)
+    conf = getattr(model.config, "text_config", None) or model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(conf, attr, None)
+        if value is not None:
+            return int(value)
+    mml = getattr(tokenizer, "model_max_length", None)
+    if mml is not None and mml < 1_000_000_000_000:
+        return int(mml)
+    return 2048
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "bitsandbytes"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
