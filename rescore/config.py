@@ -86,6 +86,9 @@ class TaskConfig(Strict):
 class SuiteConfig(Strict):
     name: str
     description: str = ""
+    data_root: str | None = Field(
+        None, description="directory that local task paths are relative to (relative: to the working directory, "
+        "else the project root); --data-root overrides it")
     seeds: tuple[int, ...] = (0,)
     gen: GenConfig = GenConfig()
     tasks: tuple[TaskConfig, ...] = Field(min_length=1)

@@ -1,1 +1,40 @@
-"""Task families and the prepared-data cache."""
+"""Task families and the prepared-data cache.
+
+Families are registered lazily in :data:`rescore.tasks.base.families`; YAML names them
+(``family: multiple_choice``) and gives literals. The runner uses :func:`request_type`,
+:func:`build_requests` and ``rescore.tasks.data.get_task_data``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rescore.config import TaskConfig
+from rescore.core import Request, RequestType, Tokenizer
+from rescore.tasks.base import families
+
+if TYPE_CHECKING:
+    from rescore.tasks.data import TaskData
+
+families.register_lazy("multiple_choice", "rescore.tasks.multiple_choice:FAMILY")
+families.register_lazy("gsm8k", "rescore.tasks.gsm8k:FAMILY")
+families.register_lazy("ppl_packed", "rescore.tasks.ppl:PACKED")
+families.register_lazy("ppl_docs", "rescore.tasks.ppl:DOCS")
+families.register_lazy("sft_native", "rescore.tasks.sft_native:FAMILY")
+
+
+def request_type(task: TaskConfig) -> RequestType:
+    return families.get(task.family).request_type(task)
+
+
+def build_requests(task: TaskConfig, data: TaskData, tokenizer: Tokenizer | None) -> list[Request]:
+    """The task's requests for its prepared (or directly loaded) data. Deterministic."""
+    from rescore.tasks.ppl import accepts_cache_dir
+
+    fam: Any = families.get(task.family)
+    if accepts_cache_dir(fam):
+        return fam.build_requests(task, data.rows, data.fewshot_rows, tokenizer, cache_dir=data.path)
+    return fam.build_requests(task, data.rows, data.fewshot_rows, tokenizer)
+
+
+__all__ = ["build_requests", "families", "request_type"]

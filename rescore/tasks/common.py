@@ -1,0 +1,96 @@
+"""Helpers shared by the task families: deterministic subsets and few-shot draws, sample ids, source
+loading with schema conversion, and the checks every family runs on its settings.
+
+Subsets and few-shot draws rank candidates by a sha256 of (seed, key) instead of ``random``: the result
+is the same on every Python version, and a larger subset contains every row of a smaller one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rescore.config import TaskConfig
+from rescore.tasks.schemas import convert, schemas
+from rescore.tasks.sources import iter_hf, read_local, require_exists, resolve_path
+
+IDX = "_idx"  # key of a row's index in its source split (rows keep it through prepare)
+
+
+def stable_rank(seed: int | str, key: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
+
+
+def subset_indices(n: int, size: int | None, seed: int) -> list[int]:
+    """Indices of the rows kept by ``subset_size``, ascending.
+
+    Every row ``i`` gets the rank ``sha256(f"{seed}\\x1f{i}")``; the ``size`` lowest ranks are kept. All
+    rows when ``size`` is None or at least ``n``.
+    """
+    if size is None or size >= n:
+        return list(range(n))
+    ranked = sorted(range(n), key=lambda i: stable_rank(seed, str(i)))
+    return sorted(ranked[:size])
+
+
+def sample_id(row: dict[str, Any]) -> str:
+    """Stable per source row: the zero-padded index of the row in its source split."""
+    return f"{int(row[IDX]):08d}"
+
+
+def draw_fewshot(
+    pool: Sequence[dict[str, Any]], n: int, *, seed: int, key: str, sampler: str, exclude: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """``n`` few-shot rows for the eval row ``key``.
+
+    ``first_n``: the first n rows of the pool (lm-eval's sampler for MMLU). ``random``: the n lowest ranks
+    of ``sha256(seed, key, pool index)``, so each eval row has its own draw that does not depend on the
+    others (lm-eval draws from one shared RNG, so its exact picks cannot be reproduced row by row). A pool
+    row equal to the eval row is never used.
+    """
+    if n <= 0:
+        return []
+    cands = [r for r in pool if exclude is None or _content(r) != _content(exclude)]
+    if sampler == "first_n":
+        return list(cands[:n])
+    order = sorted(range(len(cands)), key=lambda j: stable_rank(seed, f"{key}\x1f{j}"))
+    return [cands[j] for j in order[:n]]
+
+
+def _content(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != IDX}
+
+
+def load_records(task: TaskConfig, data_root: Path | None, *, fewshot: bool, prompt: str) -> list[dict[str, Any]]:
+    """Rows of the task's source (or of its few-shot split/file) in the Hugging Face schema, each with
+    ``_idx`` = its position in the source split. Empty when a few-shot pool is asked for but none is set."""
+    src = task.source
+    assert src is not None
+    schema = task.params.get("schema", "hf")
+    if src.path is not None:
+        rel = src.fewshot_path if fewshot else src.path
+        if rel is None:
+            return []
+        path = require_exists(resolve_path(rel, data_root), f"data file of task {task.name!r}")
+        records = convert(schema, read_local(path, src.format), prompt)
+    else:
+        split = src.fewshot_split if fewshot else src.split
+        if split is None:
+            return []
+        records = list(iter_hf(src, split))
+        if schema != "hf":
+            records = convert(schema, records, prompt)
+    return [{**r, IDX: i} for i, r in enumerate(records)]
+
+
+def check_common(task: TaskConfig, allowed_params: set[str]) -> list[str]:
+    problems = []
+    unknown = sorted(set(task.params) - allowed_params)
+    if unknown:
+        problems.append(f"task {task.name}: unknown params {unknown} (allowed: {sorted(allowed_params)})")
+    schema = task.params.get("schema", "hf")
+    if schema not in schemas:
+        problems.append(f"task {task.name}: unknown params.schema {schema!r} (choices: {schemas.names()})")
+    return problems

@@ -1,0 +1,91 @@
+"""GSM8K (generate): lm-evaluation-harness's ``gsm8k`` format and a chat variant.
+
+Plain (lm-eval ``gsm8k.yaml``): ``num_fewshot`` examples from the train split, each
+``"Question: {question}\\nAnswer: {answer}\\n\\n"`` (target delimiter " ", few-shot delimiter "\\n\\n"), then
+``"Question: {question}\\nAnswer:"``. lm-eval generates greedily until "Question:", "</s>" or "<|im_end|>";
+the suites set those stop strings in the task's ``gen``.
+
+Chat (``chat: true``): the user message is ``params.instruction + "\\n\\n" + question`` when an
+instruction is set, else lm-eval's ``"Question: ...\\nAnswer:"`` text; few-shot examples become earlier
+user/assistant turns. The backend renders the model's chat template.
+
+Every request carries ``target`` = the full reference answer and ``meta["answer"]`` = the final number
+after ``####`` with commas removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rescore.config import TaskConfig
+from rescore.core import Request, RequestType, Tokenizer
+from rescore.tasks.common import IDX, check_common, draw_fewshot, load_records, sample_id
+
+PARAMS = {"schema", "instruction", "fewshot_sampler", "question_field", "answer_field"}
+
+
+def final_answer(answer: str) -> str:
+    """The normalised final answer of a GSM8K reference: the text after the last ``####``, commas removed."""
+    return answer.split("####")[-1].strip().replace(",", "")
+
+
+def question_text(q: str) -> str:
+    return f"Question: {q}\nAnswer:"
+
+
+class GSM8K:
+    name = "gsm8k"
+
+    def request_type(self, task: TaskConfig) -> RequestType:
+        return "generate"
+
+    def check(self, task: TaskConfig) -> list[str]:
+        problems = check_common(task, PARAMS)
+        if task.source is None:
+            problems.append(f"task {task.name}: a gsm8k task needs a source")
+        elif task.num_fewshot and not (task.source.fewshot_split or task.source.fewshot_path):
+            problems.append(f"task {task.name}: num_fewshot={task.num_fewshot} needs source.fewshot_split or fewshot_path")
+        if task.params.get("fewshot_sampler", "random") not in ("random", "first_n"):
+            problems.append(f"task {task.name}: params.fewshot_sampler must be random or first_n")
+        return problems
+
+    def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        rows = self._norm(task, load_records(task, data_root, fewshot=False, prompt="gsm8k"))
+        shots = self._norm(task, load_records(task, data_root, fewshot=True, prompt="gsm8k")) if task.num_fewshot else []
+        return rows, shots
+
+    def _norm(self, task: TaskConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        qf, af = task.params.get("question_field", "question"), task.params.get("answer_field", "answer")
+        return [{"question": r[qf], "answer": r[af], IDX: r[IDX]} for r in rows]
+
+    def build_requests(self, task: TaskConfig, rows: Sequence[dict[str, Any]], fewshot_rows: Sequence[dict[str, Any]],
+                       tokenizer: Tokenizer | None) -> list[Request]:
+        sampler = task.params.get("fewshot_sampler", "random")
+        instruction = task.params.get("instruction")
+        out = []
+        for row in rows:
+            sid = sample_id(row)
+            shots = draw_fewshot(fewshot_rows, task.num_fewshot, seed=task.fewshot_seed, key=sid, sampler=sampler,
+                                 exclude=None)
+            common = dict(sample_id=sid, task=task.name, request_type="generate", target=row["answer"],
+                          meta={"answer": final_answer(row["answer"]), "source_idx": int(row[IDX])})
+            if task.chat:
+                msgs: list[dict[str, str]] = []
+                for s in shots:
+                    msgs += [{"role": "user", "content": self._user(s["question"], instruction)},
+                             {"role": "assistant", "content": s["answer"]}]
+                msgs.append({"role": "user", "content": self._user(row["question"], instruction)})
+                out.append(Request(**common, messages=tuple(msgs), chat=True))
+            else:
+                prefix = "".join(question_text(s["question"]) + " " + s["answer"] + "\n\n" for s in shots)
+                out.append(Request(**common, prompt=prefix + question_text(row["question"])))
+        return out
+
+    @staticmethod
+    def _user(question: str, instruction: str | None) -> str:
+        return f"{instruction}\n\n{question}" if instruction else question_text(question)
+
+
+FAMILY = GSM8K()

@@ -1,0 +1,162 @@
+"""Reading raw rows from a task's source: local files (jsonl/json/csv/tsv/parquet/txt, the HellaSwag
+text form) or Hugging Face ``datasets`` (imported only when a Hugging Face source is loaded).
+
+Readers return plain records; the families' ``schema`` converters (``rescore.tasks.schemas``) turn
+records of a converted copy into the Hugging Face schema that the prompt formats expect.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rescore.config import SourceConfig
+from rescore.errors import ConfigError, MissingDataError
+
+SUFFIX_FORMAT = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".txt": "txt",
+    ".raw": "txt",
+    ".bz2": "bz2-hellaswag",
+}
+
+
+def project_root() -> Path:
+    import rescore
+
+    return Path(rescore.__file__).resolve().parents[1]
+
+
+def resolve_path(path: str, data_root: Path | None) -> Path:
+    """A local source path: absolute as given, else relative to ``data_root`` (or the working directory)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    return (data_root / p) if data_root is not None else p
+
+
+def require_exists(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise MissingDataError(
+            f"{what} not found: {path}",
+            hint="check the path, or pass --data-root DIR (or set the suite's data_root) to the directory it is in",
+        )
+    return path
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    probe = path
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in SUFFIX_FORMAT)
+        if not files:
+            raise ConfigError(f"no data files in directory {path}", hint=f"expected one of {sorted(SUFFIX_FORMAT)}")
+        probe = files[0]
+    try:
+        return SUFFIX_FORMAT[probe.suffix]
+    except KeyError:
+        raise ConfigError(
+            f"cannot tell the format of {probe}", hint="set source.format (jsonl, json, csv, tsv, parquet, txt, bz2-hellaswag)"
+        ) from None
+
+
+FORMAT_SUFFIXES = {
+    "jsonl": (".jsonl",),
+    "json": (".json",),
+    "csv": (".csv",),
+    "tsv": (".tsv",),
+    "parquet": (".parquet",),
+    "txt": (".txt", ".raw"),
+    "bz2-hellaswag": (".bz2",),
+}
+
+
+def read_local(path: Path, fmt: str = "auto") -> list[Any]:
+    """All records of a local file, or of every file of that format in a directory (sorted by name).
+
+    jsonl/json/parquet give dicts; csv/tsv give lists of fields (the header, if any, is a record too);
+    txt gives one record ``{"text": whole file}``; bz2-hellaswag gives lists of six lines. Records read
+    from a directory carry the file's stem under ``"_file"`` (lists become ``{"_file", "fields"}``).
+    """
+    fmt = detect_format(path, fmt)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in FORMAT_SUFFIXES[fmt])
+        out: list[Any] = []
+        for f in files:
+            for rec in _read_file(f, fmt):
+                out.append({**rec, "_file": f.stem} if isinstance(rec, dict) else {"_file": f.stem, "fields": rec})
+        return out
+    return _read_file(path, fmt)
+
+
+def _read_file(path: Path, fmt: str) -> list[Any]:
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if fmt == "json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and "data" in data:
+            data = data["data"]
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: expected a JSON list of records", hint="or use jsonl")
+        return data
+    if fmt in ("csv", "tsv"):
+        text = path.read_text(encoding="utf-8")
+        return list(csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if fmt == "txt":
+        return [{"text": path.read_bytes().decode("utf-8")}]
+    if fmt == "bz2-hellaswag":
+        lines = bz2.open(path, "rt", encoding="utf-8").read().split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        if len(lines) % 6:
+            raise MissingDataError(f"{path}: {len(lines)} lines is not a multiple of 6", hint="the file is truncated")
+        return [lines[i : i + 6] for i in range(0, len(lines), 6)]
+    raise ConfigError(f"unknown source format {fmt!r}")
+
+
+def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Iterator[dict[str, Any]]:
+    """Rows of a Hugging Face dataset split (needs ``datasets`` and, unless cached, the network)."""
+    try:
+        import datasets
+    except ImportError:
+        raise MissingDataError(
+            f"loading {source.hf!r} needs the 'datasets' package", hint="pip install 'rescore[data]'"
+        ) from None
+    try:
+        ds = datasets.load_dataset(
+            source.hf, source.config_name, split=split, revision=source.revision, streaming=streaming
+        )
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds (offline, missing config, auth)
+        raise MissingDataError(
+            f"could not load Hugging Face dataset {source.hf!r} (config {source.config_name!r}, split {split!r}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            hint="check the id/config/split and that you are online (run `rescore prepare` where the network is)",
+        ) from None
+    yield from ds
+
+
+def hf_revision(source: SourceConfig) -> str | None:
+    """The revision recorded in meta.json: the configured one, else the resolved commit when known."""
+    if source.revision:
+        return source.revision
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(source.hf).sha  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - best effort, only for the record
+        return None
