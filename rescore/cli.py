@@ -23,6 +23,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "rescore.commands.gen",
     "rescore.commands.store",
+    "rescore.commands.tasks",
 ]
 
 for _mod in COMMAND_MODULES:

@@ -1,0 +1,85 @@
+"""``rescore prepare SUITE`` (freeze task data into the store) and ``rescore suites`` (list shipped suites)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rescore.commands.common import DEFAULT_STORE, JsonOpt, OverridesOpt, StoreOpt, handle_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def prepare(
+        suite: Annotated[str, typer.Argument(help="Suite name (configs/suites/NAME.yaml) or path to a suite YAML.")],
+        store: StoreOpt = DEFAULT_STORE,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
+        data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
+        tokenizer: Annotated[str | None, typer.Option(help="Also cache packed perplexity windows for this tokenizer (a model directory or hub id).")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Prepare again even when a prepared copy exists.")] = False,
+        override: OverridesOpt = None,
+    ) -> None:
+        """Download and freeze every task's rows into STORE/data/<task>/<fingerprint>/ (run while online)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from rescore import tasks as task_api
+        from rescore.tasks.data import prepare_task
+        from rescore.tasks.suites import load_suite, suite_data_root
+
+        cfg = load_suite(suite, overrides=override)
+        chosen = list(cfg.tasks)
+        if task:
+            for name in task:
+                cfg.task(name)  # raises with the valid names
+            chosen = [t for t in chosen if t.name in set(task)]
+        root = suite_data_root(cfg, data_root)
+        tok = _load_tokenizer(tokenizer) if tokenizer else None
+        table = Table(title=f"prepared {cfg.name} into {store}")
+        for col in ("task", "family", "rows", "few-shot", "fingerprint", "windows"):
+            table.add_column(col)
+        console = Console(stderr=False)
+        for t in chosen:
+            data = prepare_task(store, t, data_root=root, force=force)
+            windows = "-"
+            if tok is not None and t.family == "ppl_packed":
+                windows = str(len(task_api.build_requests(t, data, tok)))
+            table.add_row(t.name, t.family, str(len(data.rows)), str(len(data.fewshot_rows)), data.data_fp, windows)
+        console.print(table)
+
+    @app.command()
+    @handle_errors
+    def suites(as_json: JsonOpt = False) -> None:
+        """List the shipped suites (configs/suites/*.yaml)."""
+        from rescore.tasks.suites import list_suites
+
+        items = list_suites()
+        if as_json:
+            print(json.dumps([{"name": n, "path": str(p), "description": d} for n, p, d in items], indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="suites")
+        table.add_column("name")
+        table.add_column("description")
+        for n, _, d in items:
+            table.add_row(n, d)
+        Console().print(table)
+
+
+def _load_tokenizer(path: str):  # type: ignore[no-untyped-def]
+    from rescore.errors import BackendError
+
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise BackendError("--tokenizer needs transformers", hint="pip install 'rescore[hf]'") from None
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a bad path
+        raise BackendError(f"cannot load a tokenizer from {path!r}: {e}", hint="give a model directory or hub id") from None
