@@ -37,7 +37,7 @@ COMMON = [
 ]
 
 LOGLIKELIHOOD = [
-    pa.field("contexts", pa.list_(pa.string())),  # one per choice
+    pa.field("contexts", pa.list_(pa.string())),  # one per choice; null when every choice shares `prompt`
     pa.field("choices", pa.list_(pa.string())),  # continuation text per choice
     pa.field("choice_token_ids", pa.list_(tokens)),
     pa.field("choice_logprobs", pa.list_(logprobs)),  # null inside when imported without per-token values

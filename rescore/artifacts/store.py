@@ -188,6 +188,9 @@ class UnitWriter:
         self.lock = UnitLock(self.dir / LOCK, f"unit {self.run_id} ({self.manifest.get('task', {}).get('name')})")
         self._fh: Any = None
         self._checked_keys = False
+        # rows appended by this process, already converted (compaction needs no re-parse of them)
+        self._batches: list[pa.RecordBatch] = []
+        self._resume_bytes = 0
         self._t0 = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -230,6 +233,7 @@ class UnitWriter:
         atomic_write_json(mpath, self.manifest)
         jsonl = self.dir / ROWS_JSONL
         self.done_ids = scan_jsonl(jsonl, repair=True)
+        self._resume_bytes = jsonl.stat().st_size if jsonl.exists() else 0
         self._fh = open(jsonl, "ab")
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -239,10 +243,16 @@ class UnitWriter:
             return 0
         if not self._checked_keys:
             self._check_keys(rows[0])
+        try:
+            batch = pa.RecordBatch.from_pylist(rows, schema=self.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise StoreError(f"backend produced rows that do not match the {self.manifest['request_type']} schema: {e}",
+                             hint="this is a backend bug; the row schema is rescore.artifacts.schema") from None
         buf = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in rows)
         self._fh.write(buf)
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        self._batches.append(batch)
         for r in rows:
             self.done_ids.add(r["sample_id"])
         return len(rows)
@@ -262,8 +272,9 @@ class UnitWriter:
             self._fh.close()
             self._fh = None
         jsonl = self.dir / ROWS_JSONL
-        table = read_jsonl_table(jsonl, self.schema)
-        table = dedupe_sort(table)
+        parts = [read_jsonl_table(jsonl, self.schema, limit=self._resume_bytes)] if self._resume_bytes else []
+        parts.append(pa.Table.from_batches(self._batches, schema=self.schema))
+        table = dedupe_sort(pa.concat_tables(parts))
         got = set(table.column("sample_id").to_pylist())
         want = set(expected_ids)
         if got != want:
@@ -325,12 +336,15 @@ def scan_jsonl(path: Path, *, repair: bool) -> set[str]:
     return ids
 
 
-def read_jsonl_table(path: Path, schema: pa.Schema) -> pa.Table:
-    if not path.exists() or path.stat().st_size == 0:
+def read_jsonl_table(path: Path, schema: pa.Schema, *, limit: int | None = None) -> pa.Table:
+    """Rows of a rows.jsonl (its first ``limit`` bytes) as a table of ``schema``."""
+    if not path.exists() or path.stat().st_size == 0 or limit == 0:
         return schema.empty_table()
     try:
         opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error", newlines_in_values=False)
-        table = pajson.read_json(path, parse_options=opts, read_options=pajson.ReadOptions(block_size=16 << 20))
+        with open(path, "rb") as f:
+            source = pa.BufferReader(f.read(limit) if limit is not None else f.read())
+        table = pajson.read_json(source, parse_options=opts, read_options=pajson.ReadOptions(block_size=16 << 20))
     except pa.ArrowInvalid as e:
         raise CorruptArtifactError(f"{path}: rows do not match the schema ({e})",
                                    hint="delete the unit directory and regenerate it") from None
@@ -345,8 +359,12 @@ def read_jsonl_table(path: Path, schema: pa.Schema) -> pa.Table:
 
 
 def dedupe_sort(table: pa.Table) -> pa.Table:
-    idx = pc.sort_indices(table, sort_keys=[("sample_id", "ascending")])
-    table = table.take(idx)
+    """Rows sorted by sample id with duplicates dropped, so a resumed unit equals an uninterrupted one."""
+    table = table.combine_chunks()
+    sid = table.column("sample_id")
+    n = table.num_rows
+    if n > 1 and not pc.all(pc.less(sid.slice(0, n - 1), sid.slice(1))).as_py():
+        table = table.take(pc.sort_indices(table, sort_keys=[("sample_id", "ascending")]))
     sid = table.column("sample_id")
     if table.num_rows > 1:
         same = pc.equal(sid.slice(1), sid.slice(0, table.num_rows - 1))

@@ -160,8 +160,7 @@ class FakeBackend:
             bounds = np.cumsum([0] + lens[j])
             sums = np.add.reduceat(seg32.astype(np.float64), bounds[:-1]).tolist()
             maxes = np.maximum.reduceat(seg32, bounds[:-1])
-            flat = seg32.tolist()
-            out_lps = [flat[bounds[i] : bounds[i + 1]] for i in range(len(lens[j]))]
+            out_lps = [seg32[bounds[i] : bounds[i + 1]] for i in range(len(lens[j]))]
             tk_ids, tk_lps = [], []
             if ctx.topk:
                 for i, n in enumerate(lens[j]):
@@ -171,7 +170,8 @@ class FakeBackend:
             row = r.base_row()
             ctx0 = r.contexts[0] if r.contexts else ""
             row.update(
-                prompt=ctx0, prompt_token_ids=enc(ctx0), contexts=list(r.contexts), choices=list(r.continuations),
+                prompt=ctx0, prompt_token_ids=enc(ctx0), choices=list(r.continuations),
+                contexts=None if all(c == ctx0 for c in r.contexts) else list(r.contexts),
                 choice_token_ids=toks[j], choice_logprobs=out_lps, choice_sum_logprob=sums,
                 choice_is_greedy=(maxes > -0.5).tolist(), choice_n_tokens=lens[j],
                 choice_n_chars=[len(c) for c in r.continuations],
