@@ -112,8 +112,7 @@ def load_model(cfg: ModelConfig, *, extra_options: tuple[str, ...] = ()) -> Load
     """Load ``cfg``'s model and tokenizer under its precision/device policy; raise BackendError if it cannot."""
     check_options(cfg, extra_options)
     try:
-        import torch
-        import transformers
+        import torch  # noqa: F401  (fail here, with the install hint, if either is missing)
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise BackendError(f"the hf backend needs torch and transformers: {e}", hint="pip install 'rescore[hf]'") from None

@@ -1,0 +1,241 @@
+"""Seeded generation for the hf backend: our own decode loop with a KV cache.
+
+Why not ``model.generate()``: it draws from one global RNG per batch, so a candidate's tokens would depend
+on its batch neighbours, the batch size and where a run resumed. Here every candidate has its own
+``torch.Generator`` (CPU, seeded with ``derive_seed(run seed, sample_id, candidate)``) that it alone
+draws from, one uniform per generated token, so its tokens depend only on its prompt, the model and the
+sampling parameters.
+
+- Sampling: temperature, then top-k, then top-p (transformers' logits warpers, applied row-wise), then
+  inverse-CDF sampling with the candidate's uniform. Temperature 0 is greedy (argmax of the raw logits);
+  greedy candidates of one prompt are identical, so only one is computed and copied.
+- Stored logprobs (chosen token and top-k alternatives) come from the *unmodified* model distribution:
+  ``log_softmax`` of the raw logits in float32, before temperature, top-k or top-p.
+- Prompts: chat requests are rendered with ``tokenizer.apply_chat_template(messages,
+  add_generation_prompt=True, tokenize=False)`` (no template: BackendError, never a fallback); the
+  rendered text is encoded like lm-eval (default special tokens unless it already starts with BOS).
+  Prompts longer than ``max_length - max_new_tokens`` keep their last tokens.
+- Finish reasons: ``eos`` (an eos id of the tokenizer or generation config was produced; it is kept in
+  the token ids, not in the text), ``stop`` (a stop string appeared in the decoded text: the text is cut
+  before it, the token ids end with the token that completed it), ``length`` (max_new_tokens or the
+  context window reached). Text is decoded with ``skip_special_tokens=True`` (vLLM's default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rescore.core import GenParams, Request, canonical_json, derive_seed
+from rescore.errors import BackendError
+from rescore.gen.base import RunContext
+
+if TYPE_CHECKING:
+    from rescore.gen.hf import HFBackend
+
+
+@dataclass
+class Candidate:
+    owner: int
+    index: int
+    prompt_ids: list[int]
+    seed: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    topk_ids: list[list[int]] = field(default_factory=list)
+    topk_logprobs: list[list[float]] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+def render_prompt(backend: HFBackend, r: Request) -> str:
+    tok = backend.tokenizer
+    if not r.chat:
+        if r.prompt is None:
+            raise BackendError(f"request {r.sample_id!r} of task {r.task!r} has no prompt", hint="chat: false needs prompt text")
+        return r.prompt
+    if not getattr(tok, "chat_template", None):
+        raise BackendError(
+            f"task {r.task!r} asks for chat: true but model {backend.cfg.name!r} ({backend.cfg.path}) has no chat template",
+            hint="use a chat (SFT) checkpoint whose tokenizer has a chat template, or set chat: false for this task",
+        )
+    if not r.messages:
+        raise BackendError(f"request {r.sample_id!r} of task {r.task!r} is a chat request without messages")
+    return tok.apply_chat_template([dict(m) for m in r.messages], add_generation_prompt=True, tokenize=False)
+
+
+def run_generate(backend: HFBackend, reqs: Sequence[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+    p = ctx.params
+    keep = backend.max_length - p.max_new_tokens
+    if keep < 1:
+        raise BackendError(f"max_new_tokens {p.max_new_tokens} leaves no room for a prompt in the model's context of "
+                           f"{backend.max_length} tokens", hint="lower gen.max_new_tokens or raise max_length")
+    prompts, prompt_ids = [], []
+    for r in reqs:  # render everything first: a template error stops the run before any compute
+        text = render_prompt(backend, r)
+        prompts.append(text)
+        prompt_ids.append(backend.tok_encode(text)[-keep:])
+    cands: list[Candidate] = []
+    for i, r in enumerate(reqs):
+        for c in range(1 if p.greedy else p.n):
+            cands.append(Candidate(i, c, prompt_ids[i], derive_seed(ctx.seed, r.sample_id, c)))
+    left = {i: (1 if p.greedy else p.n) for i in range(len(reqs))}
+    done: dict[int, list[Candidate]] = {i: [] for i in range(len(reqs))}
+    for batch in _plan(cands, ctx.batch_size, ctx.max_batch_tokens, p.max_new_tokens):
+        decode_batch(backend, batch, p, ctx)
+        rows = []
+        for cand in batch:
+            done[cand.owner].append(cand)
+            left[cand.owner] -= 1
+            if left[cand.owner] == 0:
+                i = cand.owner
+                rows.append(_row(reqs[i], prompts[i], prompt_ids[i], sorted(done.pop(i), key=lambda c: c.index), ctx))
+        if rows:
+            yield rows
+
+
+def _plan(cands: list[Candidate], batch_size: int, max_batch_tokens: int, max_new: int) -> list[list[Candidate]]:
+    order = sorted(cands, key=lambda c: (-len(c.prompt_ids), c.owner, c.index))
+    batches: list[list[Candidate]] = []
+    cur: list[Candidate] = []
+    for c in order:
+        width = (len(cur[0].prompt_ids) if cur else len(c.prompt_ids)) + max_new
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * width > max_batch_tokens):
+            batches.append(cur)
+            cur = []
+        cur.append(c)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _row(r: Request, prompt: str, prompt_ids: list[int], cands: list[Candidate], ctx: RunContext) -> dict[str, Any]:
+    p: GenParams = ctx.params
+    if p.greedy and p.n > 1:  # greedy candidates are identical: copy the one computed
+        c0 = cands[0]
+        cands = [c0] + [
+            Candidate(c0.owner, c, c0.prompt_ids, derive_seed(ctx.seed, r.sample_id, c), c0.token_ids, c0.logprobs,
+                      c0.topk_ids, c0.topk_logprobs, c0.text, c0.finish_reason)
+            for c in range(1, p.n)
+        ]
+    row = r.base_row()
+    row.update(
+        prompt=prompt,
+        prompt_token_ids=prompt_ids,
+        chat=r.chat,
+        messages=canonical_json([dict(m) for m in r.messages]) if r.chat and r.messages else None,
+        seed=ctx.seed,
+        sampling=canonical_json(p.to_dict()),
+        candidates=[c.text for c in cands],
+        cand_token_ids=[c.token_ids for c in cands],
+        cand_logprobs=[c.logprobs for c in cands],
+        cand_topk_ids=[c.topk_ids for c in cands] if p.logprobs_topk else None,
+        cand_topk_logprobs=[c.topk_logprobs for c in cands] if p.logprobs_topk else None,
+        cand_finish_reason=[c.finish_reason for c in cands],
+        cand_seed=[c.seed for c in cands],
+    )
+    return row
+
+
+def _warpers(p: GenParams) -> list[Any]:
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out: list[Any] = []
+    if p.greedy:
+        return out
+    if p.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(float(p.temperature)))
+    if p.top_k > 0:
+        out.append(TopKLogitsWarper(p.top_k))
+    if p.top_p < 1.0:
+        out.append(TopPLogitsWarper(p.top_p))
+    return out
+
+
+def decode_batch(backend: HFBackend, batch: list[Candidate], p: GenParams, ctx: RunContext) -> None:
+    """Generate every candidate of ``batch`` in place (left-padded prompts, one KV cache)."""
+    import torch
+    from transformers import DynamicCache
+
+    model, tok, dev = backend.model, backend.tokenizer, backend.device
+    B = len(batch)
+    P = max(len(c.prompt_ids) for c in batch)
+    ids = torch.full((B, P), backend.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((B, P), dtype=torch.long)
+    for b, c in enumerate(batch):
+        n = len(c.prompt_ids)
+        ids[b, P - n :] = torch.tensor(c.prompt_ids)
+        attn[b, P - n :] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    ids, attn, pos = ids.to(dev), attn.to(dev), pos.to(dev)
+    gens = [torch.Generator(device="cpu").manual_seed(c.seed) for c in batch]
+    warpers = _warpers(p)
+    k = min(p.logprobs_topk, model.config.vocab_size)
+    budget = min(p.max_new_tokens, backend.max_length - P)
+    active = [True] * B
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        logits = _last_logits(model, ids, attn, pos, cache)
+        ctx.on_tokens(int(attn.sum()))
+        for step in range(budget):
+            lp = torch.log_softmax(logits, dim=-1)
+            if p.greedy:
+                nxt = logits.argmax(-1)
+            else:
+                scores = logits
+                for w in warpers:
+                    scores = w(None, scores)
+                probs = torch.softmax(scores, dim=-1)
+                u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in gens]).to(dev)
+                cdf = probs.double().cumsum(-1)
+                x = (u * cdf[:, -1]).unsqueeze(-1)
+                nxt = torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+            chosen = lp.gather(1, nxt[:, None])[:, 0].cpu().tolist()
+            nxt_l = nxt.cpu().tolist()
+            if k:
+                tv, ti = lp.topk(k, dim=-1)
+                tv, ti = tv.cpu().tolist(), ti.cpu().tolist()
+            for b, c in enumerate(batch):
+                if not active[b]:
+                    continue
+                c.token_ids.append(nxt_l[b])
+                c.logprobs.append(chosen[b])
+                if k:
+                    c.topk_ids.append(ti[b])
+                    c.topk_logprobs.append(tv[b])
+                active[b] = not _finished(c, tok, backend.eos_ids, p, last=step == budget - 1)
+            if not any(active):
+                break
+            attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=dev)], dim=1)
+            pos = pos[:, -1:] + 1
+            logits = _last_logits(model, nxt[:, None], attn, pos, cache)
+            ctx.on_tokens(sum(active))
+    for c in batch:
+        if c.finish_reason is None:  # stopped by the context window before max_new_tokens
+            c.finish_reason = "length"
+            c.text = tok.decode(c.token_ids, skip_special_tokens=True)
+
+
+def _finished(c: Candidate, tok: Any, eos_ids: set[int], p: GenParams, *, last: bool) -> bool:
+    if c.token_ids[-1] in eos_ids:
+        c.text = tok.decode(c.token_ids[:-1], skip_special_tokens=True)
+        c.finish_reason = "eos"
+        return True
+    if p.stop or last:
+        text = tok.decode(c.token_ids, skip_special_tokens=True)
+        hits = [i for i in (text.find(s) for s in p.stop if s) if i >= 0]
+        if hits:
+            c.text = text[: min(hits)]
+            c.finish_reason = "stop"
+            return True
+        if last:
+            c.text = text
+            c.finish_reason = "length"
+            return True
+    return False
+
+
+def _last_logits(model: Any, ids: Any, attn: Any, pos: Any, cache: Any) -> Any:
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :].float()
