@@ -1,0 +1,126 @@
+"""Column helpers shared by the metric modules: flattening list columns, parsing ``meta``, and a per-table
+memo so metrics scoring the same unit share work (extracted answers, parsed meta, check results)."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+T = TypeVar("T")
+
+_memo: dict[int, dict[str, Any]] = {}
+
+
+def memo(table: pa.Table, key: str, compute: Callable[[], T]) -> T:
+    """``compute()`` once per (table object, key); forgotten when the table is garbage-collected."""
+    tid = id(table)
+    slot = _memo.get(tid)
+    if slot is None:
+        slot = _memo[tid] = {}
+        weakref.finalize(table, _memo.pop, tid, None)
+    if key not in slot:
+        slot[key] = compute()
+    return slot[key]  # type: ignore[no-any-return]
+
+
+def flat_list(col: pa.ChunkedArray | pa.Array, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list column as (flat values, row offsets of length n+1, row-is-null mask). Null lists are empty."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(arr.type, pa.LargeListType):
+        arr = arr.cast(pa.list_(arr.type.value_type))
+    null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar([], type=arr.type))
+    offsets = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
+    values = arr.values.slice(offsets[0], offsets[-1] - offsets[0]) if len(arr) else arr.values.slice(0, 0)
+    offsets = offsets - offsets[0]
+    flat = values.to_numpy(zero_copy_only=False)
+    if flat.dtype == object:  # nulls inside
+        flat = np.array([np.nan if x is None else x for x in flat], dtype=dtype)
+    return np.asarray(flat, dtype=dtype), offsets, null
+
+
+def row_ids(offsets: np.ndarray) -> np.ndarray:
+    """For each flat element, the index of its row."""
+    n = len(offsets) - 1
+    return np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+
+
+def segment_argmax(vals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``np.argmax`` of every row segment, with numpy's semantics (first maximum; the first NaN if any).
+    Empty rows give -1."""
+    n = len(offsets) - 1
+    out = np.full(n, -1, dtype=np.int64)
+    lens = np.diff(offsets)
+    nonempty = lens > 0
+    if not nonempty.any() or vals.size == 0:
+        return out
+    rid = row_ids(offsets)
+    pos = np.arange(vals.size, dtype=np.int64) - np.repeat(offsets[:-1], lens)
+    big = np.iinfo(np.int64).max
+    starts = offsets[:-1][nonempty]
+    isnan = np.isnan(vals)
+    safe = np.where(isnan, -np.inf, vals)
+    rmax = np.maximum.reduceat(safe, starts)
+    full_max = np.full(n, -np.inf)
+    full_max[nonempty] = rmax
+    at_max = safe == full_max[rid]
+    first_max = np.minimum.reduceat(np.where(at_max, pos, big), starts)
+    first_nan = np.minimum.reduceat(np.where(isnan, pos, big), starts)
+    res = np.where(first_nan < big, first_nan, first_max)
+    out[nonempty] = res
+    return out
+
+
+def segment_softmax(vals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Softmax within each row segment (lm-eval's ``utils.softmax``: exp(x - max) / sum)."""
+    if vals.size == 0:
+        return vals.astype(np.float64)
+    lens = np.diff(offsets)
+    nonempty = lens > 0
+    starts = offsets[:-1][nonempty]
+    rid = row_ids(offsets)
+    rmax = np.full(len(lens), 0.0)
+    rmax[nonempty] = np.maximum.reduceat(vals, starts)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(vals - rmax[rid])
+        tot = np.zeros(len(lens))
+        tot[nonempty] = np.add.reduceat(e, starts)
+        return e / tot[rid]
+
+
+def pylist(table: pa.Table, name: str) -> list[Any]:
+    return memo(table, f"pylist:{name}", lambda: table.column(name).to_pylist())
+
+
+def metas(table: pa.Table) -> list[dict[str, Any]]:
+    """The ``meta`` column parsed from canonical JSON, one dict per row (empty when null)."""
+
+    def parse() -> list[dict[str, Any]]:
+        if "meta" not in table.column_names:
+            return [{} for _ in range(table.num_rows)]
+        out = []
+        for s in table.column("meta").to_pylist():
+            if not s:
+                out.append({})
+                continue
+            try:
+                v = orjson.loads(s)
+            except orjson.JSONDecodeError:
+                v = {}
+            out.append(v if isinstance(v, dict) else {})
+        return out
+
+    return memo(table, "meta", parse)
+
+
+def to_float(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A numeric column as float64 with NaN for nulls."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return np.asarray(arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)

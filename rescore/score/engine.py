@@ -1,0 +1,550 @@
+"""Incremental scoring of a store and the results table.
+
+:func:`score_store` computes, for every complete unit, the (metric, version) pairs missing from
+``scores/<run_id>/`` and nothing else. A score file is current when its version (in the name), its
+parameter hash and the checksum of the rows it was computed from (``rows_parquet_sha256``) all match; a
+changed version, parameter or regenerated unit counts as missing. Each file is written atomically, so a
+crash leaves every earlier file intact. Partial units are skipped and reported.
+
+Score file ``scores/<run_id>/<metric>@<version>.parquet``: ``sample_id``, ``value`` (float64, null where
+the metric does not apply) and the metric's auxiliary columns; its Parquet key-value metadata
+``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each ``category``), so
+:func:`build_results` never rereads per-row values. ``scores/<run_id>/_index.json`` caches those footers
+(keyed by file size and mtime); it is only a cache.
+
+``results.parquet`` is rebuilt from the score files after every run: one row per unit (seed) and one
+``seed="agg"`` row per group of units that differ only in their seed. See :data:`RESULTS_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rescore.artifacts.io import atomic_write_bytes, atomic_write_table
+from rescore.artifacts.store import Store, Unit
+from rescore.core import canonical_json, content_hash
+from rescore.errors import ConfigError, UserError
+from rescore.score.aggregate import seed_aggregate
+from rescore.score.registry import load_builtin
+from rescore.score.spec import Agg, Metric, UnitInfo, aggregators, metrics
+
+INDEX = "_index.json"
+META_KEY = b"rescore"
+ALL = "all"  # the subset of every row of a unit; other subsets are the row categories
+
+RESULTS_SCHEMA = pa.schema([
+    ("model", pa.string()), ("checkpoint", pa.string()), ("step", pa.int64()), ("stage", pa.string()),
+    ("suite", pa.string()), ("task", pa.string()), ("subset", pa.string()), ("metric", pa.string()),
+    ("metric_version", pa.int32()), ("seed", pa.string()), ("value", pa.float64()), ("stderr", pa.float64()),
+    ("n", pa.int64()), ("run_id", pa.string()), ("precision", pa.string()),
+    # beyond the core columns: seed spread (agg rows), CI, and what reports need to group and rank
+    ("std", pa.float64()), ("min", pa.float64()), ("max", pa.float64()), ("n_seeds", pa.int32()),
+    ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("higher_is_better", pa.bool_()),
+    ("aggregator", pa.string()), ("family", pa.string()), ("tier", pa.string()), ("request_type", pa.string()),
+    ("data_fp", pa.string()),
+])
+
+
+class ScoreError(UserError):
+    """A metric failed on a unit (its message names both)."""
+
+
+@dataclass
+class ScoreReport:
+    computed: list[tuple[str, str, int]] = field(default_factory=list)  # (run_id, metric, version)
+    up_to_date: int = 0
+    partial_units: list[str] = field(default_factory=list)
+    units_scored: int = 0
+    units_complete: int = 0
+    unavailable: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "metric on unit: why"
+    results_rows: int = 0
+    seconds: float = 0.0
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# -- metric selection ---------------------------------------------------------------------------------
+def select_metrics(names: Sequence[str] | None = None, *, params: dict[str, dict[str, Any]] | None = None,
+                   only: Iterable[Metric] | None = None) -> list[Metric]:
+    """The metric specs to compute. ``names`` entries are ``name`` or ``name:key=value,...``; unknown names
+    raise with a did-you-mean. Without names: every registered metric whose required parameters are set
+    (or the ``only`` specs, e.g. a plugin's). ``params`` adds parameters to named metrics."""
+    from rescore.score.spec import parse_metric_arg
+
+    load_builtin()
+    params = dict(params or {})
+    chosen: list[Metric] = []
+    if names:
+        for arg in names:
+            name, kw = parse_metric_arg(arg)
+            spec = metrics.get(name)
+            kw = {**params.pop(name, {}), **kw}
+            if kw:
+                spec = spec.with_params(name=spec.name if _keeps_name(spec, kw) else None, **kw)
+            missing = spec.missing_params()
+            if missing:
+                raise ConfigError(f"metric {spec.name!r} needs parameter(s) {missing}",
+                                  hint=f"pass them as --metric {spec.name}:{missing[0]}=VALUE")
+            chosen.append(spec)
+    else:
+        base = list(only) if only is not None else [metrics.get(n) for n in metrics.names()]
+        for spec in base:
+            kw = params.get(spec.name)
+            if kw:
+                spec = spec.with_params(name=spec.name if _keeps_name(spec, kw) else None, **kw)
+            if not spec.missing_params():
+                chosen.append(spec)
+    seen: dict[str, Metric] = {}
+    for s in chosen:
+        seen[s.name] = s
+    return list(seen.values())
+
+
+def _keeps_name(spec: Metric, kw: dict[str, Any]) -> bool:
+    # filling a required parameter (the reranker's file) keeps the name: one reranker table per store
+    return set(kw) <= set(spec.required_params)
+
+
+# -- the score cache ----------------------------------------------------------------------------------
+def scores_dir(store: Store, run_id: str) -> Path:
+    return store.scores_dir / run_id
+
+
+def read_score_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        md = pq.read_schema(path).metadata or {}
+        raw = md.get(META_KEY)
+        return orjson.loads(raw) if raw else None
+    except (pa.ArrowInvalid, OSError, orjson.JSONDecodeError):
+        return None
+
+
+def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
+    """file name -> score metadata of every readable score file of a unit (index-cached)."""
+    d = scores_dir(store, run_id)
+    if not d.is_dir():
+        return {}
+    try:
+        index = orjson.loads((d / INDEX).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        index = {}
+    out: dict[str, dict[str, Any]] = {}
+    changed = False
+    for name in os.listdir(d):
+        if not name.endswith(".parquet") or name.startswith("."):
+            continue
+        p = d / name
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        ent = index.get(name)
+        if ent and ent.get("size") == st.st_size and ent.get("mtime_ns") == st.st_mtime_ns:
+            out[name] = ent["meta"]
+            continue
+        meta = read_score_meta(p)
+        changed = True
+        if meta is not None:
+            out[name] = meta
+            index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "meta": meta}
+    stale = set(index) - set(out)
+    if stale or changed:
+        for k in stale:
+            index.pop(k, None)
+        _write_index(d, index)
+    return out
+
+
+def _write_index(d: Path, index: dict[str, Any]) -> None:
+    try:
+        atomic_write_bytes(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS))
+    except OSError:
+        pass  # the index is only a cache
+
+
+def is_current(meta: dict[str, Any] | None, spec: Metric, source_sha: str | None) -> bool:
+    return (meta is not None and meta.get("version") == spec.version and meta.get("params_hash") == spec.params_hash()
+            and meta.get("source_sha256") == source_sha)
+
+
+# -- computing one unit -------------------------------------------------------------------------------
+def subsets_of(table: pa.Table) -> dict[str, np.ndarray | None]:
+    """``{"all": None}`` plus one boolean row mask per category value."""
+    out: dict[str, np.ndarray | None] = {ALL: None}
+    if "category" in table.column_names and table.column("category").null_count < table.num_rows:
+        cats = np.asarray(table.column("category").to_numpy(zero_copy_only=False), dtype=object)
+        for c in sorted({c for c in cats if c is not None}):
+            out[str(c)] = cats == c
+    return out
+
+
+def aggregate_rows(spec: Metric, cols: dict[str, Any], subsets: dict[str, np.ndarray | None]) -> dict[str, dict[str, Any]]:
+    agg = aggregators.get(spec.aggregator)
+    value = np.asarray(cols["value"], dtype=np.float64)
+    applies = ~np.isnan(value)
+    needed = {k: _numeric(cols[k]) for k in agg.needs if k in cols}
+    missing = [k for k in agg.needs if k not in needed]
+    if missing:
+        raise ValueError(f"aggregator {agg.name!r} needs per-row column(s) {missing}; metric returned {list(cols)}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, mask in subsets.items():
+        sel = applies if mask is None else applies & mask
+        if not sel.any():
+            continue
+        res: Agg = agg({k: v[sel] for k, v in needed.items()}, spec.agg_kw)
+        out[name] = {k: _clean(v) for k, v in res.as_dict().items()}
+    return out
+
+
+def _numeric(v: Any) -> np.ndarray:
+    if isinstance(v, pa.ChunkedArray | pa.Array):
+        return np.asarray(v.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(v, dtype=np.float64)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float | np.floating):
+        v = float(v)
+        return v if math.isfinite(v) or math.isinf(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def score_table(spec: Metric, table: pa.Table, cols: dict[str, Any], meta: dict[str, Any]) -> pa.Table:
+    arrays: dict[str, pa.Array] = {"sample_id": table.column("sample_id").combine_chunks()}
+    for k, v in cols.items():
+        if isinstance(v, pa.Array):
+            arrays[k] = v
+        else:
+            arr = np.asarray(v)
+            if arr.dtype.kind == "f":
+                arrays[k] = pa.array(arr, pa.float64(), from_pandas=True)
+            else:
+                arrays[k] = pa.array(arr)
+    t = pa.table(arrays)
+    return t.replace_schema_metadata({META_KEY: orjson.dumps(meta)})
+
+
+def _spec_meta(spec: Metric, unit: Unit) -> dict[str, Any]:
+    return {
+        "metric": spec.name, "version": spec.version, "params_hash": spec.params_hash(),
+        "params": {k: v for k, v in spec.kw.items()}, "aggregator": spec.aggregator, "agg_params": spec.agg_kw,
+        "higher_is_better": spec.higher_is_better, "request_type": spec.request_type,
+        "description": spec.description, "run_id": unit.run_id,
+        "source_sha256": unit.manifest.get("rows_parquet_sha256"), "lm_eval_key": spec.lm_eval_key,
+    }
+
+
+def score_unit(store: Store, unit: Unit, specs: Sequence[Metric]) -> list[tuple[str, dict[str, Any]]]:
+    """Compute ``specs`` on one complete unit and write their score files. Returns (file name, meta)."""
+    names = set(unit_columns(unit))
+    cols_needed = {"sample_id", "category"} | {c for s in specs for c in s.columns}
+    table = unit.read_table(columns=[c for c in sorted(cols_needed) if c in names])
+    subsets = subsets_of(table)
+
+    def read_more(columns: list[str]) -> pa.Table:
+        return unit.read_table(columns=[c for c in columns if c in names])
+
+    info = UnitInfo(run_id=unit.run_id, manifest=unit.manifest, read=read_more)
+    d = scores_dir(store, unit.run_id)
+    written = []
+    for spec in specs:
+        try:
+            cols = spec.compute(table, info)
+            meta = _spec_meta(spec, unit)
+            meta["aggregates"] = aggregate_rows(spec, cols, subsets)
+            meta["n_rows"] = table.num_rows
+            meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            out = score_table(spec, table, cols, meta)
+        except UserError:
+            raise
+        except Exception as e:
+            if os.environ.get("RESCORE_DEBUG"):
+                raise
+            raise ScoreError(
+                f"metric {spec.name!r} (version {spec.version}) failed on unit {unit.run_id[:12]} "
+                f"({unit.describe()}): {type(e).__name__}: {e}",
+                hint="fix the metric and run `rescore score` again (RESCORE_DEBUG=1 shows the traceback); "
+                     "scores written before it are kept") from None
+        atomic_write_table(d / spec.file_name, out)
+        written.append((spec.file_name, meta))
+    return written
+
+
+def unit_columns(unit: Unit) -> list[str]:
+    try:
+        return list(pq.read_schema(unit.parquet_path).names)
+    except (pa.ArrowInvalid, OSError):
+        from rescore.artifacts.schema import column_names
+
+        return column_names(unit.request_type)
+
+
+def _score_unit_job(root: str, run_id: str, specs: Sequence[Metric]) -> list[tuple[str, dict[str, Any]]]:
+    store = Store(root)
+    return score_unit(store, store.unit(run_id), specs)
+
+
+# -- the whole store ----------------------------------------------------------------------------------
+def plan_unit(store: Store, unit: Unit, specs: Sequence[Metric], force: bool,
+              report: ScoreReport) -> list[Metric]:
+    """The specs of ``specs`` that a complete unit still needs."""
+    have = scan_scores(store, unit.run_id)
+    sha = unit.manifest.get("rows_parquet_sha256")
+    names = None
+    todo = []
+    for spec in specs:
+        if spec.request_type != unit.request_type:
+            continue
+        why = spec.available()
+        if why:
+            report.unavailable[spec.name] = why
+            continue
+        if not force and is_current(have.get(spec.file_name), spec, sha):
+            report.up_to_date += 1
+            continue
+        names = names if names is not None else set(unit_columns(unit))
+        lacking = [c for c in spec.columns if c not in names]
+        if lacking:
+            report.skipped.append(f"{spec.name} on {unit.run_id[:12]}: the unit has no column(s) {lacking}")
+            continue
+        todo.append(spec)
+    return todo
+
+
+def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: bool = False, jobs: int = 1,
+                progress: ProgressFn | None = None, rebuild: bool = True) -> ScoreReport:
+    """Score every complete unit of ``store`` with ``specs`` (default: all runnable registered metrics),
+    then rebuild ``results.parquet``."""
+    t0 = time.perf_counter()
+    specs = list(specs) if specs is not None else select_metrics()
+    report = ScoreReport()
+    work: list[tuple[Unit, list[Metric]]] = []
+    for unit in store.units():
+        if not unit.complete:
+            report.partial_units.append(unit.run_id)
+            continue
+        report.units_complete += 1
+        todo = plan_unit(store, unit, specs, force, report)
+        if todo:
+            work.append((unit, todo))
+    total = len(work)
+    if progress:
+        progress("scoring", 0, total)
+    if jobs > 1 and total > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
+            futs = [(u, pool.submit(_score_unit_job, str(store.root), u.run_id, todo)) for u, todo in work]
+            for i, (u, fut) in enumerate(futs):
+                _record(report, u, fut.result())
+                if progress:
+                    progress(u.describe(), i + 1, total)
+    else:
+        for i, (u, todo) in enumerate(work):
+            _record(report, u, score_unit(store, u, todo))
+            if progress:
+                progress(u.describe(), i + 1, total)
+    if rebuild:
+        table = build_results(store, specs_by_name=_registered_current())
+        write_results(store, table)
+        report.results_rows = table.num_rows
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _record(report: ScoreReport, unit: Unit, written: list[tuple[str, dict[str, Any]]]) -> None:
+    report.units_scored += 1
+    for _, meta in written:
+        report.computed.append((unit.run_id, meta["metric"], meta["version"]))
+
+
+def _registered_current() -> dict[str, Metric]:
+    load_builtin()
+    out = {}
+    for n in metrics.names():
+        s = metrics.get(n)
+        if not s.missing_params():
+            out[n] = s
+    return out
+
+
+# -- results ------------------------------------------------------------------------------------------
+_FILE_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_.-]*)@(?P<version>\d+)\.parquet$")
+
+
+def choose_files(have: dict[str, dict[str, Any]], source_sha: str | None,
+                 specs_by_name: dict[str, Metric]) -> dict[str, dict[str, Any]]:
+    """metric name -> the score metadata that results use for one unit.
+
+    A registered runnable metric uses only its current file. Any other metric on disk (a plugin not loaded
+    this time, a parameterised variant, the reranker without its file) uses its highest current-source
+    version."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for fname, meta in have.items():
+        m = _FILE_RE.match(fname)
+        if not m or meta.get("source_sha256") != source_sha:
+            continue
+        by_name.setdefault(meta.get("metric", m.group("name")), []).append(meta)
+    out = {}
+    for name, metas_ in by_name.items():
+        spec = specs_by_name.get(name)
+        if spec is not None:
+            cur = [x for x in metas_ if x.get("version") == spec.version and x.get("params_hash") == spec.params_hash()]
+            if cur:
+                out[name] = cur[0]
+            continue
+        out[name] = max(metas_, key=lambda x: (x.get("version", 0), x.get("created_at", "")))
+    return out
+
+
+def group_key(manifest: dict[str, Any]) -> str:
+    """Units that differ only in their seed share this key (their seed aggregate is one row)."""
+    resolved = manifest.get("resolved")
+    if isinstance(resolved, dict):
+        base = {k: v for k, v in resolved.items() if k != "seed"}
+    else:
+        task = dict(manifest.get("task") or {})
+        cfg = dict(task.get("config") or {})
+        cfg.pop("seeds", None)
+        model = manifest.get("model") or {}
+        base = {"model": {k: model.get(k) for k in ("name", "path", "precision", "step", "stage", "backend")},
+                "task": {"name": task.get("name"), "config": cfg}, "data_fp": manifest.get("data_fp"),
+                "gen": manifest.get("gen")}
+    return content_hash({"suite": manifest.get("suite"), "base": base}, 20)
+
+
+def infer_tier(manifest: dict[str, Any], metric_names: Iterable[str]) -> str:
+    """The task's tier from its config, else: rolling -> tier2, loglikelihood -> tier3, generation with
+    SFT checks -> tier4, other generation (GSM8K) -> tier3."""
+    tier = (manifest.get("task") or {}).get("tier")
+    if tier:
+        return str(tier)
+    rt = manifest.get("request_type")
+    if rt == "rolling":
+        return "tier2"
+    if rt == "generate" and "all_checks_pass_rate" in set(metric_names):
+        return "tier4"
+    return "tier3"
+
+
+def _unit_base(unit: Unit) -> dict[str, Any]:
+    m = unit.manifest
+    model = m.get("model") or {}
+    task = m.get("task") or {}
+    step = model.get("step")
+    return {
+        "model": model.get("name"), "checkpoint": model.get("path"),
+        "step": int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None,
+        "stage": model.get("stage"), "suite": m.get("suite"), "task": task.get("name"),
+        "precision": model.get("precision"), "family": task.get("family"), "request_type": m.get("request_type"),
+        "data_fp": m.get("data_fp"),
+    }
+
+
+def build_results(store: Store, specs_by_name: dict[str, Metric] | None = None) -> pa.Table:
+    """The tidy long results table from every complete unit's current score files."""
+    specs_by_name = _registered_current() if specs_by_name is None else specs_by_name
+    rows: list[dict[str, Any]] = []
+    groups: dict[str, list[tuple[Unit, dict[str, dict[str, Any]]]]] = {}
+    for unit in store.units():
+        if not unit.complete:
+            continue
+        chosen = choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"), specs_by_name)
+        if not chosen:
+            continue
+        groups.setdefault(group_key(unit.manifest), []).append((unit, chosen))
+    for members in groups.values():
+        members.sort(key=lambda x: _seed_sort(x[0].manifest.get("seed")))
+        base = _unit_base(members[0][0])
+        tier = infer_tier(members[0][0].manifest, {n for _, ch in members for n, meta in ch.items()
+                                                   if meta.get("aggregates")})
+        agg_cells: dict[tuple[str, int, str], list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
+        for unit, chosen in members:
+            seed = str(unit.manifest.get("seed"))
+            for name, meta in chosen.items():
+                for subset, a in (meta.get("aggregates") or {}).items():
+                    rows.append(_row(base, tier, name, meta, subset, seed, a, unit.run_id))
+                    agg_cells.setdefault((name, int(meta["version"]), subset), []).append((unit.run_id, meta, a))
+        for (name, _version, subset), cells in agg_cells.items():
+            rows.append(_agg_row(base, tier, name, subset, cells))
+    rows.sort(key=lambda r: (str(r["model"]), r["step"] if r["step"] is not None else -1, str(r["checkpoint"]),
+                             str(r["task"]), r["metric"], r["subset"] != ALL, r["subset"], r["seed"] == "agg", r["seed"]))
+    return pa.Table.from_pylist(rows, schema=RESULTS_SCHEMA)
+
+
+def _seed_sort(seed: Any) -> tuple[int, str]:
+    return (0, f"{int(seed):012d}") if isinstance(seed, int) else (1, str(seed))
+
+
+def _row(base: dict[str, Any], tier: str, name: str, meta: dict[str, Any], subset: str, seed: str,
+         a: dict[str, Any], run_id: str) -> dict[str, Any]:
+    return {**base, "subset": subset, "metric": name, "metric_version": int(meta["version"]), "seed": seed,
+            "value": a.get("value"), "stderr": a.get("stderr"), "n": a.get("n"), "run_id": run_id,
+            "std": None, "min": None, "max": None, "n_seeds": None, "ci_low": a.get("ci_low"),
+            "ci_high": a.get("ci_high"), "higher_is_better": meta.get("higher_is_better"),
+            "aggregator": meta.get("aggregator"), "tier": tier}
+
+
+def _agg_row(base: dict[str, Any], tier: str, name: str, subset: str,
+             cells: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """The seed aggregate: value = mean over seeds, stderr = std/sqrt(n_seeds); with one seed it repeats
+    that seed's value, stderr and CI (std is then null)."""
+    sa = seed_aggregate([a.get("value") for _, _, a in cells])
+    meta = cells[0][1]
+    row = _row(base, tier, name, meta, subset, "agg", {}, ",".join(r for r, _, _ in cells))
+    k = sa["n_seeds"]
+    row.update(value=sa["mean"], std=sa["std"], min=sa["min"], max=sa["max"], n_seeds=k,
+               n=sum(int(a.get("n") or 0) for _, _, a in cells))
+    if k == 1:
+        only = next(a for _, _, a in cells if a.get("value") is not None)
+        row.update(stderr=only.get("stderr"), ci_low=only.get("ci_low"), ci_high=only.get("ci_high"))
+    elif k > 1:
+        se = sa["stderr"]
+        row.update(stderr=se, ci_low=sa["mean"] - 1.959963984540054 * se, ci_high=sa["mean"] + 1.959963984540054 * se)
+    return row
+
+
+def write_results(store: Store, table: pa.Table) -> None:
+    atomic_write_table(store.results_path, table)
+
+
+def read_results(store: Store) -> pa.Table:
+    from rescore.errors import StoreError
+
+    p = store.results_path
+    if not p.is_file():
+        raise StoreError(f"no results in {store.root}", hint="run `rescore score` first")
+    try:
+        return pq.read_table(p)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"cannot read {p}: {e}", hint="run `rescore score` to rebuild it") from None
+
+
+def read_scores(store: Store, run_id: str, metric: str) -> pa.Table | None:
+    """The current per-row scores of one metric on one unit (None when not computed)."""
+    unit = store.unit(run_id)
+    chosen = choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"),
+                          _registered_current())
+    meta = chosen.get(metric)
+    if meta is None:
+        return None
+    return pq.read_table(scores_dir(store, unit.run_id) / f"{metric}@{meta['version']}.parquet")
+
+
+__all__ = ["score_store", "select_metrics", "build_results", "read_results", "read_scores", "ScoreReport",
+           "ScoreError", "RESULTS_SCHEMA", "ALL", "canonical_json"]

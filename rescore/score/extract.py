@@ -1,0 +1,174 @@
+"""Extractors (text -> answer) and lm-evaluation-harness's answer normalisation.
+
+The GSM8K extractors reproduce lm-eval's filters exactly (``lm_eval/tasks/gsm8k/gsm8k.yaml`` and
+``lm_eval/filters/extraction.py``, RegexFilter):
+
+- strict-match: ``#### (\\-?[0-9\\.\\,]+)``, first match, stripped; ``[invalid]`` when none.
+- flexible-extract: ``(-?[$0-9.,]{2,})|(-?[0-9]+)`` with ``group_select: -1``: the *last* match of
+  ``re.findall``, first non-empty group, stripped; ``[invalid]`` when none.
+
+``findall`` over a long generation is slow (the flexible pattern tries both branches at every position),
+so :func:`flexible_extract` finds the same last match by searching the reversed text (a test checks it
+against lm-eval's own RegexFilter on random strings). Why that is equivalent: ``-`` is outside the class
+``C = [$0-9.,]``, so every match of the forward scan is either a whole maximal run of C characters of
+length >= 2 or a single digit, each with the ``-`` immediately before it if there is one; the reversed
+pattern ``[$0-9.,]{2,}-?|[0-9]-?`` picks out exactly those runs, nearest the end first.
+
+:func:`exact_match_norm` is lm-eval's ``exact_match`` with GSM8K's settings (``ignore_case: true``,
+``ignore_punctuation: false``, ``regexes_to_ignore: [",", "\\$", "(?s).*#### ", "\\.$"]``), applied to
+predictions and references alike; trailing NULs are dropped because lm-eval compares numpy ``<U``
+arrays, which drop them.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import string
+from functools import lru_cache
+
+import orjson
+
+from rescore.score.spec import Extractor, extractors
+
+INVALID = "[invalid]"
+
+STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_FLEXIBLE_REV = re.compile(r"[$0-9.,]{2,}-?|[0-9]-?")
+GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+
+
+def regex_extract(text: str, pattern: str, group_select: int = 0, fallback: str = INVALID) -> str:
+    """lm-eval's RegexFilter for one response (any pattern)."""
+    match = re.findall(pattern, text if isinstance(text, str) else "")
+    if not match:
+        return fallback
+    m = match[group_select]
+    if isinstance(m, tuple):
+        m = [x for x in m if x]
+        m = m[0] if m else fallback
+    return m.strip()
+
+
+def strict_extract(text: str) -> str:
+    m = STRICT_RE.search(text)
+    return m.group(1).strip() if m else INVALID
+
+
+def flexible_extract(text: str) -> str:
+    m = _FLEXIBLE_REV.search(text[::-1])
+    return m.group(0)[::-1] if m else INVALID
+
+
+@lru_cache(maxsize=1 << 16)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def lm_eval_exact_match_norm(
+    s: str, *, regexes_to_ignore: tuple[str, ...] = (), ignore_case: bool = False, ignore_punctuation: bool = False
+) -> str:
+    """lm-eval's ``exact_match_hf_evaluate`` normalisation of one string (same order of steps)."""
+    for r in regexes_to_ignore:
+        s = _compiled(r).sub("", s)
+    if ignore_case:
+        s = s.lower()
+    if ignore_punctuation:
+        s = s.translate(str.maketrans("", "", string.punctuation))
+    return s.rstrip("\x00")
+
+
+@lru_cache(maxsize=1 << 18)
+def exact_match_norm(s: str) -> str:
+    """GSM8K's exact_match normalisation (cached: answers repeat a lot)."""
+    return lm_eval_exact_match_norm(s, regexes_to_ignore=GSM8K_IGNORE, ignore_case=True)
+
+
+# -- other extractors ---------------------------------------------------------------------------------
+_LETTER_PATTERNS = (
+    r"(?i)answer\s*(?:is|:)?\s*[:\-]?\s*\(?\b([{L}])\b\)?",
+    r"^\s*\(?([{L}])\)?(?:[.):\s]|$)",
+    r"\(([{L}])\)",
+)
+
+
+def choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
+    """A multiple-choice letter: "The answer is (B)", "Answer: B", a leading "B." / "(B)", else the last "(B)"."""
+    cls = re.escape(letters)
+    for i, pat in enumerate(_LETTER_PATTERNS):
+        found = re.findall(pat.replace("{L}", cls), text, flags=re.MULTILINE)
+        if found:
+            return (found[-1] if i == 2 else found[0]).upper()
+    return None
+
+
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def code_block(text: str, language: str | None = "python", fallback_whole: bool = True) -> str | None:
+    """The first fenced block in ``language`` (any block when None; ``py``/``python3`` count as python);
+    without one, the whole text when ``fallback_whole``."""
+    for lang, body in _FENCE_RE.findall(text):
+        tag = lang.lower()
+        if language is None or tag == language or (language == "python" and tag in ("py", "python3")):
+            return body
+    if language == "python":
+        # an untagged fence still holds code
+        for lang, body in _FENCE_RE.findall(text):
+            if not lang:
+                return body
+    return text if fallback_whole else None
+
+
+def python_parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return False
+    return True
+
+
+def json_block(text: str, strict: bool = False) -> str | None:
+    """JSON text in a response: with ``strict`` the whole stripped response (no fence allowed); otherwise a
+    ```json fence, else the first ``{``/``[`` through the matching last ``}``/``]``. Returns the JSON text if
+    it parses, else None."""
+    s = text.strip()
+    cands: list[str] = [s]
+    if not strict:
+        for lang, body in _FENCE_RE.findall(text):
+            if lang.lower() in ("json", ""):
+                cands.append(body.strip())
+        for o, c in (("{", "}"), ("[", "]")):
+            i, j = s.find(o), s.rfind(c)
+            if 0 <= i < j:
+                cands.append(s[i : j + 1])
+    for cand in cands:
+        if parse_json(cand) is not _NOT_JSON:
+            return cand
+    return None
+
+
+_NOT_JSON = object()
+
+
+def parse_json(s: str) -> object:
+    """Strict JSON (RFC 8259: no NaN/Infinity, no trailing commas); ``_NOT_JSON`` when it does not parse."""
+    if not s:
+        return _NOT_JSON
+    try:
+        return orjson.loads(s)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
+for _ex in (
+    Extractor("gsm8k_strict", lambda t: strict_extract(t), "lm-eval GSM8K strict-match: first '#### N'"),
+    Extractor("gsm8k_flexible", lambda t: flexible_extract(t), "lm-eval GSM8K flexible-extract: last number"),
+    Extractor("regex", regex_extract, "lm-eval RegexFilter (params pattern, group_select, fallback)",
+              params=(("pattern", r"#### (\-?[0-9\.\,]+)"),)),
+    Extractor("choice_letter", choice_letter, "multiple-choice letter (param letters)"),
+    Extractor("code_block", code_block, "first fenced code block (param language, fallback_whole)"),
+    Extractor("json_block", json_block, "a JSON object/array that parses (param strict)"),
+):
+    extractors.register(_ex.name, _ex)

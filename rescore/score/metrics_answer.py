@@ -1,0 +1,339 @@
+"""Answer-extraction metrics for ``generate`` tasks with a reference answer (GSM8K and the like).
+
+A row applies when its meta carries ``answer`` (GSM8K rows do) or, failing that, it has a ``target``.
+The reference is lm-eval's: the full ``target`` text, normalised with GSM8K's exact_match settings (which
+strip everything up to ``#### ``); ``meta["answer"]`` is used when there is no target.
+
+- ``exact_match_strict`` / ``exact_match_flexible``: lm-eval's GSM8K strict-match and flexible-extract
+  filters + exact_match, for candidate 0 (the greedy one); every candidate's result is kept in the
+  ``per_candidate`` column of the per-row scores.
+- ``maj_at_n`` (``maj_at_<k>`` with param k): majority vote over the first k candidates' normalised extracted answers (ties: the answer
+  seen first; candidates with no answer do not vote), correct if the winner matches.
+- ``pass_at_1`` / ``pass_at_<k>`` (``--metric pass_at_k:k=8``): the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k); rows with fewer
+  than k candidates do not apply.
+- ``bon_<strategy>``: best-of-n selection, the selected candidate's correctness. Strategies: ``first``,
+  ``random`` (seeded per sample: ``derive_seed(seed, sample_id, 0) % n``), ``oracle`` (any correct),
+  ``max_mean_logprob``, ``max_sum_logprob`` (ties: the lowest index), ``majority`` (= maj@n), and
+  ``reranker`` (scores from a user file, see :mod:`rescore.score.rerank`).
+- ``math_equiv``: math-verify's equivalence of candidate 0 with the reference answer (needs the optional
+  ``math-verify`` package; skipped cleanly without it).
+
+The extraction used by maj/pass/bon is a parameter (``extract``: ``flexible`` (default) or ``strict``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rescore.core import derive_seed
+from rescore.score.columns import flat_list, memo, metas, pylist
+from rescore.score.extract import INVALID, exact_match_norm, flexible_extract, strict_extract
+from rescore.score.spec import Metric, UnitInfo, register_metric
+
+EXTRACT = {"strict": strict_extract, "flexible": flexible_extract}
+
+
+def _cands(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    def f() -> tuple[list[str], np.ndarray]:
+        arr = table.column("candidates").combine_chunks()
+        if arr.null_count:
+            arr = pc.fill_null(arr, pa.scalar([], type=arr.type))
+        off = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
+        flat = arr.values.slice(off[0], off[-1] - off[0]).to_pylist()
+        return [s or "" for s in flat], off - off[0]
+
+    return memo(table, "gen:cands", f)
+
+
+def _refs(table: pa.Table) -> list[str | None]:
+    """Normalised reference answer per row (None: the row has no reference)."""
+
+    def f() -> list[str | None]:
+        targets = pylist(table, "target") if "target" in table.column_names else [None] * table.num_rows
+        has_answer = None
+        if "meta" in table.column_names:
+            hit = pc.match_substring(table.column("meta"), '"answer"').fill_null(False)
+            has_answer = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+        ms = metas(table) if has_answer is not None and has_answer.any() else None
+        out: list[str | None] = []
+        for i, t in enumerate(targets):
+            ans = ms[i].get("answer") if ms is not None and has_answer[i] else None  # type: ignore[index]
+            if ans is None and t is None:
+                out.append(None)
+            elif t is not None:
+                out.append(exact_match_norm(t))
+            else:
+                out.append(exact_match_norm(str(ans)))
+        return out
+
+    return memo(table, "gen:refs", f)
+
+
+def _answers(table: pa.Table, mode: str) -> list[str]:
+    def f() -> list[str]:
+        ex = EXTRACT[mode]
+        return [ex(t) for t in _cands(table)[0]]
+
+    return memo(table, f"gen:answers:{mode}", f)
+
+
+def _correct(table: pa.Table, mode: str) -> np.ndarray:
+    """Per flat candidate: 1.0 correct, 0.0 wrong, NaN when the row has no reference."""
+
+    def f() -> np.ndarray:
+        answers = _answers(table, mode)
+        _, off = _cands(table)
+        refs = _refs(table)
+        rid = np.repeat(np.arange(len(refs)), np.diff(off))
+        out = np.empty(len(answers))
+        for j, (a, r) in enumerate(zip(answers, rid.tolist(), strict=True)):
+            ref = refs[r]
+            out[j] = np.nan if ref is None else float(exact_match_norm(a) == ref)
+        return out
+
+    return memo(table, f"gen:correct:{mode}", f)
+
+
+def _first(table: pa.Table, flat: np.ndarray) -> np.ndarray:
+    _, off = _cands(table)
+    n = np.diff(off)
+    out = np.full(len(n), np.nan)
+    ok = n > 0
+    out[ok] = flat[off[:-1][ok]]
+    return out
+
+
+def _exact_match(table: pa.Table, mode: str) -> dict[str, Any]:
+    corr = _correct(table, mode)
+    _, off = _cands(table)
+    answers = _answers(table, mode)
+    first_ans = [answers[off[i]] if off[i + 1] > off[i] else None for i in range(len(off) - 1)]
+    per_cand = pa.ListArray.from_arrays(pa.array(off, pa.int32()), pa.array(corr, pa.float64(), from_pandas=True))
+    return {"value": _first(table, corr), "answer": pa.array(first_ans, pa.string()), "per_candidate": per_cand}
+
+
+def exact_match_strict(table: pa.Table) -> dict[str, Any]:
+    return _exact_match(table, "strict")
+
+
+def exact_match_flexible(table: pa.Table) -> dict[str, Any]:
+    return _exact_match(table, "flexible")
+
+
+def _vote(table: pa.Table, mode: str, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(majority-is-correct per row, index of the first candidate holding the majority answer)."""
+    answers = _answers(table, mode)
+    _, off = _cands(table)
+    refs = _refs(table)
+    value = np.full(len(refs), np.nan)
+    chosen = np.full(len(refs), -1, dtype=np.int64)
+    for r, ref in enumerate(refs):
+        a, b = int(off[r]), int(off[r + 1])
+        if ref is None or b == a:
+            continue
+        b = min(b, a + k) if k else b
+        if k and b - a < k:
+            continue
+        votes: Counter[str] = Counter()
+        first_at: dict[str, int] = {}
+        for j in range(a, b):
+            if answers[j] == INVALID:
+                continue
+            norm = exact_match_norm(answers[j])
+            votes[norm] += 1
+            first_at.setdefault(norm, j - a)
+        if not votes:
+            value[r] = 0.0
+            continue
+        win = votes.most_common(1)[0][0]
+        value[r] = float(win == ref)
+        chosen[r] = first_at[win]
+    return value, chosen
+
+
+def maj_at_k(table: pa.Table, k: int | None = None, extract: str = "flexible") -> dict[str, Any]:
+    value, chosen = _vote(table, extract, k)
+    return {"value": value, "selected": chosen}
+
+
+def pass_at_k_estimate(n: int, c: int, k: int) -> float:
+    """Chen et al. (2021): 1 - C(n-c, k)/C(n, k), computed stably as 1 - prod_{i=n-c+1}^{n} (1 - k/i)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k(table: pa.Table, k: int = 1, extract: str = "flexible") -> dict[str, Any]:
+    corr = _correct(table, extract)
+    _, off = _cands(table)
+    n = np.diff(off)
+    value = np.full(len(n), np.nan)
+    c = np.zeros(len(n))
+    ok = n > 0
+    if ok.any():
+        c[ok] = np.add.reduceat(np.nan_to_num(corr), off[:-1][ok])
+    has_ref = np.array([r is not None for r in _refs(table)], dtype=bool)
+    for r in np.flatnonzero(ok & has_ref & (n >= k)):
+        value[r] = pass_at_k_estimate(int(n[r]), int(c[r]), int(k))
+    return {"value": value, "n_correct": c, "n_candidates": n.astype(np.float64)}
+
+
+# -- best of n ----------------------------------------------------------------------------------------
+def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, mean) logprob per flat candidate; mean is -inf for an empty candidate, NaN when missing."""
+
+    def f() -> tuple[np.ndarray, np.ndarray]:
+        outer = table.column("cand_logprobs").combine_chunks()
+        _, off = _cands(table)
+        if outer.null_count:
+            outer = pc.fill_null(outer, pa.scalar([], type=outer.type))
+        inner = outer.values.slice(outer.offsets[0].as_py(), outer.offsets[-1].as_py() - outer.offsets[0].as_py())
+        vals, ioff, inull = flat_list(inner)
+        n = np.diff(ioff)
+        s = np.zeros(len(n))
+        ne = n > 0
+        if ne.any():
+            s[ne] = np.add.reduceat(vals, ioff[:-1][ne])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(ne, s / np.maximum(n, 1), -np.inf)
+        s[inull] = np.nan
+        mean[inull] = np.nan
+        if len(s) != off[-1]:  # logprobs missing for some rows: no selection possible there
+            return np.full(off[-1], np.nan), np.full(off[-1], np.nan)
+        return s, mean
+
+    return memo(table, "gen:lpstats", f)
+
+
+def _select(table: pa.Table, strategy: str, extract: str, seed: int, scores: np.ndarray | None) -> dict[str, Any]:
+    corr = _correct(table, extract)
+    _, off = _cands(table)
+    n = np.diff(off)
+    refs = _refs(table)
+    value = np.full(len(n), np.nan)
+    chosen = np.full(len(n), -1, dtype=np.int64)
+    if strategy == "majority":
+        value, chosen = _vote(table, extract, None)
+        return {"value": value, "selected": chosen}
+    key: np.ndarray | None = None
+    if strategy in ("max_mean_logprob", "max_sum_logprob"):
+        s, mean = _cand_logprob_stats(table)
+        key = mean if strategy == "max_mean_logprob" else s
+    elif strategy == "reranker":
+        key = scores
+    sids = pylist(table, "sample_id") if strategy == "random" else None
+    for r in range(len(n)):
+        a, b = int(off[r]), int(off[r + 1])
+        if refs[r] is None or b == a:
+            continue
+        if strategy == "first":
+            j = 0
+        elif strategy == "oracle":
+            value[r] = float(np.nansum(corr[a:b]) > 0)
+            continue
+        elif strategy == "random":
+            j = derive_seed(seed, sids[r], 0) % (b - a)  # type: ignore[index]
+        else:
+            assert key is not None
+            seg = key[a:b]
+            if np.isnan(seg).all():
+                continue
+            j = int(np.argmax(np.where(np.isnan(seg), -np.inf, seg)))
+        chosen[r] = j
+        value[r] = corr[a + j]
+    return {"value": value, "selected": chosen}
+
+
+def best_of_n(table: pa.Table, strategy: str = "first", extract: str = "flexible", seed: int = 0,
+              file: str | None = None, unit: UnitInfo | None = None) -> dict[str, Any]:
+    scores = None
+    if strategy == "reranker":
+        from rescore.score.rerank import reranker_scores
+
+        if not file:
+            raise ValueError("the reranker strategy needs a scores file (param 'file')")
+        scores = reranker_scores(file, table, _cands(table)[1], unit)
+    return _select(table, strategy, extract, seed, scores)
+
+
+def _reranker_fingerprint(kw: dict[str, Any]) -> Any:
+    from rescore.score.rerank import file_fingerprint
+
+    return file_fingerprint(kw.get("file"))
+
+
+best_of_n.param_fingerprint = _reranker_fingerprint  # type: ignore[attr-defined]
+
+
+# -- math equivalence ---------------------------------------------------------------------------------
+def _math_verify_missing() -> str | None:
+    if importlib.util.find_spec("math_verify") is None:
+        return "needs the optional package math-verify (pip install math-verify)"
+    return None
+
+
+def math_equiv(table: pa.Table) -> dict[str, Any]:
+    from math_verify import parse, verify  # optional dependency, imported only when the metric runs
+
+    flat, off = _cands(table)
+    targets = pylist(table, "target") if "target" in table.column_names else [None] * table.num_rows
+    ms = metas(table)
+    value = np.full(table.num_rows, np.nan)
+    for r in range(table.num_rows):
+        ans = ms[r].get("answer")
+        if ans is None and targets[r] is not None:
+            ans = str(targets[r]).split("####")[-1].strip()
+        if ans is None or off[r + 1] == off[r]:
+            continue
+        try:
+            gold = parse(str(ans))
+            pred = parse(flat[off[r]])
+            value[r] = float(bool(verify(gold, pred)))
+        except Exception:  # math-verify raises on unparsable input; that is a wrong answer
+            value[r] = 0.0
+    return {"value": value}
+
+
+_GEN = ("candidates", "target", "meta")
+_BON = {
+    "first": "candidate 0",
+    "random": "a seeded random candidate per sample (param seed)",
+    "oracle": "correct if any candidate is correct",
+    "max_mean_logprob": "the candidate with the highest mean token logprob",
+    "max_sum_logprob": "the candidate with the highest summed token logprob",
+    "majority": "the majority-vote answer",
+    "reranker": "the candidate with the highest external reranker score (param file: CSV/JSONL of sample_id, candidate, score)",
+}
+for spec in (
+    Metric("exact_match_strict", exact_match_strict, _GEN, "generate", True, "mean", 1,
+           "lm-eval GSM8K strict-match ('#### N') exact match of candidate 0", lm_eval_key="exact_match,strict-match"),
+    Metric("exact_match_flexible", exact_match_flexible, _GEN, "generate", True, "mean", 1,
+           "lm-eval GSM8K flexible-extract (last number) exact match of candidate 0",
+           lm_eval_key="exact_match,flexible-extract"),
+    Metric("maj_at_n", maj_at_k, _GEN, "generate", True, "mean", 1,
+           "majority vote over all candidates (param k: the first k only, e.g. --metric maj_at_n:k=4 -> maj_at_4)"),
+    Metric("pass_at_1", pass_at_k, _GEN, "generate", True, "mean", 1,
+           "unbiased pass@1 over the candidates (Chen et al.)", params=(("k", 1),)),
+    Metric("pass_at_k", pass_at_k, _GEN, "generate", True, "mean", 1,
+           "unbiased pass@k (Chen et al.); param k, e.g. --metric pass_at_k:k=8", required_params=("k",)),
+    Metric("math_equiv", math_equiv, _GEN, "generate", True, "mean", 1,
+           "math-verify equivalence of candidate 0 with the reference answer (optional math-verify)",
+           available=_math_verify_missing),
+):
+    register_metric(spec)
+
+for _strategy, _desc in _BON.items():
+    cols = _GEN + (("cand_logprobs",) if "logprob" in _strategy else ())
+    register_metric(Metric(
+        f"bon_{_strategy}", best_of_n, cols, "generate", True, "mean", 1, f"best-of-n selection: {_desc}",
+        params=(("strategy", _strategy),), required_params=("file",) if _strategy == "reranker" else (),
+        needs_unit=_strategy == "reranker"))
+
+__all__ = ["pass_at_k_estimate", "best_of_n", "maj_at_k", "pass_at_k", "math_equiv", "INVALID"]

@@ -1,0 +1,220 @@
+"""Multiple-choice (loglikelihood) metrics, with lm-evaluation-harness's definitions
+(``lm_eval/api/task.py`` ConfigurableTask.process_results, output_type multiple_choice):
+
+- ``acc``: ``argmax(lls) == gold`` (numpy argmax: the first maximum wins ties).
+- ``acc_norm``: ``argmax(lls / completion_len) == gold`` where ``completion_len`` is the *character* length
+  of lm-eval's choice string (``doc_to_choice``), which is the continuation without the target delimiter
+  (the task's ``params.target_delimiter``, default ``" "``). For partial scoring (winogrande: one context
+  per choice, one shared continuation) lm-eval's choice string is the per-choice context, so its length
+  is used (exact for zero-shot; with few-shot examples the context includes them). A row's meta may pin
+  the lengths with ``choice_chars``.
+- ``acc_bytes``: the same with UTF-8 byte lengths (lm-eval's ``acc_bytes``).
+- ``acc_norm_tokens``: normalised by the continuation's token count.
+- ``brier_score``: sum over choices of (softmax(lls) - one_hot(gold))^2, mean over rows (lm-eval).
+- ``ece``: expected calibration error of the top choice's softmax probability (10 equal-width bins).
+
+A gold index outside the choices scores 0 (lm-eval's ``-100``); a missing gold makes the row not apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rescore.score.columns import flat_list, memo, metas, row_ids, segment_argmax, segment_softmax, to_float
+from rescore.score.spec import Metric, UnitInfo, register_metric
+
+LL = "choice_sum_logprob"
+
+
+def _lls(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    def f() -> tuple[np.ndarray, np.ndarray]:
+        vals, off, _ = flat_list(table.column(LL))
+        return vals, off
+
+    return memo(table, "mc:lls", f)
+
+
+def _gold(table: pa.Table) -> np.ndarray:
+    return memo(table, "mc:gold", lambda: to_float(table.column("gold")))
+
+
+def _score(table: pa.Table, pred: np.ndarray) -> np.ndarray:
+    """1.0/0.0 for pred == gold; NaN where the row has no choices or no gold."""
+    gold = _gold(table)
+    _, off = _lls(table)
+    n_choices = np.diff(off)
+    out = (pred == gold).astype(np.float64)
+    out[np.isnan(gold) | (n_choices == 0)] = np.nan
+    return out
+
+
+def _pred(table: pa.Table) -> np.ndarray:
+    return memo(table, "mc:pred", lambda: segment_argmax(*_lls(table)))
+
+
+def acc(table: pa.Table) -> np.ndarray:
+    return _score(table, _pred(table))
+
+
+def _delimiter(unit: UnitInfo | None) -> str:
+    try:
+        params = unit.manifest["task"]["config"]["params"]  # type: ignore[union-attr]
+    except (KeyError, TypeError, AttributeError):
+        params = {}
+    d = params.get("target_delimiter", " ") if isinstance(params, dict) else " "
+    return d if isinstance(d, str) else " "
+
+
+def _norm_lengths(table: pa.Table, unit: UnitInfo | None, by: str) -> np.ndarray:
+    """lm-eval's completion_len (``by="chars"``) or byte_length (``by="bytes"``) per flat choice."""
+    col = "choice_n_chars" if by == "chars" else "choice_n_bytes"
+    lens, _, _ = flat_list(table.column(col))
+    lens = lens.copy()
+    flat, coff = _flat_strings(table, "choices")
+    delim = _delimiter(unit)
+    dlen = len(delim) if by == "chars" else len(delim.encode("utf-8"))
+    if flat is not None and dlen:
+        starts = np.asarray(pc.starts_with(flat, delim).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        lens[starts] -= dlen
+    if flat is not None and len(flat):
+        # partial scoring: several choices with one and the same continuation -> per-choice contexts
+        nch = np.diff(coff)
+        first = np.repeat(coff[:-1], nch)
+        same = np.asarray(pc.equal(flat, flat.take(pa.array(first))).fill_null(True).to_numpy(zero_copy_only=False),
+                          dtype=bool)
+        partial_rows = np.zeros(len(nch), dtype=bool)
+        if (nch > 0).any():
+            partial_rows[nch > 0] = np.logical_and.reduceat(same, coff[:-1][nch > 0])
+        partial_rows &= nch > 1
+        if partial_rows.any():
+            ctx = _contexts(table, unit)
+            if ctx is not None:
+                flat_partial = partial_rows[row_ids(coff)]
+                cl = np.array([len(c) if by == "chars" else len(c.encode("utf-8")) for c in ctx], dtype=np.float64)
+                lens[flat_partial] = cl[flat_partial]
+    pinned = _pinned(table, "choice_chars" if by == "chars" else "choice_bytes")
+    if pinned is not None:
+        off = _lls(table)[1]
+        for r, v in pinned.items():
+            a, b = off[r], off[r + 1]
+            if len(v) == b - a:
+                lens[a:b] = v
+    return lens
+
+
+def _flat_strings(table: pa.Table, name: str) -> tuple[pa.Array | None, np.ndarray]:
+    if name not in table.column_names:
+        return None, np.zeros(1, dtype=np.int64)
+    arr = table.column(name).combine_chunks()
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar([], type=arr.type))
+    off = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
+    flat = arr.values.slice(off[0], off[-1] - off[0])
+    return flat, off - off[0]
+
+
+def _contexts(table: pa.Table, unit: UnitInfo | None) -> list[str] | None:
+    if "contexts" in table.column_names:
+        col = table.column("contexts")
+    elif unit is not None and unit.read is not None:
+        col = unit.read(["contexts"]).column("contexts")
+    else:
+        return None
+    vals, _, _ = flat_list(col, dtype=object)
+    return [c or "" for c in vals]
+
+
+def _pinned(table: pa.Table, key: str) -> dict[int, list[float]] | None:
+    if "meta" not in table.column_names:
+        return None
+    hit = pc.match_substring(table.column("meta"), f'"{key}"')
+    if not pc.any(hit).as_py():
+        return None
+    ms = metas(table)
+    out = {}
+    for r in np.flatnonzero(np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)):
+        v = ms[r].get(key)
+        if isinstance(v, list):
+            out[int(r)] = [float(x) for x in v]
+    return out
+
+
+def _normed_pred(table: pa.Table, unit: UnitInfo | None, by: str) -> np.ndarray:
+    lls, off = _lls(table)
+    if by == "tokens":
+        lens, _, _ = flat_list(table.column("choice_n_tokens"))
+    else:
+        lens = _norm_lengths(table, unit, by)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return segment_argmax(lls / lens, off)
+
+
+def acc_norm(table: pa.Table, unit: UnitInfo | None = None) -> np.ndarray:
+    return _score(table, _normed_pred(table, unit, "chars"))
+
+
+def acc_bytes(table: pa.Table, unit: UnitInfo | None = None) -> np.ndarray:
+    return _score(table, _normed_pred(table, unit, "bytes"))
+
+
+def acc_norm_tokens(table: pa.Table) -> np.ndarray:
+    return _score(table, _normed_pred(table, None, "tokens"))
+
+
+def _probs(table: pa.Table) -> np.ndarray:
+    return memo(table, "mc:probs", lambda: segment_softmax(*_lls(table)))
+
+
+def brier_score(table: pa.Table) -> np.ndarray:
+    lls, off = _lls(table)
+    p = _probs(table)
+    gold = _gold(table)
+    n_choices = np.diff(off)
+    rid = row_ids(off)
+    pos = np.arange(lls.size) - np.repeat(off[:-1], n_choices)
+    onehot = (pos == gold[rid]).astype(np.float64)
+    sq = (p - onehot) ** 2
+    out = np.zeros(len(n_choices))
+    ne = n_choices > 0
+    if ne.any():
+        out[ne] = np.add.reduceat(sq, off[:-1][ne])
+    bad = np.isnan(gold) | ~ne | (gold < 0) | (gold >= n_choices)
+    out[bad] = np.nan
+    return out
+
+
+def ece(table: pa.Table) -> dict[str, Any]:
+    p = _probs(table)
+    _, off = _lls(table)
+    pred = _pred(table)
+    correct = _score(table, pred)
+    conf = np.full(len(pred), np.nan)
+    ok = pred >= 0
+    conf[ok] = p[off[:-1][ok] + pred[ok]]
+    value = correct - conf
+    return {"value": value, "conf": conf, "correct": correct}
+
+
+_MC = ("choice_sum_logprob", "gold")
+for spec in (
+    Metric("acc", acc, _MC, "loglikelihood", True, "mean", 1,
+           "accuracy: the choice with the highest loglikelihood is the gold one (lm-eval acc)", lm_eval_key="acc,none"),
+    Metric("acc_norm", acc_norm, _MC + ("choice_n_chars", "choices"), "loglikelihood", True, "mean", 1,
+           "accuracy with loglikelihoods divided by the choice's character length (lm-eval acc_norm)",
+           needs_unit=True, lm_eval_key="acc_norm,none"),
+    Metric("acc_bytes", acc_bytes, _MC + ("choice_n_bytes", "choices"), "loglikelihood", True, "mean", 1,
+           "accuracy with loglikelihoods divided by the choice's UTF-8 byte length (lm-eval acc_bytes)",
+           needs_unit=True, lm_eval_key="acc_bytes,none"),
+    Metric("acc_norm_tokens", acc_norm_tokens, _MC + ("choice_n_tokens",), "loglikelihood", True, "mean", 1,
+           "accuracy with loglikelihoods divided by the continuation's token count"),
+    Metric("brier_score", brier_score, _MC, "loglikelihood", False, "mean", 1,
+           "Brier score of the softmax over choice loglikelihoods (lm-eval brier_score)", lm_eval_key="brier_score,none"),
+    Metric("ece", ece, _MC, "loglikelihood", False, "ece", 1,
+           "expected calibration error of the top choice's softmax probability (10 equal-width bins)",
+           agg_params=(("n_bins", 10),)),
+):
+    register_metric(spec)

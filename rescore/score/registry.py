@@ -1,0 +1,111 @@
+"""Loading metric definitions: the built-in modules, entry points (group ``rescore.metrics``) and
+``--plugin`` files or modules.
+
+A plugin is a Python file (or importable module) that registers metrics with the
+:func:`rescore.score.metric` decorator. :func:`load_plugin` returns the specs it registered, so
+``rescore score --plugin my_metrics.py`` computes only those across the store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from rescore.core import content_hash
+from rescore.errors import ConfigError
+from rescore.score import spec as _spec
+from rescore.score.spec import Metric
+
+BUILTIN = (
+    "rescore.score.aggregate",
+    "rescore.score.extract",
+    "rescore.score.metrics_rolling",
+    "rescore.score.metrics_choice",
+    "rescore.score.metrics_answer",
+    "rescore.score.metrics_sft",
+)
+ENTRY_POINT_GROUP = "rescore.metrics"
+
+_loaded = False
+_entry_points_loaded = False
+
+
+def load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in BUILTIN:
+        importlib.import_module(mod)
+    _loaded = True
+
+
+def load_entry_points() -> list[Metric]:
+    """Import every ``rescore.metrics`` entry point (a module, or a callable that registers metrics)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return []
+    _entry_points_loaded = True
+    load_builtin()
+    added: list[Metric] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        with _capture(added):
+            try:
+                obj = ep.load()
+            except Exception as e:
+                raise ConfigError(f"cannot load metric entry point {ep.name!r} ({ep.value}): {type(e).__name__}: {e}",
+                                  hint="fix or uninstall the package that provides it") from None
+            if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "metric_spec"):
+                obj()
+    return added
+
+
+def load_plugin(ref: str) -> list[Metric]:
+    """Import a plugin file (``path/to/file.py``) or module (``package.module``); return the metrics it
+    registered (in registration order, later registrations of a name replace earlier ones)."""
+    load_builtin()
+    added: list[Metric] = []
+    with _capture(added):
+        p = Path(ref)
+        if p.suffix == ".py" or p.exists():
+            if not p.is_file():
+                raise ConfigError(f"plugin file not found: {p}", hint="give a .py file or an importable module name")
+            name = f"rescore_plugin_{content_hash(str(p.resolve()), 12)}"
+            spec = importlib.util.spec_from_file_location(name, p)
+            if spec is None or spec.loader is None:
+                raise ConfigError(f"cannot import plugin {p}", hint="give a .py file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except ConfigError:
+                raise
+            except Exception as e:
+                sys.modules.pop(name, None)
+                raise ConfigError(f"plugin {p} failed to import: {type(e).__name__}: {e}", hint="fix the plugin file") from None
+        else:
+            try:
+                importlib.import_module(ref)
+            except ImportError as e:
+                raise ConfigError(f"cannot import plugin module {ref!r}: {e}",
+                                  hint="give a .py file path or an importable module name") from None
+    if not added:
+        raise ConfigError(f"plugin {ref} registered no metric",
+                          hint="decorate a function with @rescore.score.metric(version=..., request_type=...)")
+    seen: dict[str, Metric] = {}
+    for m in added:
+        seen[m.name] = m
+    return list(seen.values())
+
+
+class _capture:
+    def __init__(self, into: list[Metric]) -> None:
+        self.into = into
+
+    def __enter__(self) -> None:
+        _spec._listeners.append(self.into.append)
+
+    def __exit__(self, *exc: object) -> None:
+        _spec._listeners.remove(self.into.append)

@@ -1,0 +1,345 @@
+"""The three scoring steps as frozen specs, one registry each.
+
+    extract   (text -> answer)            :data:`extractors`   ``Extractor``
+    per-row   (pa.Table -> row values)    :data:`metrics`      ``Metric``
+    aggregate (row values -> Agg)         :data:`aggregators`  ``Aggregator``
+
+A :class:`Metric` names its aggregator, so corpus-level metrics (perplexities, bits per byte, ECE) are
+aggregated from per-row *sufficient statistics* (e.g. a ``num``/``den`` pair per row), never as a mean of
+per-row values. Aggregators are mergeable: ``finish(merge(stats(a), stats(b))) == finish(stats(a + b))``,
+so shards aggregate to the whole.
+
+Nothing here (or anywhere under ``rescore.score``) imports torch, transformers or vllm.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rescore.core import content_hash
+from rescore.errors import ConfigError
+from rescore.registry import NAME_RE, Registry
+
+Cols = Mapping[str, np.ndarray]
+"""Per-row values handed to an aggregator: ``value`` plus the metric's auxiliary columns (numpy arrays,
+null rows already removed)."""
+
+Params = tuple[tuple[str, Any], ...]
+
+
+def freeze_params(params: Mapping[str, Any] | None) -> Params:
+    """Parameters as a sorted tuple of items, so specs stay hashable and comparable."""
+    if not params:
+        return ()
+    return tuple(sorted((str(k), _freeze(v)) for k, v in params.items()))
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    return v
+
+
+# -- aggregation --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Agg:
+    """One aggregate value. ``stderr``/``ci_*`` are None where not defined (never a sentinel float)."""
+
+    value: float | None
+    stderr: float | None
+    n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "stderr": self.stderr, "n": self.n, "ci_low": self.ci_low, "ci_high": self.ci_high}
+
+
+Stats = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    """``stats`` reduces rows to mergeable sufficient statistics, ``merge`` combines two of them and
+    ``finish`` turns them into an :class:`Agg`. Aggregators that need the rows themselves (bootstrap)
+    set ``direct`` instead; they are not mergeable."""
+
+    name: str
+    description: str
+    stats: Callable[[Cols, Mapping[str, Any]], Stats] | None = None
+    merge: Callable[[Stats, Stats], Stats] | None = None
+    finish: Callable[[Stats, Mapping[str, Any]], Agg] | None = None
+    direct: Callable[[Cols, Mapping[str, Any]], Agg] | None = None
+    needs: tuple[str, ...] = ("value",)
+
+    @property
+    def mergeable(self) -> bool:
+        return self.direct is None
+
+    def __call__(self, cols: Cols, params: Mapping[str, Any] | None = None) -> Agg:
+        p = dict(params or {})
+        if self.direct is not None:
+            return self.direct(cols, p)
+        assert self.stats is not None and self.finish is not None
+        return self.finish(self.stats(cols, p), p)
+
+    def combine(self, parts: list[Cols], params: Mapping[str, Any] | None = None) -> Agg:
+        """Aggregate several shards as if they were one table (mergeable aggregators only)."""
+        if not self.mergeable:
+            raise ValueError(f"aggregator {self.name!r} is not mergeable")
+        assert self.stats is not None and self.merge is not None and self.finish is not None
+        p = dict(params or {})
+        acc = self.stats(parts[0], p)
+        for part in parts[1:]:
+            acc = self.merge(acc, self.stats(part, p))
+        return self.finish(acc, p)
+
+
+aggregators: Registry[Aggregator] = Registry("aggregator")
+
+
+# -- extraction ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Extractor:
+    """Text -> answer string (or None when nothing is found). ``with_params`` returns a new spec."""
+
+    name: str
+    fn: Callable[..., str | None]
+    description: str = ""
+    params: Params = ()
+
+    def __call__(self, text: str | None) -> str | None:
+        return self.fn("" if text is None else text, **dict(self.params))
+
+    def with_params(self, **params: Any) -> Extractor:
+        return replace(self, params=freeze_params({**dict(self.params), **params}))
+
+
+extractors: Registry[Extractor] = Registry("extractor")
+
+
+# -- per-row metrics ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UnitInfo:
+    """What a metric may know about the unit it scores (for metrics with ``needs_unit``)."""
+
+    run_id: str
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+    read: Callable[[list[str]], pa.Table] | None = field(default=None, compare=False)
+    """Reads further columns of the unit (rows in the same order as the table the metric got)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A versioned per-row metric.
+
+    ``fn(table, **params)`` gets a ``pa.Table`` holding ``columns`` (plus ``sample_id``) and returns the
+    per-row values: a 1-D array/list (NaN or None = the metric does not apply to that row) or a dict of
+    named arrays with ``"value"`` first and auxiliary columns after (e.g. ``num``/``den`` for ratio
+    aggregators). Bump ``version`` whenever the values it produces change: stored scores of older
+    versions then count as missing.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    columns: tuple[str, ...]
+    request_type: str
+    higher_is_better: bool = True
+    aggregator: str = "mean"
+    version: int = 1
+    description: str = ""
+    params: Params = ()
+    agg_params: Params = ()
+    required_params: tuple[str, ...] = ()
+    needs_unit: bool = False
+    lm_eval_key: str | None = None
+    available: Callable[[], str | None] = field(default=lambda: None, compare=False)
+    """Returns None when the metric can run here, else why not (e.g. an optional package is missing)."""
+
+    def __post_init__(self) -> None:
+        if not NAME_RE.match(self.name) or ".." in self.name:
+            raise ConfigError(f"invalid metric name {self.name!r}", hint="use [a-z0-9_.-], starting with a letter or digit")
+        if not isinstance(self.version, int) or self.version < 1:
+            raise ConfigError(f"metric {self.name!r}: version must be a positive integer, got {self.version!r}")
+        if self.request_type not in ("loglikelihood", "rolling", "generate"):
+            raise ConfigError(f"metric {self.name!r}: unknown request_type {self.request_type!r}",
+                              hint="one of loglikelihood, rolling, generate")
+
+    # -- parameters --
+    @property
+    def kw(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.params}
+
+    @property
+    def agg_kw(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.agg_params}
+
+    def with_params(self, name: str | None = None, **params: Any) -> Metric:
+        """A new spec with ``params`` merged in. The name changes (``base_k4``) unless given, so each
+        parameterisation is stored and reported separately."""
+        merged = {**self.kw, **params}
+        new_name = name or derived_name(self.name, params)
+        return replace(self, name=new_name, params=freeze_params(merged))
+
+    def missing_params(self) -> list[str]:
+        have = {k for k, v in self.params if v is not None}
+        return [p for p in self.required_params if p not in have]
+
+    def params_hash(self) -> str:
+        """Identifies the parameterisation (part of a stored score's identity, with the version)."""
+        return content_hash({"params": [list(p) for p in self.params], "agg": [list(p) for p in self.agg_params],
+                             "aggregator": self.aggregator, "extra": self._param_fingerprint()}, 16)
+
+    def _param_fingerprint(self) -> Any:
+        # a metric that reads a file (the reranker) includes the file's content hash
+        fp = getattr(self.fn, "param_fingerprint", None)
+        return fp(self.kw) if fp is not None else None
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}@{self.version}.parquet"
+
+    # -- computing --
+    def compute(self, table: pa.Table, unit: UnitInfo | None = None) -> dict[str, np.ndarray | pa.Array]:
+        """Run ``fn`` and normalise its output to a dict of equally long columns, ``value`` first."""
+        kw = self.kw
+        if self.needs_unit:
+            kw["unit"] = unit or UnitInfo(run_id="", manifest={})
+        out = self.fn(table, **kw)
+        cols = out if isinstance(out, Mapping) else {"value": out}
+        if "value" not in cols:
+            raise ValueError(f"metric {self.name!r} returned columns {list(cols)} without 'value'")
+        norm: dict[str, np.ndarray | pa.Array] = {}
+        for k, v in cols.items():
+            if k == "sample_id":
+                raise ValueError(f"metric {self.name!r}: 'sample_id' is added by the scorer, do not return it")
+            norm[k] = _as_column(v, k == "value")
+            if len(norm[k]) != table.num_rows:
+                raise ValueError(f"metric {self.name!r} returned {len(norm[k])} values for column {k!r}, "
+                                 f"expected {table.num_rows} (one per row)")
+        return norm
+
+
+def _thaw(v: Any) -> Any:
+    if isinstance(v, tuple):
+        if v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
+            return {k: _thaw(x) for k, x in v}
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _as_column(v: Any, is_value: bool) -> np.ndarray | pa.Array:
+    if isinstance(v, pa.ChunkedArray):
+        v = v.combine_chunks()
+    if isinstance(v, pa.Array):
+        if is_value:
+            return np.asarray(v.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        return v
+    if isinstance(v, np.ndarray):
+        return v.astype(np.float64) if is_value else v
+    if is_value:
+        return np.array([np.nan if x is None else float(x) for x in v], dtype=np.float64)
+    return pa.array(list(v))
+
+
+_SAFE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def derived_name(base: str, params: Mapping[str, Any]) -> str:
+    """``pass_at_k`` + {k: 4} -> ``pass_at_4`` (also ``maj_at_n``); otherwise ``base.k4``-style suffixes;
+    a file path parameter contributes its stem."""
+    m = re.fullmatch(r"(.+_at)_[kn]", base)
+    if m and set(params) == {"k"} and isinstance(params["k"], int):
+        return f"{m.group(1)}_{params['k']}"
+    parts = []
+    for k, v in sorted(params.items()):
+        if isinstance(v, str) and ("/" in v or "." in v):
+            v = v.rsplit("/", 1)[-1].split(".", 1)[0]
+        parts.append(_SAFE.sub("-", f"{k}{v}".lower()).strip("-"))
+    return base + ("." + ".".join(p for p in parts if p) if parts else "")
+
+
+metrics: Registry[Metric] = Registry("metric")
+
+
+def register_metric(spec: Metric) -> Metric:
+    """Add (or replace) a metric in :data:`metrics`; returns it."""
+    metrics.register(spec.name, spec)
+    _on_register(spec)
+    return spec
+
+
+_listeners: list[Callable[[Metric], None]] = []
+
+
+def _on_register(spec: Metric) -> None:
+    for f in list(_listeners):
+        f(spec)
+
+
+def metric(
+    name: str | None = None,
+    *,
+    version: int,
+    request_type: str,
+    columns: tuple[str, ...] | list[str] = (),
+    higher_is_better: bool = True,
+    aggregator: str = "mean",
+    description: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    agg_params: Mapping[str, Any] | None = None,
+    required_params: tuple[str, ...] = (),
+    needs_unit: bool = False,
+    lm_eval_key: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator that registers a per-row metric. This is the plugin API::
+
+        from rescore.score import metric
+
+        @metric(version=1, request_type="generate", columns=["candidates"], higher_is_better=False)
+        def answer_chars(table):
+            import pyarrow.compute as pc
+            return pc.utf8_length(pc.list_element(table["candidates"], 0))
+
+    The function is returned unchanged (its spec is ``fn.metric_spec``), so it stays testable.
+    """
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        desc = description if description is not None else (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
+        spec = Metric(
+            name=name or fn.__name__, fn=fn, columns=tuple(columns), request_type=request_type,
+            higher_is_better=higher_is_better, aggregator=aggregator, version=version, description=desc,
+            params=freeze_params(params), agg_params=freeze_params(agg_params), required_params=tuple(required_params),
+            needs_unit=needs_unit, lm_eval_key=lm_eval_key,
+        )
+        register_metric(spec)
+        fn.metric_spec = spec  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def parse_metric_arg(arg: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value,key=value`` (values parsed as YAML scalars) from the command line."""
+    import yaml
+
+    name, _, rest = arg.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(f"bad metric parameter {item!r} in {arg!r}", hint="write NAME:key=value,key=value")
+        try:
+            params[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            params[k.strip()] = v
+    return name.strip(), params
