@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rescore.commands.gen",
     "rescore.commands.store",
     "rescore.commands.tasks",
+    "rescore.commands.score",
 ]
 
 for _mod in COMMAND_MODULES:

@@ -1,0 +1,227 @@
+"""Scoring commands: ``score``, ``metrics``, ``results``, ``export tiers``, ``export lm-eval``.
+
+All of them run on a CPU and never import torch (a test checks).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+
+PluginOpt = Annotated[
+    list[str] | None,
+    typer.Option("--plugin", help="Python file or module that registers metrics with @rescore.score.metric. Repeatable."),
+]
+
+
+def _load_plugins(plugins: list[str] | None) -> list[Any]:
+    from rescore.score.registry import load_builtin, load_entry_points, load_plugin
+
+    load_builtin()
+    load_entry_points()
+    added = []
+    for p in plugins or []:
+        added.extend(load_plugin(p))
+    return added
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def score(
+        store: StoreOpt = DEFAULT_STORE,
+        metric: Annotated[list[str] | None, typer.Option("--metric", "-M", help="Only this metric (NAME or NAME:key=value,...). Repeatable.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Recompute even scores that are up to date.")] = False,
+        plugin: PluginOpt = None,
+        reranker: Annotated[Path | None, typer.Option("--reranker", help="CSV/JSONL of sample_id, candidate, score for bon_reranker.")] = None,
+        jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Units scored in parallel (processes).")] = 1,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar (default: when a terminal).")] = None,  # type: ignore[assignment]
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Compute the missing (metric, version) scores of every complete unit, then rebuild results.parquet.
+
+        With --plugin (and no --metric) only the plugin's metrics are computed across the store.
+        """
+        from rescore.artifacts.store import Store
+        from rescore.errors import StoreError
+        from rescore.score.engine import score_store, select_metrics
+        from rescore.score.spec import metrics as registry
+
+        st = Store(store)
+        if not st.gen_dir.is_dir():
+            raise StoreError(f"no generation units in {store}", hint="run `rescore gen` first, or pass --store")
+        added = _load_plugins(plugin)
+        params: dict[str, dict[str, Any]] = {}
+        if reranker is not None:
+            params["bon_reranker"] = {"file": str(reranker)}
+        only = None
+        if plugin and not metric:
+            only = list(added) + ([registry.get("bon_reranker")] if reranker is not None else [])
+        specs = select_metrics(metric, params=params, only=only)
+        console = _console()
+        with _Progress(console, progress) as prog:
+            report = score_store(st, specs, force=force, jobs=jobs, progress=prog.update)
+        if json_out:
+            print(json.dumps({
+                "computed": [{"run_id": r, "metric": m, "version": v} for r, m, v in report.computed],
+                "up_to_date": report.up_to_date, "partial_units": report.partial_units,
+                "units_complete": report.units_complete, "unavailable": report.unavailable,
+                "skipped": report.skipped, "results_rows": report.results_rows, "seconds": round(report.seconds, 3),
+            }, indent=2))
+            return
+        n_metrics = len({m for _, m, _ in report.computed})
+        console.print(f"scored {report.units_scored} of {report.units_complete} complete units: computed "
+                      f"{len(report.computed)} scores ({n_metrics} metrics), {report.up_to_date} already up to date "
+                      f"({report.seconds:.1f}s)", highlight=False)
+        if report.partial_units:
+            console.print(f"skipped {len(report.partial_units)} partial unit(s) (still generating or interrupted): "
+                          + ", ".join(r[:12] for r in report.partial_units)
+                          + "; finish them with `rescore gen` (it resumes)", highlight=False)
+        for name, why in sorted(report.unavailable.items()):
+            console.print(f"metric {name} not computed: {why}", highlight=False)
+        for s in report.skipped:
+            console.print(f"skipped {s}", highlight=False)
+        console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
+
+    @app.command("metrics")
+    @handle_errors
+    def metrics_cmd(plugin: PluginOpt = None, json_out: JsonOpt = False) -> None:
+        """List the registered metrics with their versions, request types and descriptions."""
+        from rescore.score.spec import aggregators
+        from rescore.score.spec import metrics as registry
+
+        _load_plugins(plugin)
+        rows = []
+        for name in registry.names():
+            m = registry.get(name)
+            rows.append({"name": name, "version": m.version, "request_type": m.request_type,
+                         "higher_is_better": m.higher_is_better, "aggregator": m.aggregator,
+                         "needs": list(m.required_params), "available": m.available() is None,
+                         "description": m.description + (f" [unavailable: {m.available()}]" if m.available() else "")})
+        if json_out:
+            print(json.dumps(rows, indent=2))
+            return
+        from rich.table import Table
+
+        t = Table(title="metrics")
+        for c in ("name", "version", "type", "better", "aggregator", "description"):
+            t.add_column(c)
+        for r in rows:
+            needs = f" (needs {', '.join(r['needs'])})" if r["needs"] else ""
+            t.add_row(r["name"], str(r["version"]), r["request_type"], "higher" if r["higher_is_better"] else "lower",
+                      r["aggregator"], r["description"] + needs)
+        console = _console(stdout=True)
+        console.print(t)
+        console.print("aggregators: " + ", ".join(aggregators.names()), highlight=False)
+
+    @app.command()
+    @handle_errors
+    def results(
+        store: StoreOpt = DEFAULT_STORE,
+        model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model name (glob). Repeatable.")] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Task name (glob). Repeatable.")] = None,
+        metric: Annotated[list[str] | None, typer.Option("--metric", "-M", help="Metric name (glob, e.g. 'bon_*'). Repeatable.")] = None,
+        seed: Annotated[list[str] | None, typer.Option("--seed", help="Seed rows to show: 'agg' (default), a seed, or '*'.")] = None,
+        subset: Annotated[list[str] | None, typer.Option("--subset", help="Subset rows: 'all' (default), a category, or '*'.")] = None,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json | markdown")] = "table",
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    ) -> None:
+        """Print the results table (seed aggregates of whole tasks by default)."""
+        from rescore.artifacts.io import atomic_write_text
+        from rescore.artifacts.store import Store
+        from rescore.errors import ConfigError
+        from rescore.report import results as rep
+        from rescore.score.engine import read_results
+
+        if fmt not in ("table", "csv", "json", "markdown"):
+            raise ConfigError(f"unknown --format {fmt!r}", hint="choose table, csv, json or markdown")
+        rows = rep.filter_results(read_results(Store(store)), model=model, task=task, metric=metric,
+                                  seed=seed or ["agg"], subset=subset or ["all"])
+        if fmt == "table":
+            if output is not None:
+                raise ConfigError("--output needs --format csv, json or markdown")
+            console = _console(stdout=True)
+            console.print(rep.rich_table(rows, title=f"results ({len(rows)} rows)"))
+            return
+        text = {"csv": rep.to_csv, "json": rep.to_json, "markdown": rep.to_markdown}[fmt](rows)
+        if output is not None:
+            atomic_write_text(output, text)
+        else:
+            sys.stdout.write(text)
+
+    export_app = typer.Typer(help="Export results: tier layout for dashboards, lm-eval-style JSON.",
+                             no_args_is_help=True, rich_markup_mode=None)
+    app.add_typer(export_app, name="export")
+
+    @export_app.command("tiers")
+    @handle_errors
+    def export_tiers_cmd(
+        outdir: Annotated[Path, typer.Argument(help="Output directory (by_checkpoint/step_<STEP>/... is written in it).")],
+        store: StoreOpt = DEFAULT_STORE,
+        model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only these models (glob). Repeatable.")] = None,
+    ) -> None:
+        """Write tier2_ppl.json, tier3_cf.json, tier4_sft_native.json and tier4_sft_native_generations.jsonl
+        per checkpoint (step from the manifest, else from the checkpoint path, else 'unknown')."""
+        from rescore.artifacts.store import Store
+        from rescore.report.export import export_tiers
+
+        for p in export_tiers(Store(store), outdir, model):
+            print(p)
+
+    @export_app.command("lm-eval")
+    @handle_errors
+    def export_lm_eval_cmd(
+        outdir: Annotated[Path, typer.Argument(help="Output directory (<model>/results.json is written in it).")],
+        store: StoreOpt = DEFAULT_STORE,
+        model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Only these models (glob). Repeatable.")] = None,
+    ) -> None:
+        """Write an lm-evaluation-harness-style results JSON per model checkpoint."""
+        from rescore.artifacts.store import Store
+        from rescore.report.export import export_lm_eval
+
+        for p in export_lm_eval(Store(store), outdir, model):
+            print(p)
+
+
+def _console(stdout: bool = False):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    stream = sys.stdout if stdout else sys.stderr
+    # a pipe or a file gets wide lines rather than rich's 80-column default
+    return Console(stderr=not stdout, soft_wrap=True, width=None if stream.isatty() else 200)
+
+
+class _Progress:
+    """Rich progress over the units being scored (only on a terminal unless forced)."""
+
+    def __init__(self, console: Any, enabled: bool | None) -> None:
+        self.console = console
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._p: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("units"),
+                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def update(self, what: str, done: int, total: int) -> None:
+        if self._p is None:
+            return
+        if self._task is None:
+            self._task = self._p.add_task("scoring", total=total)
+        self._p.update(self._task, completed=done, total=total, description=f"scoring {what}"[:60])

@@ -1,0 +1,185 @@
+"""Filtering and formatting the results table (``rescore results``): table, CSV, JSON and markdown.
+
+Markdown: one ``Task | Metric | Result | Error Range`` table per model (Result is ``value ± stderr``,
+Error Range the 95% confidence interval), then a cross-model comparison table (rows task/metric, one
+column per model, the best value of each row in bold according to the metric's ``higher_is_better``).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+DISPLAY_COLUMNS = ("model", "step", "task", "subset", "metric", "seed", "value", "stderr", "n", "n_seeds", "precision")
+
+
+def _match(value: Any, patterns: Sequence[str] | None) -> bool:
+    if not patterns:
+        return True
+    s = "" if value is None else str(value)
+    return any(fnmatch.fnmatchcase(s, p) for p in patterns)
+
+
+def filter_results(table: pa.Table, *, model: Sequence[str] | None = None, task: Sequence[str] | None = None,
+                   metric: Sequence[str] | None = None, seed: Sequence[str] | None = ("agg",),
+                   subset: Sequence[str] | None = ("all",)) -> list[dict[str, Any]]:
+    """Rows (dicts) whose columns match the glob patterns; ``None`` or ``["*"]`` keeps everything."""
+    out = []
+    for r in table.to_pylist():
+        if (_match(r["model"], model) and _match(r["task"], task) and _match(r["metric"], metric)
+                and _match(r["seed"], seed) and _match(r["subset"], subset)):
+            out.append(r)
+    return out
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return f"{v:.2f}" if abs(v) >= 1000 else f"{v:.4f}"
+    return str(v)
+
+
+def to_csv(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    cols = list(columns or (rows[0].keys() if rows else DISPLAY_COLUMNS))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict[str, Any]]) -> str:
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
+
+    return json.dumps([{k: clean(v) for k, v in r.items()} for r in rows], indent=2, ensure_ascii=False)
+
+
+def rich_table(rows: list[dict[str, Any]], title: str | None = None):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in DISPLAY_COLUMNS:
+        t.add_column(c, justify="right" if c in ("value", "stderr", "n", "n_seeds", "step") else "left")
+    for r in rows:
+        t.add_row(*(fmt(r.get(c)) for c in DISPLAY_COLUMNS))
+    return t
+
+
+def model_label(r: dict[str, Any]) -> str:
+    step = f" @ step {r['step']}" if r.get("step") is not None else ""
+    return f"{r['model']}{step}"
+
+
+def _model_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["model"], r.get("checkpoint"), r.get("step"), r.get("precision"))
+
+
+def _task_label(r: dict[str, Any]) -> str:
+    return r["task"] if r.get("subset") in (None, "all") else f"{r['task']} / {r['subset']}"
+
+
+def _result(r: dict[str, Any]) -> str:
+    v = fmt(r.get("value"))
+    return f"{v} ± {fmt(r['stderr'])}" if r.get("stderr") is not None else v
+
+
+def _ci(r: dict[str, Any]) -> str:
+    if r.get("ci_low") is None or r.get("ci_high") is None:
+        return "—"
+    return f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Per-model tables, then a cross-model comparison with the best value per row in bold."""
+    models: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        models.setdefault(_model_key(r), []).append(r)
+    labels = _unique_labels(models)
+    parts: list[str] = []
+    for key, rs in models.items():
+        first = rs[0]
+        parts.append(f"## {labels[key]}\n")
+        info = [f"checkpoint `{first.get('checkpoint')}`", f"precision {first.get('precision')}"]
+        if first.get("stage"):
+            info.append(f"stage {first['stage']}")
+        parts.append(", ".join(info) + "\n")
+        parts.append("| Task | Metric | Result | Error Range |")
+        parts.append("|---|---|---:|---|")
+        for r in rs:
+            parts.append(f"| {_task_label(r)} | {_metric_label(r)} | {_result(r)} | {_ci(r)} |")
+        parts.append("")
+    if len(models) > 1:
+        parts.append(comparison_markdown(rows, models, labels))
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _metric_label(r: dict[str, Any]) -> str:
+    arrow = "" if r.get("aggregator") == "sum" else (" ↑" if r.get("higher_is_better") else " ↓")
+    seeds = f" ({r['n_seeds']} seeds)" if (r.get("n_seeds") or 0) > 1 else ""
+    return f"{r['metric']}{arrow}{seeds}"
+
+
+def _unique_labels(models: dict[tuple[Any, ...], list[dict[str, Any]]]) -> dict[tuple[Any, ...], str]:
+    labels = {k: model_label(v[0]) for k, v in models.items()}
+    counts: dict[str, int] = {}
+    for lab in labels.values():
+        counts[lab] = counts.get(lab, 0) + 1
+    for k, lab in list(labels.items()):
+        if counts[lab] > 1:
+            labels[k] = f"{lab} ({k[3]}, {k[1]})"
+    return labels
+
+
+def comparison_markdown(rows: list[dict[str, Any]], models: dict[tuple[Any, ...], list[dict[str, Any]]],
+                        labels: dict[tuple[Any, ...], str]) -> str:
+    keys = list(models)
+    cells: dict[tuple[str, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
+    order: list[tuple[str, str]] = []
+    for k in keys:
+        for r in models[k]:
+            rk = (_task_label(r), r["metric"])
+            if rk not in cells:
+                cells[rk] = {}
+                order.append(rk)
+            cells[rk][k] = r
+    out = ["## Comparison\n", "| Task | Metric | " + " | ".join(labels[k] for k in keys) + " |",
+           "|---|---|" + "---:|" * len(keys)]
+    for rk in order:
+        row = cells[rk]
+        best = _best(row)
+        vals = []
+        for k in keys:
+            r = row.get(k)
+            if r is None:
+                vals.append("—")
+                continue
+            s = _result(r)
+            vals.append(f"**{s}**" if k in best else s)
+        any_r = next(iter(row.values()))
+        out.append(f"| {rk[0]} | {_metric_label({**any_r, 'n_seeds': None})} | " + " | ".join(vals) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _best(row: dict[tuple[Any, ...], dict[str, Any]]) -> set[tuple[Any, ...]]:
+    vals = {k: r["value"] for k, r in row.items() if r.get("value") is not None and not math.isnan(r["value"])}
+    if len(vals) < 2:
+        return set()
+    any_r = next(iter(row.values()))
+    if any_r.get("aggregator") == "sum":
+        return set()
+    target = max(vals.values()) if any_r.get("higher_is_better", True) else min(vals.values())
+    return {k for k, v in vals.items() if v == target}
