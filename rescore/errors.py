@@ -52,5 +52,5 @@ class BackendError(UserError):
     """A generation backend cannot run here (not installed, no GPU, no such model)."""
 
 
-class InjectedFailure(RuntimeError):
-    """Raised on purpose by the fake backend's failure injection (not a user error)."""
+class InjectedFailure(UserError):
+    """Raised on purpose by the fake backend's failure injection (crash tests); rows written so far are kept."""

@@ -65,7 +65,9 @@ def register(app: typer.Typer) -> None:
                            seeds=parse_seeds(seeds))
         with RichProgress(enabled=progress) as prog:
             results = run_units(st, plans, progress=prog)
-        summarize(results, prog.console)
+        from rich.console import Console
+
+        summarize(results, Console())
 
 
 def summarize(results, console) -> None:  # type: ignore[no-untyped-def]

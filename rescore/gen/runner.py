@@ -82,7 +82,9 @@ def plan_units(
 ) -> list[UnitPlan]:
     from rescore import tasks as task_api
     from rescore.tasks.data import get_task_data
+    from rescore.tasks.suites import suite_data_root
 
+    data_root = suite_data_root(suite, data_root)
     chosen = list(suite.tasks)
     if tasks:
         names = {t.name for t in chosen}
@@ -93,7 +95,7 @@ def plan_units(
     plans: list[UnitPlan] = []
     for task in chosen:
         rt = task_api.request_type(task)
-        data = get_task_data(store.root, task, data_root=data_root, allow_direct=allow_direct)
+        data = get_task_data(store.root, task, data_root=data_root, allow_direct=allow_direct, suite=suite.name)
         gen = task_gen_params(suite, task, rt)
         for seed in seeds if seeds is not None else task_seeds(suite, task, rt, gen):
             for model in models:
