@@ -17,6 +17,17 @@ def sanitize_name(text: str) -> str:
 
 
 def resolve_models(model: str, *, backend: str | None, overrides: dict[str, Any]) -> list[ModelConfig]:
+    """Model configs from ``--model``; every backend name is checked before anything loads."""
+    from rescore.gen.base import backends
+
+    models = _resolve(model, backend=backend, overrides=overrides)
+    for m in models:
+        if m.backend not in backends:
+            raise backends.unknown(m.backend)
+    return models
+
+
+def _resolve(model: str, *, backend: str | None, overrides: dict[str, Any]) -> list[ModelConfig]:
     p = Path(model)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         data = read_yaml(p)
@@ -43,4 +54,4 @@ def resolve_models(model: str, *, backend: str | None, overrides: dict[str, Any]
     try:
         return [ModelConfig(name=name, path=model, backend=be, **fields)]
     except ValidationError as e:
-        raise ConfigProblems("--model", format_validation_error(e, "--model")) from None
+        raise ConfigProblems("model options", format_validation_error(e, "--model")) from None
