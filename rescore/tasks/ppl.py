@@ -152,9 +152,7 @@ def iter_documents(task: TaskConfig, data_root: Path | None, *, streaming: bool 
     skip = int(p.get("skip_docs", 0))
     if src.path is not None:
         path = require_exists(resolve_path(src.path, data_root), f"data file of task {task.name!r}")
-        records = read_local(path, src.format)
-        if p.get("schema", "hf") != "hf" or (records and isinstance(records[0], list)):
-            records = convert(p.get("schema", "hf"), records, "ppl")
+        records = convert(p.get("schema", "hf"), read_local(path, src.format), "ppl")
         docs: Iterator[str] = (
             d
             for rec in records

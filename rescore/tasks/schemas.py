@@ -25,13 +25,19 @@ LETTERS = "ABCDEFGHIJ"
 
 @schemas.register("hf")
 def from_hf(records: list[Any], prompt: str) -> list[dict[str, Any]]:
-    """Records already in the Hugging Face schema. csv/tsv files need a header row."""
-    if records and isinstance(records[0], list):
-        header, *body = records
-        return [dict(zip(header, r, strict=False)) for r in body]
-    if records and isinstance(records[0], dict) and "fields" in records[0] and "_file" in records[0]:
-        raise ConfigError("csv/tsv directories need a schema that knows their columns", hint="e.g. schema: mmlu_csv")
-    return [dict(r) for r in records]
+    """Records already in the Hugging Face schema. csv/tsv files need a header row (in every file)."""
+    out: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    current: str | None = None
+    for r in records:
+        if isinstance(r, dict) and "fields" in r:
+            if r["_file"] != current:  # first record of a file: its header
+                header, current = r["fields"], r["_file"]
+                continue
+            out.append(dict(zip(header or [], r["fields"], strict=False)))
+        else:
+            out.append(dict(r))
+    return out
 
 
 def _strip_prefix(s: str, prefix: str) -> str:
@@ -89,7 +95,7 @@ _OBQA_CHOICE = re.compile(r"\(([A-E])\) ")
 def from_obqa_tsv(records: list[Any], prompt: str) -> list[dict[str, Any]]:
     """The OpenBookQA release TSV: ID, Question Stem, Choices ``"(A) … (B) … (C) … (D) …"``, Complete
     Question, Answer Key. Choices are split at the ``(B) ``, ``(C) ``... markers in order."""
-    header, *body = records
+    header, *body = [r["fields"] for r in records]
     col = {name: i for i, name in enumerate(header)}
     out = []
     for r in body:
@@ -117,10 +123,10 @@ def from_mmlu_csv(records: list[Any], prompt: str) -> list[dict[str, Any]]:
     file name (``<subject>_test.csv``), as in cais/mmlu."""
     out = []
     for r in records:
-        fields, stem = (r["fields"], r["_file"]) if isinstance(r, dict) else (r, None)
+        fields, stem = r["fields"], r["_file"]
         if len(fields) != 6:
             raise ConfigError(f"MMLU csv record with {len(fields)} fields (expected 6): {fields[:1]!r}")
-        subject = re.sub(r"_(test|dev|val)$", "", stem) if stem else None
+        subject = re.sub(r"_(test|dev|val)$", "", stem)
         out.append({"question": fields[0], "subject": subject, "choices": list(fields[1:5]),
                     "answer": LETTERS.index(fields[5].strip())})
     return out
@@ -149,7 +155,7 @@ def from_hellaswag_text(records: list[Any], prompt: str) -> list[dict[str, Any]]
     """
     out = []
     for lines in records:
-        first = lines["fields"] if isinstance(lines, dict) else lines
+        first = lines["fields"]
         label, _, ctx = first[0].partition(": ")
         if label in WIKIHOW_LABELS:
             ctx_a, ctx_b = ctx, ""

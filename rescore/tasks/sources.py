@@ -84,19 +84,20 @@ FORMAT_SUFFIXES = {
 def read_local(path: Path, fmt: str = "auto") -> list[Any]:
     """All records of a local file, or of every file of that format in a directory (sorted by name).
 
-    jsonl/json/parquet give dicts; csv/tsv give lists of fields (the header, if any, is a record too);
-    txt gives one record ``{"text": whole file}``; bz2-hellaswag gives lists of six lines. Records read
-    from a directory carry the file's stem under ``"_file"`` (lists become ``{"_file", "fields"}``).
+    jsonl/json/parquet give dicts; txt gives one record ``{"text": whole file}``; csv/tsv records (the
+    header, if any, too) and bz2-hellaswag items (six lines) give ``{"_file": file stem, "fields": [...]}``.
+    Dict records read from a directory carry the file's stem under ``"_file"``.
     """
     fmt = detect_format(path, fmt)
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in FORMAT_SUFFIXES[fmt])
-        out: list[Any] = []
-        for f in files:
-            for rec in _read_file(f, fmt):
-                out.append({**rec, "_file": f.stem} if isinstance(rec, dict) else {"_file": f.stem, "fields": rec})
-        return out
-    return _read_file(path, fmt)
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in FORMAT_SUFFIXES[fmt]) if path.is_dir() else [path]
+    out: list[Any] = []
+    for f in files:
+        for rec in _read_file(f, fmt):
+            if isinstance(rec, list):
+                out.append({"_file": f.stem, "fields": rec})
+            else:
+                out.append({**rec, "_file": f.stem} if path.is_dir() else rec)
+    return out
 
 
 def _read_file(path: Path, fmt: str) -> list[Any]:
