@@ -87,8 +87,8 @@ def exact_match_norm(s: str) -> str:
 
 # -- other extractors ---------------------------------------------------------------------------------
 _LETTER_PATTERNS = (
-    r"(?i)answer\s*(?:is|:)?\s*[:\-]?\s*\(?\b([{L}])\b\)?",
-    r"^\s*\(?([{L}])\)?(?:[.):\s]|$)",
+    r"(?i:answer)\s*(?:is|:)?\s*[:\-]?\s*\(?\b([{L}])\b\)?",
+    r"^\s*(?:\(([{L}])\)|([{L}])(?:[.):]|$))",
     r"\(([{L}])\)",
 )
 
@@ -99,7 +99,9 @@ def choice_letter(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
     for i, pat in enumerate(_LETTER_PATTERNS):
         found = re.findall(pat.replace("{L}", cls), text, flags=re.MULTILINE)
         if found:
-            return (found[-1] if i == 2 else found[0]).upper()
+            hit = found[-1] if i == 2 else found[0]
+            hit = "".join(hit) if isinstance(hit, tuple) else hit
+            return hit.upper()
     return None
 
 

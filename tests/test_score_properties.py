@@ -1,0 +1,188 @@
+"""Invariants of the scorer (hypothesis): values in range, row order does not matter, shards aggregate
+to the whole, and the fast GSM8K extractors agree with lm-eval's RegexFilter on arbitrary text."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rescore.artifacts.schema import schema_for
+from rescore.score.engine import aggregate_rows
+from rescore.score.extract import flexible_extract, strict_extract
+from rescore.score.metrics_answer import pass_at_k_estimate
+from rescore.score.registry import load_builtin
+from rescore.score.spec import UnitInfo, aggregators, metrics
+
+load_builtin()
+SETTINGS = settings(max_examples=60, deadline=None)
+
+# text drawn mostly from the characters the GSM8K patterns care about
+gsm_text = st.text(alphabet=st.sampled_from(list("0123456789-$.,# \nabc٤é")), max_size=40)
+
+
+@SETTINGS
+@given(gsm_text)
+def test_extractors_match_lm_eval_regex_filter(text: str) -> None:
+    from lm_eval.filters.extraction import RegexFilter
+
+    strict = RegexFilter(regex_pattern=r"#### (\-?[0-9\.\,]+)", group_select=0)
+    flexible = RegexFilter(regex_pattern=r"(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)
+    assert strict_extract(text) == list(strict.apply([[text]], [{}]))[0][0]
+    assert flexible_extract(text) == list(flexible.apply([[text]], [{}]))[0][0]
+
+
+mc_row = st.integers(min_value=1, max_value=6).flatmap(lambda k: st.tuples(
+    st.lists(st.floats(min_value=-50, max_value=0, allow_nan=False), min_size=k, max_size=k),
+    st.integers(min_value=0, max_value=k - 1),
+    st.lists(st.integers(min_value=1, max_value=30), min_size=k, max_size=k),
+))
+
+
+def mc_table(rows: list[tuple[list[float], int, list[int]]]) -> pa.Table:
+    schema = schema_for("loglikelihood")
+    data = [{"sample_id": f"{i:05d}", "choice_sum_logprob": lls, "gold": g, "choice_n_chars": [n + 1 for n in lens],
+             "choice_n_tokens": lens, "choice_n_bytes": [n + 1 for n in lens], "choices": [" " + "x" * n for n in lens]}
+            for i, (lls, g, lens) in enumerate(rows)]
+    names = ["sample_id", "choice_sum_logprob", "gold", "choice_n_chars", "choice_n_tokens", "choice_n_bytes", "choices"]
+    return pa.Table.from_pylist(data, schema=pa.schema([schema.field(n) for n in names]))
+
+
+RANGES = {"acc": (0, 1), "acc_norm": (0, 1), "acc_bytes": (0, 1), "acc_norm_tokens": (0, 1),
+          "brier_score": (0, 2), "ece": (0, 1)}
+
+
+def _agg(name: str, table: pa.Table) -> dict:
+    spec = metrics.get(name)
+    cols = spec.compute(table, UnitInfo("p", {}))
+    return aggregate_rows(spec, cols, {"all": None})["all"]
+
+
+@SETTINGS
+@given(st.lists(mc_row, min_size=2, max_size=25), st.randoms(use_true_random=False))
+def test_choice_metrics_range_and_row_order(rows, rnd) -> None:
+    table = mc_table(rows)
+    perm = list(range(len(rows)))
+    rnd.shuffle(perm)
+    shuffled = table.take(pa.array(perm))
+    for name, (lo, hi) in RANGES.items():
+        spec = metrics.get(name)
+        vals = np.asarray(spec.compute(table, UnitInfo("p", {}))["value"])
+        if name == "ece":
+            vals = np.abs(vals)
+        assert np.all((vals >= lo - 1e-12) & (vals <= hi + 1e-12)), name
+        a, b = _agg(name, table), _agg(name, shuffled)
+        assert math.isclose(a["value"], b["value"], rel_tol=1e-9, abs_tol=1e-12), name
+        assert lo - 1e-12 <= a["value"] <= hi + 1e-12, name
+
+
+rolling_row = st.tuples(st.floats(min_value=-500, max_value=0, allow_nan=False), st.integers(1, 400),
+                        st.integers(1, 2000), st.integers(1, 300))
+
+
+def rolling_table(rows) -> pa.Table:
+    schema = schema_for("rolling")
+    names = ["sample_id", "sum_logprob", "n_tokens", "n_bytes", "n_words", "category"]
+    data = [{"sample_id": f"{i:05d}", "sum_logprob": s, "n_tokens": t, "n_bytes": b, "n_words": w,
+             "category": "ab"[i % 2]} for i, (s, t, b, w) in enumerate(rows)]
+    return pa.Table.from_pylist(data, schema=pa.schema([schema.field(n) for n in names]))
+
+
+@SETTINGS
+@given(st.lists(rolling_row, min_size=2, max_size=30), st.integers(min_value=1, max_value=29))
+def test_rolling_shards_aggregate_to_the_whole(rows, cut) -> None:
+    cut = min(cut, len(rows) - 1)
+    table = rolling_table(rows)
+    for name in ("token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "tokens"):
+        spec = metrics.get(name)
+        agg = aggregators.get(spec.aggregator)
+        whole = spec.compute(table, None)
+        parts = [spec.compute(table.slice(0, cut), None), spec.compute(table.slice(cut), None)]
+        cols = lambda c: {k: np.asarray(v, dtype=np.float64) for k, v in c.items() if k in agg.needs}  # noqa: E731
+        a = agg(cols(whole), spec.agg_kw)
+        b = agg.combine([cols(p) for p in parts], spec.agg_kw)
+        assert math.isclose(a.value, b.value, rel_tol=1e-9), name
+        if a.stderr is not None:
+            assert math.isclose(a.stderr, b.stderr, rel_tol=1e-6, abs_tol=1e-12), name
+        if name != "tokens":
+            assert a.value >= (1.0 if "perplexity" in name else 0.0) - 1e-12
+
+
+@SETTINGS
+@given(st.lists(st.floats(min_value=-1e3, max_value=1e3, allow_nan=False), min_size=2, max_size=40),
+       st.integers(min_value=1, max_value=39))
+def test_mean_shards_aggregate_to_the_whole(values, cut) -> None:
+    cut = min(cut, len(values) - 1)
+    v = np.asarray(values)
+    agg = aggregators.get("mean")
+    a = agg({"value": v})
+    b = agg.combine([{"value": v[:cut]}, {"value": v[cut:]}])
+    assert math.isclose(a.value, b.value, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(a.stderr, b.stderr, rel_tol=1e-6, abs_tol=1e-9)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=2, max_size=40), st.integers(1, 39))
+def test_ece_shards_and_range(rows, cut) -> None:
+    cut = min(cut, len(rows) - 1)
+    conf = np.array([c for c, _ in rows])
+    corr = np.array([float(k) for _, k in rows])
+    agg = aggregators.get("ece")
+    whole = agg({"conf": conf, "correct": corr}, {"n_bins": 10})
+    parts = agg.combine([{"conf": conf[:cut], "correct": corr[:cut]}, {"conf": conf[cut:], "correct": corr[cut:]}],
+                        {"n_bins": 10})
+    assert math.isclose(whole.value, parts.value, rel_tol=1e-9, abs_tol=1e-12)
+    assert 0.0 <= whole.value <= 1.0
+
+
+@SETTINGS
+@given(st.integers(1, 12).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n), st.integers(1, n))))
+def test_pass_at_k_matches_combinatorics(nck) -> None:
+    n, c, k = nck
+    # probability that a random k-subset of n candidates contains at least one of the c correct ones
+    subsets = list(combinations(range(n), k))
+    brute = sum(any(i < c for i in s) for s in subsets) / len(subsets)
+    assert math.isclose(pass_at_k_estimate(n, c, k), brute, rel_tol=1e-9, abs_tol=1e-12)
+
+
+@SETTINGS
+@given(st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=30), st.randoms(use_true_random=False))
+def test_bootstrap_is_row_order_invariant(values, rnd) -> None:
+    v = list(values)
+    w = list(values)
+    rnd.shuffle(w)
+    agg = aggregators.get("bootstrap")
+    a, b = agg({"value": np.array(v)}, {"iters": 30}), agg({"value": np.array(w)}, {"iters": 30})
+    assert a.as_dict() == b.as_dict() or all(
+        (x is None and y is None) or math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-12)
+        for x, y in zip(a.as_dict().values(), b.as_dict().values(), strict=True))
+
+
+gen_row = st.lists(st.sampled_from(["#### 5", "#### 4", "The answer is 5.", "", "no idea", "#### 1,000"]),
+                   min_size=1, max_size=6)
+
+
+@SETTINGS
+@given(st.lists(gen_row, min_size=1, max_size=12), st.randoms(use_true_random=False))
+def test_answer_metrics_range_and_row_order(rows, rnd) -> None:
+    schema = schema_for("generate")
+    data = [{"sample_id": f"{i:04d}", "candidates": c, "target": "#### 5",
+             "cand_logprobs": [[-0.1 * (j + 1)] * (j + 1) for j in range(len(c))]} for i, c in enumerate(rows)]
+    names = ["sample_id", "candidates", "target", "cand_logprobs"]
+    table = pa.Table.from_pylist(data, schema=pa.schema([schema.field(n) for n in names]))
+    perm = list(range(len(rows)))
+    rnd.shuffle(perm)
+    shuffled = table.take(pa.array(perm))
+    for name in ("exact_match_strict", "exact_match_flexible", "maj_at_n", "pass_at_1", "bon_first", "bon_random",
+                 "bon_oracle", "bon_max_mean_logprob", "bon_max_sum_logprob", "bon_majority"):
+        a, b = _agg(name, table), _agg(name, shuffled)
+        assert 0.0 <= a["value"] <= 1.0, name
+        assert math.isclose(a["value"], b["value"], abs_tol=1e-12), name
+    # the oracle is an upper bound of every selection strategy
+    oracle = _agg("bon_oracle", table)["value"]
+    for name in ("bon_first", "bon_random", "bon_majority", "bon_max_mean_logprob"):
+        assert _agg(name, table)["value"] <= oracle + 1e-12
