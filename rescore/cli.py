@@ -23,6 +23,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "rescore.commands.gen",
     "rescore.commands.store",
+    "rescore.commands.matrix",
     "rescore.commands.tasks",
     "rescore.commands.score",
 ]

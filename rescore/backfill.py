@@ -1,0 +1,225 @@
+"""Plan a checkpoint matrix against the store and run only what is missing: locally, as local worker
+processes, or as a Slurm job array (submitit), or as a plain sbatch script.
+
+Jobs are groups of units of one checkpoint (so each job loads its model once). Sharding (``--shard i/N``)
+is over the groups of the *whole* plan, complete ones included, so every array task sees the same list no
+matter how much of it other tasks have finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rescore.artifacts.store import Store
+from rescore.errors import ConfigError, UserError
+from rescore.gen.runner import UnitPlan, plan_units, unit_state
+from rescore.matrix import MatrixConfig, SlurmConfig, check_checkpoints, expand, suite_for
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+class IncompleteJobError(UserError):
+    """A backfill job finished but some of its units are not complete."""
+
+
+@dataclass
+class PlannedUnit:
+    plan: UnitPlan
+    state: str  # complete | partial | missing
+    rows_done: int
+    rows_total: int | None
+    bridge_for: str | None = None
+
+
+def plan_matrix(store: Store, m: MatrixConfig, *, source: str, data_root: Path | None = None,
+                allow_direct: bool = False, check_paths: bool = True) -> list[PlannedUnit]:
+    """Every unit of the matrix in a stable order, with its state in the store (duplicates removed: a
+    bridge checkpoint scored on a suite it already ran shares those units)."""
+    checkpoints = expand(m)
+    if check_paths:
+        check_checkpoints(m, checkpoints, source)
+    root = data_root if data_root is not None else (Path(m.data_root) if m.data_root else None)
+    seen: set[str] = set()
+    out: list[PlannedUnit] = []
+    suites: dict[str, Any] = {}
+    for c in checkpoints:
+        for sname in c.suites:
+            suite = suites.setdefault(sname, suite_for(m, sname))
+            for p in plan_units(store, suite, [c.model], data_root=root, allow_direct=allow_direct):
+                if p.run_id in seen:
+                    continue
+                seen.add(p.run_id)
+                state, done, total = unit_state(store, p.run_id)
+                out.append(PlannedUnit(p, state, done, total, c.bridge_for))
+    return out
+
+
+def group_units(units: Sequence[PlannedUnit], units_per_job: int = 0) -> list[list[PlannedUnit]]:
+    """Groups of one checkpoint each (split into chunks of ``units_per_job`` when > 0), in plan order."""
+    by_model: dict[str, list[PlannedUnit]] = {}
+    for u in units:
+        by_model.setdefault(u.plan.model.model_dump_json(), []).append(u)
+    groups: list[list[PlannedUnit]] = []
+    for us in by_model.values():
+        if units_per_job > 0:
+            groups += [us[i : i + units_per_job] for i in range(0, len(us), units_per_job)]
+        else:
+            groups.append(us)
+    return groups
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r} is not i/N", hint="e.g. --shard 0/4 (i from 0 to N-1)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need 0 <= i < N", hint="e.g. --shard 0/4")
+    return i, n
+
+
+def shard_groups(groups: list[list[PlannedUnit]], shard: tuple[int, int] | None) -> list[list[PlannedUnit]]:
+    if shard is None:
+        return groups
+    i, n = shard
+    return groups[i::n]
+
+
+def todo(groups: list[list[PlannedUnit]]) -> list[list[PlannedUnit]]:
+    out = [[u for u in g if u.state != "complete"] for g in groups]
+    return [g for g in out if g]
+
+
+def set_offline_env() -> None:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def run_local(store: Store, groups: list[list[PlannedUnit]], *, progress: Any = None) -> list[Any]:
+    """Run the groups in this process and fail loudly if any unit is still incomplete afterwards."""
+    from rescore.gen.runner import run_units
+
+    plans = [u.plan for g in groups for u in g]
+    results = run_units(store, plans, progress=progress) if plans else []
+    assert_complete(store, plans)
+    return results
+
+
+def assert_complete(store: Store, plans: Sequence[UnitPlan]) -> None:
+    bad = [p for p in plans if unit_state(store, p.run_id)[0] != "complete"]
+    if bad:
+        raise IncompleteJobError(
+            f"{len(bad)} unit(s) incomplete after the job: " + ", ".join(f"{p.run_id[:12]} ({p.label})" for p in bad[:5]),
+            hint="see the job log; run the same backfill again to resume them",
+        )
+
+
+def run_workers(matrix_path: Path, store: Path, n: int, extra: Sequence[str] = ()) -> int:
+    """Run ``n`` local worker processes, each ``backfill --shard k/n``; returns the worst exit code."""
+    procs = []
+    for k in range(n):
+        cmd = [sys.executable, "-m", "rescore.cli", "backfill", str(matrix_path), "--store", str(store),
+               "--executor", "local", "--shard", f"{k}/{n}", "--no-progress", *extra]
+        procs.append(subprocess.Popen(cmd))
+    return max(p.wait() for p in procs)
+
+
+# -- Slurm ---------------------------------------------------------------------------------------------------
+
+def slurm_job(store_root: str, matrix_path: str, run_ids: list[str], data_root: str | None) -> dict[str, Any]:
+    """Entry point of one Slurm array task (pickled by submitit): run these units of the matrix."""
+    set_offline_env()
+    from rescore.matrix import load_matrix
+
+    store = Store(store_root)
+    m = load_matrix(matrix_path)
+    units = plan_matrix(store, m, source=matrix_path, data_root=Path(data_root) if data_root else None,
+                        check_paths=False)
+    wanted = set(run_ids)
+    mine = [[u for u in units if u.plan.run_id in wanted]]
+    missing = wanted - {u.plan.run_id for u in mine[0]}
+    if missing:
+        raise IncompleteJobError(f"the matrix no longer plans units {sorted(missing)[:5]}",
+                                 hint="the matrix or suite changed after submission; plan again")
+    run_local(store, todo(mine))
+    return {"units": len(run_ids), "host": os.uname().nodename}
+
+
+def submit_slurm(store: Store, matrix_path: Path, groups: list[list[PlannedUnit]], cfg: SlurmConfig,
+                 data_root: Path | None) -> list[Any]:
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("the slurm executor needs submitit", hint='pip install -e ".[slurm]"') from None
+    log_dir = store.root / "logs" / "slurm"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ex = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm")
+    params: dict[str, Any] = {
+        "slurm_cpus_per_task": cfg.cpus_per_task, "timeout_min": _minutes(cfg.time),
+        "slurm_array_parallelism": cfg.max_parallel, "slurm_job_name": "rescore-backfill",
+        "slurm_setup": list(cfg.setup) + [f"export {k}={v}" for k, v in OFFLINE_ENV.items()],
+    }
+    extra: dict[str, Any] = {}
+    if cfg.partition:
+        params["slurm_partition"] = cfg.partition
+    if cfg.gres:
+        params["slurm_gres"] = cfg.gres
+    if cfg.mem_gb:
+        params["slurm_mem"] = f"{cfg.mem_gb}G"
+    if cfg.account:
+        params["slurm_account"] = cfg.account
+    if cfg.qos:
+        params["slurm_qos"] = cfg.qos
+    for opt in cfg.extra:
+        k, _, v = opt.lstrip("-").partition("=")
+        extra[k.replace("-", "_")] = v or None
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    ex.update_parameters(**params)
+    n = len(groups)
+    return ex.map_array(slurm_job, [str(store.root.resolve())] * n, [str(matrix_path.resolve())] * n,
+                        [[u.plan.run_id for u in g] for g in groups],
+                        [str(data_root.resolve()) if data_root else None] * n)
+
+
+def _minutes(hms: str) -> int:
+    parts = [int(x) for x in hms.replace("-", ":").split(":")]
+    if len(parts) == 4:  # D-HH:MM:SS
+        d, h, m, s = parts
+        return d * 1440 + h * 60 + m + (1 if s else 0)
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, s = parts
+    return h * 60 + m + (1 if s else 0)
+
+
+def sbatch_script(store: Path, matrix_path: Path, n_groups: int, cfg: SlurmConfig, data_root: Path | None) -> str:
+    """A plain sbatch array script: task k runs ``rescore backfill --shard k/N`` on this matrix."""
+    log_dir = (store / "logs" / "slurm").resolve()
+    lines = ["#!/bin/bash", "#SBATCH --job-name=rescore-backfill",
+             f"#SBATCH --array=0-{n_groups - 1}%{cfg.max_parallel}",
+             f"#SBATCH --cpus-per-task={cfg.cpus_per_task}", f"#SBATCH --time={cfg.time}",
+             f"#SBATCH --output={log_dir}/%A_%a.out", f"#SBATCH --error={log_dir}/%A_%a.err"]
+    for flag, val in (("partition", cfg.partition), ("gres", cfg.gres), ("account", cfg.account), ("qos", cfg.qos),
+                      ("mem", f"{cfg.mem_gb}G" if cfg.mem_gb else None)):
+        if val:
+            lines.append(f"#SBATCH --{flag}={val}")
+    lines += [f"#SBATCH {opt}" for opt in cfg.extra]
+    lines += ["set -euo pipefail", f"mkdir -p {shlex.quote(str(log_dir))}"]
+    lines += [f"export {k}={v}" for k, v in OFFLINE_ENV.items()]
+    lines += list(cfg.setup)
+    cmd = ["rescore", "backfill", str(matrix_path.resolve()), "--store", str(store.resolve()), "--executor", "local",
+           "--no-progress"]
+    if data_root:
+        cmd += ["--data-root", str(data_root.resolve())]
+    lines.append(" ".join(shlex.quote(c) for c in cmd) + f' --shard "${{SLURM_ARRAY_TASK_ID}}/{n_groups}"')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+"""Reconstruct generation units from existing results files (lm-evaluation-harness ``results_*.json``).
+
+Each file's ``config`` section names the model (``model_args``: ``pretrained=PATH,dtype=...``) and seed,
+its ``configs``/``n-shot`` sections name the tasks, few-shot counts and generation kwargs. A small user
+mapping turns those into our model configs and suite tasks, so `plan`/`backfill` can regenerate exactly
+the runs that were made before.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from rescore.artifacts.store import Store
+from rescore.config import ConfigProblems, GenConfig, ModelConfig, Precision, Strict, format_validation_error, read_yaml
+from rescore.errors import ConfigError, UserError
+
+DEFAULT_PRECISION = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "half": "fp16", "fp16": "fp16",
+                     "float32": "fp32", "float": "fp32", "fp32": "fp32"}
+
+
+class ModelMapping(Strict):
+    path_arg: str = Field("pretrained", description="model_args key that holds the checkpoint path")
+    name: str = Field("{basename}", description="label pattern: {basename}, {stage}, {step}")
+    step_regex: str = Field(r"step[_-]?(\d+)", description="regex with one group: the step, searched in the path")
+    stage_regex: str | None = Field(None, description="regex with one group: the stage, searched in the path")
+    precision: dict[str, Precision] = Field(default_factory=dict, description="dtype -> precision (adds to defaults)")
+    default_precision: Precision = "fp32"
+    backend: str = "hf"
+    path_map: dict[str, str] = Field(default_factory=dict, description="path prefix rewrites, old -> new")
+    fields: dict[str, Any] = Field(default_factory=dict, description="further ModelConfig fields (batch_size, ...)")
+
+
+class ResultsMapping(Strict):
+    suite: str
+    tasks: dict[str, str] = Field(min_length=1, description="results task name -> suite task name")
+    model: ModelMapping = ModelMapping()
+    seed_key: str | None = Field("random_seed", description="config key holding the run seed")
+    use_fewshot: bool = Field(True, description="take num_fewshot from the results file")
+    use_generation_kwargs: bool = Field(True, description="take sampling parameters from the results file")
+
+
+def load_mapping(path: Path) -> ResultsMapping:
+    data = read_yaml(path)
+    try:
+        return ResultsMapping(**(data or {}))
+    except (ValidationError, TypeError) as e:
+        if isinstance(e, ValidationError):
+            raise ConfigProblems(str(path), format_validation_error(e, str(path))) from None
+        raise ConfigError(f"{path}: expected a mapping", hint="see the README section on backfill") from None
+
+
+def parse_model_args(args: Any) -> dict[str, str]:
+    if isinstance(args, dict):
+        return {str(k): str(v) for k, v in args.items()}
+    out: dict[str, str] = {}
+    for part in str(args or "").split(","):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def model_from_config(config: dict[str, Any], mm: ModelMapping, source: str) -> ModelConfig:
+    from rescore.commands.models import sanitize_name
+
+    args = parse_model_args(config.get("model_args"))
+    path = args.get(mm.path_arg)
+    if not path:
+        raise UserError(f"{source}: config.model_args has no {mm.path_arg!r}",
+                        hint="set model.path_arg in the mapping to the key that holds the checkpoint path")
+    for old, new in mm.path_map.items():
+        if path.startswith(old):
+            path = new + path[len(old):]
+            break
+    m = re.search(mm.step_regex, path)
+    step = int(m.group(1)) if m else None
+    stage = None
+    if mm.stage_regex:
+        s = re.search(mm.stage_regex, path)
+        stage = sanitize_name(s.group(1)) if s else None
+    dtype = str(args.get("dtype", "")).replace("torch.", "")
+    precisions = {**DEFAULT_PRECISION, **mm.precision}
+    if args.get("load_in_8bit") in ("True", "true"):
+        precision = "int8"
+    elif args.get("load_in_4bit") in ("True", "true"):
+        precision = "int4"
+    else:
+        precision = precisions.get(dtype, mm.default_precision)
+    name = sanitize_name(mm.name.format(basename=Path(path.rstrip("/")).name, stage=stage or "", step=step or ""))
+    try:
+        return ModelConfig(name=name, path=path, backend=mm.backend, precision=precision, step=step, stage=stage,
+                           **mm.fields)
+    except ValidationError as e:
+        raise ConfigProblems(source, format_validation_error(e, "model")) from None
+
+
+def gen_from_kwargs(kwargs: dict[str, Any] | None, base: GenConfig | None) -> GenConfig | None:
+    if not kwargs:
+        return base
+    upd: dict[str, Any] = {}
+    if "temperature" in kwargs:
+        upd["temperature"] = float(kwargs["temperature"])
+    if kwargs.get("do_sample") is False:
+        upd["temperature"] = 0.0
+    if "top_p" in kwargs:
+        upd["top_p"] = float(kwargs["top_p"])
+    if "top_k" in kwargs:
+        upd["top_k"] = int(kwargs["top_k"])
+    if "max_gen_toks" in kwargs:
+        upd["max_new_tokens"] = int(kwargs["max_gen_toks"])
+    if "until" in kwargs:
+        until = kwargs["until"]
+        upd["stop"] = tuple([until] if isinstance(until, str) else until)
+    return (base or GenConfig()).model_copy(update=upd)
+
+
+def plan_from_results(store: Store, pattern: str, mapping_path: Path, *, data_root: Path | None = None,
+                      allow_direct: bool = False) -> list[Any]:
+    from rescore.backfill import PlannedUnit
+    from rescore.gen.runner import plan_units, unit_state
+    from rescore.tasks.suites import load_suite
+
+    mapping = load_mapping(mapping_path)
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise UserError(f"no results files match {pattern!r}", hint="quote the glob and check the directory")
+    suite = load_suite(mapping.suite)
+    out: list[PlannedUnit] = []
+    seen: set[str] = set()
+    for f in files:
+        try:
+            data = json.loads(Path(f).read_text(encoding="utf-8"))
+            config = data["config"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{f}: not a results file with a 'config' section ({type(e).__name__}: {e})",
+                            hint="pass results_*.json files written by lm-evaluation-harness") from None
+        model = model_from_config(config, mapping.model, f)
+        names = list(data.get("configs") or data.get("results") or {})
+        tasks = []
+        for lm_name in names:
+            ours = mapping.tasks.get(lm_name)
+            if ours is None:
+                continue
+            t = suite.task(ours)
+            upd: dict[str, Any] = {}
+            tcfg = (data.get("configs") or {}).get(lm_name, {})
+            shots = (data.get("n-shot") or {}).get(lm_name, tcfg.get("num_fewshot"))
+            if mapping.use_fewshot and shots is not None:
+                upd["num_fewshot"] = int(shots)
+            if mapping.use_generation_kwargs and tcfg.get("output_type") == "generate_until":
+                upd["gen"] = gen_from_kwargs(tcfg.get("generation_kwargs"), t.gen or suite.gen)
+            tasks.append(t.model_copy(update=upd))
+        if not tasks:
+            raise UserError(f"{f}: none of its tasks {names} is in the mapping",
+                            hint=f"add them under 'tasks:' in {mapping_path}")
+        seeds = suite.seeds
+        if mapping.seed_key and config.get(mapping.seed_key) is not None:
+            seeds = (int(config[mapping.seed_key]),)
+        sub = suite.model_copy(update={"tasks": tuple(tasks), "seeds": seeds})
+        for p in plan_units(store, sub, [model], data_root=data_root, allow_direct=allow_direct):
+            if p.run_id not in seen:
+                seen.add(p.run_id)
+                state, done, total = unit_state(store, p.run_id)
+                out.append(PlannedUnit(p, state, done, total))
+    return out

@@ -1,0 +1,207 @@
+"""Checkpoint matrices: named training stages, each a path pattern with ``{step}`` and a list of steps,
+evaluated on one or more suites, with a *bridge*: the last checkpoint of the previous stage, scored on the
+new stage's suites so every stage has a baseline on its own tasks.
+
+A matrix declares one precision for every checkpoint; the manifest records it, and reports refuse to put
+runs of different precision side by side unless told to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from rescore.config import (
+    ConfigProblems,
+    ModelConfig,
+    Precision,
+    Strict,
+    SuiteConfig,
+    _name,
+    format_validation_error,
+    read_yaml,
+)
+from rescore.errors import ConfigError
+
+
+class SlurmConfig(Strict):
+    """Job settings for ``backfill --executor slurm`` (flags override them)."""
+
+    partition: str | None = None
+    gres: str | None = Field(None, description="e.g. gpu:1")
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    time: str = Field("04:00:00", description="HH:MM:SS wall-clock limit per job")
+    account: str | None = None
+    qos: str | None = None
+    max_parallel: int = Field(8, ge=1, description="array tasks running at once")
+    units_per_job: int = Field(0, ge=0, description="0 = one job per checkpoint (the model loads once)")
+    extra: tuple[str, ...] = Field((), description="extra sbatch options, e.g. ['--constraint=a100']")
+    setup: tuple[str, ...] = Field((), description="shell lines run before rescore in each job (module load ...)")
+
+
+class StageConfig(Strict):
+    name: str
+    path: str = Field(description="checkpoint path pattern containing {step}")
+    steps: tuple[int, ...] = Field(min_length=1)
+    suites: tuple[str, ...] | None = Field(None, description="default: the matrix's suites")
+    bridge: str | None = Field(None, description="stage whose last checkpoint is this stage's baseline")
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+    @field_validator("path")
+    @classmethod
+    def _has_step(cls, v: str) -> str:
+        if "{step}" not in v:
+            raise ValueError("path must contain '{step}' (e.g. /ckpts/stage1/step_{step})")
+        return v
+
+
+class MatrixConfig(Strict):
+    name: str
+    backend: str = "hf"
+    precision: Precision = "bf16"
+    suites: tuple[str, ...] = ()
+    seeds: tuple[int, ...] | None = Field(None, description="overrides every suite's seeds")
+    overrides: tuple[str, ...] = Field((), description="suite overrides key.path=value applied to every suite")
+    model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields shared by every checkpoint")
+    stages: tuple[StageConfig, ...] = Field(min_length=1)
+    slurm: SlurmConfig = SlurmConfig()
+    data_root: str | None = None
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+    @model_validator(mode="after")
+    def _cross(self) -> MatrixConfig:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique: {names}")
+        for s in self.stages:
+            if s.bridge is not None and s.bridge not in names:
+                raise ValueError(f"stage {s.name!r}: bridge {s.bridge!r} is not a stage ({names})")
+            if s.bridge == s.name:
+                raise ValueError(f"stage {s.name!r} cannot be its own bridge")
+            if not (s.suites or self.suites):
+                raise ValueError(f"stage {s.name!r} has no suites (set 'suites' on the stage or the matrix)")
+        bad = {"name", "path", "step", "stage", "precision", "backend"} & set(self.model)
+        if bad:
+            raise ValueError(f"'model' may not set {sorted(bad)}: the matrix sets them")
+        return self
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: ModelConfig
+    stage: str
+    step: int
+    suites: tuple[str, ...]
+    bridge_for: str | None = None  # set when this checkpoint is the bridge baseline of that stage
+
+    @property
+    def label(self) -> str:
+        return self.model.name
+
+
+def checkpoint_name(stage: str, step: int) -> str:
+    return f"{stage}-step{step}"
+
+
+def load_matrix(path: str | Path) -> MatrixConfig:
+    data = read_yaml(path)
+    problems = matrix_problems(data, str(path))
+    if problems:
+        raise ConfigProblems(str(path), problems)
+    return MatrixConfig(**data)
+
+
+def matrix_problems(data: Any, source: str) -> list[str]:
+    if not isinstance(data, dict):
+        return [f"{source}: a matrix must be a mapping with 'name' and 'stages'"]
+    try:
+        m = MatrixConfig(**data)
+    except ValidationError as e:
+        return format_validation_error(e, source)
+    problems: list[str] = []
+    from rescore.gen.base import backends
+    from rescore.tasks.suites import suite_path
+
+    if m.backend not in backends:
+        problems.append(f"{source}: backend: {backends.unknown(m.backend).render()}")
+    for s in m.stages:
+        for suite in s.suites or m.suites:
+            try:
+                suite_path(suite)
+            except ConfigError as e:
+                problems.append(f"{source}: stages.{s.name}.suites: {e.render()}")
+    try:
+        ModelConfig(name="x", path="x", **m.model)
+    except ValidationError as e:
+        problems += format_validation_error(e, f"{source}: model")
+    return problems
+
+
+def validate_matrix_file(path: str | Path) -> list[str]:
+    try:
+        data = read_yaml(path)
+    except ConfigError as e:
+        return [e.render()]
+    return matrix_problems(data, str(path))
+
+
+def expand(m: MatrixConfig) -> list[Checkpoint]:
+    """Every checkpoint of every stage, plus bridge checkpoints (the previous stage's last step run on the
+    bridged stage's suites)."""
+    by_name = {s.name: s for s in m.stages}
+    out: list[Checkpoint] = []
+    for s in m.stages:
+        suites = tuple(s.suites or m.suites)
+        if s.bridge:
+            b = by_name[s.bridge]
+            last = max(b.steps)
+            out.append(Checkpoint(_model(m, b, last), b.name, last, suites, bridge_for=s.name))
+        for step in s.steps:
+            out.append(Checkpoint(_model(m, s, step), s.name, step, suites))
+    return out
+
+
+def _model(m: MatrixConfig, s: StageConfig, step: int) -> ModelConfig:
+    return ModelConfig(name=checkpoint_name(s.name, step), path=s.path.format(step=step), backend=m.backend,
+                       precision=m.precision, step=step, stage=s.name, **m.model)
+
+
+def missing_checkpoints(m: MatrixConfig, checkpoints: list[Checkpoint]) -> list[str]:
+    """Checkpoint directories that do not exist or hold no model config, all of them at once."""
+    if m.backend == "fake":
+        return []
+    out = []
+    seen = set()
+    for c in checkpoints:
+        p = Path(c.model.path)
+        if p in seen:
+            continue
+        seen.add(p)
+        if not p.is_dir():
+            out.append(f"{c.stage} step {c.step}: {p} does not exist")
+        elif not (p / "config.json").is_file():
+            out.append(f"{c.stage} step {c.step}: {p} has no config.json")
+    return out
+
+
+def check_checkpoints(m: MatrixConfig, checkpoints: list[Checkpoint], source: str) -> None:
+    missing = missing_checkpoints(m, checkpoints)
+    if missing:
+        raise ConfigProblems(source, missing)
+
+
+def suite_for(m: MatrixConfig, name: str) -> SuiteConfig:
+    from rescore.tasks.suites import load_suite
+
+    suite = load_suite(name, overrides=list(m.overrides))
+    if m.seeds is not None:
+        suite = suite.model_copy(update={"seeds": tuple(m.seeds)})
+    if m.data_root is not None and getattr(suite, "data_root", None) is None:
+        suite = suite.model_copy(update={"data_root": m.data_root})
+    return suite
