@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -49,17 +48,21 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs of each (alternating); the best is kept")
     ap.add_argument("--model-dir", type=Path, default=None, help="reuse/build the model here (default: temp dir)")
     args = ap.parse_args()
 
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's rolling path forces per-batch progress bars
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from lm_eval.api.instance import Instance
+    from lm_eval.models import huggingface as lm_hf
     from lm_eval.models.huggingface import HFLM
+
+    _tqdm = lm_hf.tqdm
+    lm_hf.tqdm = lambda *a, **k: _tqdm(*a, **{**k, "disable": True})  # its rolling path forces progress bars
 
     from rescore.config import ModelConfig
     from rescore.core import Request
@@ -97,7 +100,7 @@ def main() -> None:
         pass
     lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs[:64])], disable_tqdm=True)
     t_ours, t_theirs = [], []
-    for _ in range(2):
+    for _ in range(args.reps):
         t0 = time.perf_counter()
         ours = run_rescore()
         t_ours.append(time.perf_counter() - t0)

@@ -374,10 +374,9 @@ class HFBackend:
             ids[b, :n] = torch.tensor(u.tokens)
             pos[b, :n] = torch.tensor(u.position_ids) if u.position_ids is not None else torch.arange(n)
             seg[b, :n] = torch.tensor(u.segments) if u.segments is not None else 0
-        if any(u.segments is not None for u in batch):
-            mask = segment_mask(seg, self._mask_dtype)
-        else:
-            mask = (seg >= 0).long()
+        # Plain causal sequences need no mask: right padding comes after every real token, so a causal
+        # model never attends to it (and no mask keeps the fast causal attention kernels).
+        mask = segment_mask(seg, self._mask_dtype) if any(u.segments is not None for u in batch) else None
         b_idx, p_idx, tgt = [], [], []
         for b, u in enumerate(batch):
             for sp in u.spans:
@@ -385,7 +384,7 @@ class HFBackend:
                 p_idx += sp.positions
                 tgt += sp.targets
         with torch.inference_mode():
-            lp = self._scored_logprobs(ids.to(dev), mask.to(dev), pos.to(dev), torch.tensor(b_idx), torch.tensor(p_idx))
+            lp = self._scored_logprobs(ids.to(dev), None if mask is None else mask.to(dev), pos.to(dev), torch.tensor(b_idx), torch.tensor(p_idx))
             tgt_t = torch.tensor(tgt, dtype=torch.long)
             chosen = lp.gather(1, tgt_t.to(lp.device)[:, None])[:, 0].float().cpu().numpy()
             greedy = (lp.argmax(-1).cpu() == tgt_t).numpy()
