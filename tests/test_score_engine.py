@@ -1,0 +1,417 @@
+"""End to end on a store made by the fake backend: incremental scoring, versions, plugins, crashes,
+partial units, results formats and exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from rescore.artifacts.io import atomic_write_json, atomic_write_table
+from rescore.artifacts.store import Store
+from rescore.cli import app
+from rescore.score.engine import RESULTS_SCHEMA, read_results, read_scores, score_store, select_metrics
+from rescore.score.registry import load_builtin
+from rescore.score.spec import metrics
+
+load_builtin()
+runner = CliRunner()
+
+SUITE = """
+name: scoretest
+seeds: [0, 1]
+tasks:
+  - name: docs
+    family: ppl_docs
+    tier: tier2
+    source: {path: docs.txt, format: txt}
+    params: {documents: paragraphs}
+  - name: arc
+    family: multiple_choice
+    tier: tier3
+    source: {path: arc.jsonl}
+    params: {prompt: arc}
+  - name: gsm
+    family: gsm8k
+    tier: tier3
+    source: {path: gsm.jsonl}
+    gen: {temperature: 0.7, n: 3, max_new_tokens: 64}
+  - name: sft
+    family: sft_native
+    tier: tier4
+    subset_size: 12
+    chat: true
+    gen: {temperature: 0.0, max_new_tokens: 64}
+"""
+
+MODELS = """
+models:
+  - {name: ckpt-a, path: /ckpts/run1/step_100, backend: fake, step: 100, stage: pretrain, options: {p_correct: 0.3}}
+  - {name: ckpt-b, path: /ckpts/run1/step_200, backend: fake, step: 200, stage: pretrain, options: {p_correct: 0.8}}
+"""
+
+
+def write_data(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "docs.txt").write_text("\n\n".join(f"Paragraph {i} has some words in it, über café." for i in range(6)),
+                                encoding="utf-8")
+    with open(d / "arc.jsonl", "w", encoding="utf-8") as f:
+        for i in range(20):
+            f.write(json.dumps({"question": f"Which number is {i}?", "answerKey": "ABCD"[i % 4],
+                                "choices": {"text": [f"n{i}", f"m{i}x", f"k{i}yy", f"z{i}"], "label": list("ABCD")}}) + "\n")
+    with open(d / "gsm.jsonl", "w", encoding="utf-8") as f:
+        for i in range(10):
+            f.write(json.dumps({"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i:,}"}) + "\n")
+
+
+def gen(store: Path, data: Path, *extra: str) -> None:
+    r = runner.invoke(app, ["gen", str(data / "suite.yaml"), "--model", str(data / "models.yaml"), "--store", str(store),
+                            "--data-root", str(data), "--direct", "--no-progress", *extra])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("scoredata")
+    write_data(d)
+    (d / "suite.yaml").write_text(SUITE)
+    (d / "models.yaml").write_text(MODELS)
+    store = d / "store"
+    gen(store, d)
+    return store
+
+
+@pytest.fixture
+def store(base_store: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "store"
+    shutil.copytree(base_store, dst)
+    return dst
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter (plugins and crashes must not touch this process)."""
+    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_second_score_computes_nothing(store: Path) -> None:
+    st = Store(store)
+    first = score_store(st)
+    n_units = len(st.units())
+    assert first.units_complete == n_units and not first.partial_units
+    assert len(first.computed) > 0
+    results1 = read_results(st)
+    second = score_store(st)
+    assert second.computed == [] and second.up_to_date == len(first.computed)
+    assert read_results(st).equals(results1)
+
+
+def test_results_table_shape(store: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    t = read_results(st)
+    assert t.schema.equals(RESULTS_SCHEMA)
+    rows = t.to_pylist()
+    models = {(r["model"], r["checkpoint"], r["step"], r["stage"], r["precision"]) for r in rows}
+    assert models == {("ckpt-a", "/ckpts/run1/step_100", 100, "pretrain", "fp32"),
+                      ("ckpt-b", "/ckpts/run1/step_200", 200, "pretrain", "fp32")}
+    gsm = [r for r in rows if r["task"] == "gsm" and r["metric"] == "exact_match_flexible" and r["model"] == "ckpt-b"
+           and r["subset"] == "all"]
+    seeds = {r["seed"]: r for r in gsm}
+    assert set(seeds) == {"0", "1", "agg"}  # sampled generation: one unit per seed, plus the aggregate
+    agg = seeds["agg"]
+    assert agg["n_seeds"] == 2 and agg["n"] == 20
+    assert agg["value"] == pytest.approx((seeds["0"]["value"] + seeds["1"]["value"]) / 2)
+    assert agg["min"] == min(seeds["0"]["value"], seeds["1"]["value"])
+    # deterministic tasks run once: their agg row repeats the single seed
+    arc = {r["seed"]: r for r in rows if r["task"] == "arc" and r["metric"] == "acc" and r["model"] == "ckpt-a"
+           and r["subset"] == "all"}
+    assert set(arc) == {"0", "agg"} and arc["agg"]["value"] == arc["0"]["value"] and arc["agg"]["n_seeds"] == 1
+    # SFT categories are subsets
+    subsets = {r["subset"] for r in rows if r["task"] == "sft" and r["metric"] == "all_checks_pass_rate"}
+    assert "all" in subsets and len(subsets) > 2
+    # the better fake model wins on acc
+    acc = {r["model"]: r["value"] for r in rows if r["task"] == "arc" and r["metric"] == "acc" and r["seed"] == "agg"
+           and r["subset"] == "all"}
+    assert acc["ckpt-b"] > acc["ckpt-a"]
+
+
+def test_bumping_a_version_recomputes_only_that_metric(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = Store(store)
+    score_store(st)
+    old = metrics.get("acc")
+    from dataclasses import replace
+
+    monkeypatch.setitem(metrics._entries, "acc", replace(old, version=2))
+    report = score_store(st)
+    assert report.computed and {m for _, m, _ in report.computed} == {"acc"}
+    assert {v for _, _, v in report.computed} == {2}
+    mc_units = [u for u in st.units() if u.request_type == "loglikelihood"]
+    assert len(report.computed) == len(mc_units)
+    for u in mc_units:  # the old version's file stays (a cache); results use the new one
+        assert (st.scores_dir / u.run_id / "acc@1.parquet").is_file()
+        assert (st.scores_dir / u.run_id / "acc@2.parquet").is_file()
+    t = read_results(st)
+    assert set(pc.unique(t.filter(pc.equal(t["metric"], "acc"))["metric_version"]).to_pylist()) == {2}
+
+
+def test_force_and_metric_filter(store: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    report = score_store(st, select_metrics(["bits_per_byte"]), force=True)
+    assert {m for _, m, _ in report.computed} == {"bits_per_byte"}
+    assert len(report.computed) == len([u for u in st.units() if u.request_type == "rolling"])
+
+
+def test_unknown_metric_is_a_config_error_with_suggestion(store: Path) -> None:
+    r = runner.invoke(app, ["score", "--store", str(store), "--metric", "acc_nrom"])
+    assert r.exit_code == 2
+    assert "acc_norm" in r.output and "did you mean" in r.output
+
+
+def test_regenerated_unit_is_rescored(store: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    unit = next(u for u in st.units() if u.request_type == "loglikelihood")
+    t = pq.read_table(unit.parquet_path)
+    gold = pc.if_else(pc.equal(t["gold"], 0), 1, 0).cast(pa.int32())
+    t = t.set_column(t.schema.get_field_index("gold"), "gold", gold)
+    sha = atomic_write_table(unit.parquet_path, t)
+    atomic_write_json(unit.path / "manifest.json", {**unit.manifest, "rows_parquet_sha256": sha})
+    report = score_store(st)
+    assert report.computed and {r for r, _, _ in report.computed} == {unit.run_id}
+
+
+PLUGIN = '''
+import numpy as np
+import pyarrow.compute as pc
+from rescore.score import metric
+
+@metric(version=1, request_type="generate", columns=["candidates"], higher_is_better=False)
+def answer_chars(table):
+    """Characters in candidate 0."""
+    return pc.utf8_length(pc.list_element(table["candidates"], 0))
+'''
+
+
+def test_plugin_metric_is_computed_alone_and_stays_in_results(store: Path, tmp_path: Path) -> None:
+    assert cli("score", "--store", str(store)).returncode == 0
+    plugin = tmp_path / "my_metrics.py"
+    plugin.write_text(PLUGIN)
+    r = cli("score", "--store", str(store), "--plugin", str(plugin), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    gen_units = [u for u in Store(store).units() if u.request_type == "generate"]
+    assert {c["metric"] for c in out["computed"]} == {"answer_chars"}
+    assert len(out["computed"]) == len(gen_units)
+    # a later plain run (plugin not loaded) computes nothing and keeps the plugin's results
+    r = cli("score", "--store", str(store), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["computed"] == []
+    t = read_results(Store(store))
+    assert pc.sum(pc.equal(t["metric"], "answer_chars")).as_py() > 0
+    r = cli("metrics", "--plugin", str(plugin), "--json")
+    assert any(m["name"] == "answer_chars" and m["description"] == "Characters in candidate 0." for m in json.loads(r.stdout))
+
+
+def test_bad_plugin_is_a_config_error(tmp_path: Path, store: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import nothing_here_at_all\n")
+    r = runner.invoke(app, ["score", "--store", str(store), "--plugin", str(bad)])
+    assert r.exit_code == 2 and "failed to import" in r.output
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    r = runner.invoke(app, ["score", "--store", str(store), "--plugin", str(empty)])
+    assert r.exit_code == 2 and "registered no metric" in r.output
+
+
+CRASH_PLUGIN = '''
+import os
+from pathlib import Path
+from rescore.score import metric
+
+COUNTER = Path({counter!r})
+
+@metric(version=1, request_type="loglikelihood", columns=["gold"])
+def zz_crash(table):
+    n = int(COUNTER.read_text()) if COUNTER.exists() else 0
+    COUNTER.write_text(str(n + 1))
+    if n == 1:
+        os._exit(3)  # a hard crash (kill -9 alike) while scoring the second unit
+    return [1.0] * table.num_rows
+'''
+
+
+def test_crash_mid_score_keeps_earlier_scores(store: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "crash.py"
+    plugin.write_text(CRASH_PLUGIN.format(counter=str(tmp_path / "count")))
+    r = cli("score", "--store", str(store), "--plugin", str(plugin), "--metric", "acc", "--metric", "zz_crash")
+    assert r.returncode == 3
+    st = Store(store)
+    mc = [u for u in st.units() if u.request_type == "loglikelihood"]
+    done = [u for u in mc if (st.scores_dir / u.run_id / "zz_crash@1.parquet").is_file()]
+    assert len(done) == 1
+    for u in mc:  # every file that exists is complete and readable; no temp files are left as scores
+        for p in (st.scores_dir / u.run_id).glob("*.parquet"):
+            assert pq.read_table(p).num_rows == u.manifest["rows_done"]
+    # the rerun computes only what is missing and finishes
+    r = cli("score", "--store", str(store), "--plugin", str(plugin), "--metric", "acc", "--metric", "zz_crash", "--json")
+    assert r.returncode == 0, r.stderr
+    computed = json.loads(r.stdout)["computed"]
+    assert done[0].run_id not in {c["run_id"] for c in computed if c["metric"] == "zz_crash"}
+    assert len([c for c in computed if c["metric"] == "zz_crash"]) == len(mc) - 1
+
+
+def test_failing_metric_names_itself(store: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "boom.py"
+    plugin.write_text("from rescore.score import metric\n\n@metric(version=1, request_type='rolling')\n"
+                      "def boom(table):\n    raise ValueError('bad input')\n")
+    r = cli("score", "--store", str(store), "--plugin", str(plugin))
+    assert r.returncode == 1
+    assert "metric 'boom'" in r.stderr and "ValueError: bad input" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_partial_units_are_skipped_and_reported(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    write_data(d)
+    (d / "suite.yaml").write_text(SUITE)
+    (d / "models.yaml").write_text(MODELS.split("  - {name: ckpt-b")[0])
+    store = d / "store"
+    r = runner.invoke(app, ["gen", str(d / "suite.yaml"), "--model", str(d / "models.yaml"), "--store", str(store),
+                            "--data-root", str(d), "--direct", "--no-progress", "--fake-fail-after", "25"])
+    assert r.exit_code != 0
+    st = Store(store)
+    partial = [u.run_id for u in st.units() if not u.complete]
+    assert partial
+    report = score_store(st)
+    assert report.partial_units == partial
+    assert not any(run_id in partial for run_id, _, _ in report.computed)
+    r = runner.invoke(app, ["score", "--store", str(store)])
+    assert r.exit_code == 0 and "partial unit" in r.output
+
+
+def test_reranker_table(store: Path, tmp_path: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    gsm_units = [u for u in st.units() if u.manifest["task"]["name"] == "gsm"]
+    lines = ["sample_id,candidate,score,run_id"]
+    for u in gsm_units:
+        s = read_scores(st, u.run_id, "exact_match_flexible")
+        for sid, per in zip(s["sample_id"].to_pylist(), s["per_candidate"].to_pylist(), strict=True):
+            for j, ok in enumerate(per):  # a perfect reranker: the correct candidates score highest
+                lines.append(f"{sid},{j},{ok},{u.run_id}")
+    f = tmp_path / "scores.csv"
+    f.write_text("\n".join(lines) + "\n")
+    r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f)])
+    assert r.exit_code == 0, r.output
+    t = read_results(st).filter(pc.and_(pc.equal(read_results(st)["task"], "gsm"), pc.equal(read_results(st)["seed"], "agg")))
+    vals = {(r["model"], r["metric"]): r["value"] for r in t.to_pylist() if r["subset"] == "all"}
+    for m in ("ckpt-a", "ckpt-b"):
+        assert vals[(m, "bon_reranker")] == pytest.approx(vals[(m, "bon_oracle")])
+        assert vals[(m, "bon_random")] <= vals[(m, "bon_oracle")]
+    # editing the file changes the metric's identity: the next run with it recomputes
+    f.write_text("\n".join(lines[:1] + [ln.replace(",1.0,", ",0.0,") for ln in lines[1:]]) + "\n")
+    r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker"])
+    n_gen = len([u for u in st.units() if u.request_type == "generate"])
+    assert r.exit_code == 0 and f"computed {n_gen} scores" in r.output
+
+
+def test_results_formats(store: Path) -> None:
+    score_store(Store(store))
+    r = runner.invoke(app, ["results", "--store", str(store), "--format", "csv", "--task", "arc", "--metric", "acc"])
+    assert r.exit_code == 0
+    lines = r.output.strip().splitlines()
+    assert lines[0].startswith("model,checkpoint,step") and len(lines) == 3
+    r = runner.invoke(app, ["results", "--store", str(store), "--format", "json", "--metric", "bon_*", "--model", "ckpt-b"])
+    rows = json.loads(r.output)
+    assert {x["metric"] for x in rows} == {"bon_first", "bon_random", "bon_oracle", "bon_max_mean_logprob",
+                                           "bon_max_sum_logprob", "bon_majority"}
+    r = runner.invoke(app, ["results", "--store", str(store), "--format", "markdown", "--task", "arc"])
+    md = r.output
+    assert "## ckpt-a @ step 100" in md and "## ckpt-b @ step 200" in md and "## Comparison" in md
+    assert "| Task | Metric | Result | Error Range |" in md
+    acc_line = next(ln for ln in md.split("## Comparison")[1].splitlines() if ln.startswith("| arc | acc ↑"))
+    assert acc_line.count("**") == 2 and acc_line.split("|")[4].strip().startswith("**")  # ckpt-b is best
+    assert " ± " in acc_line
+    r = runner.invoke(app, ["results", "--store", str(store), "--seed", "*", "--subset", "*", "--format", "json"])
+    assert {x["seed"] for x in json.loads(r.output)} == {"0", "1", "agg"}
+    r = runner.invoke(app, ["results", "--store", str(store), "--format", "yaml"])
+    assert r.exit_code == 2
+
+
+def test_export_tiers_and_lm_eval(store: Path, tmp_path: Path) -> None:
+    score_store(Store(store))
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["export", "tiers", str(out), "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    for step in (100, 200):
+        d = out / "by_checkpoint" / f"step_{step}"
+        t2 = json.loads((d / "tier2_ppl.json").read_text())
+        assert t2["step"] == step and "bits_per_byte" in t2["tasks"]["docs"]["metrics"]
+        t3 = json.loads((d / "tier3_cf.json").read_text())
+        assert {"arc", "gsm"} <= set(t3["tasks"]) and "acc_norm" in t3["tasks"]["arc"]["metrics"]
+        assert t3["tasks"]["gsm"]["metrics"]["exact_match_strict"]["n_seeds"] == 2
+        t4 = json.loads((d / "tier4_sft_native.json").read_text())
+        assert set(t4) >= {"summary", "by_category", "prompts"}
+        assert "instruction_match_rate" in t4["summary"]["sft"]
+        assert "strict_json" in t4["by_category"]["sft"]
+        assert len(t4["prompts"]) == 12 and all("checks" in p for p in t4["prompts"])
+        gens = [json.loads(x) for x in (d / "tier4_sft_native_generations.jsonl").read_text().splitlines()]
+        assert len(gens) == 12 and all("response" in g and "checks" in g for g in gens)
+    r = runner.invoke(app, ["export", "lm-eval", str(tmp_path / "lm"), "--store", str(store)])
+    assert r.exit_code == 0
+    doc = json.loads((tmp_path / "lm" / "ckpt-a" / "results.json").read_text())
+    assert {"acc,none", "acc_stderr,none", "acc_norm,none"} <= set(doc["results"]["arc"])
+    assert "exact_match,strict-match" in doc["results"]["gsm"] and "exact_match,flexible-extract" in doc["results"]["gsm"]
+    assert "word_perplexity,none" in doc["results"]["docs"]
+    assert doc["n-samples"]["arc"] == {"original": 20, "effective": 20}
+
+
+def test_export_step_collision_needs_model(store: Path, tmp_path: Path) -> None:
+    st = Store(store)
+    for u in st.units():  # drop the steps and the step-like paths: both checkpoints export to step_unknown
+        m = u.manifest
+        m["model"] = {**m["model"], "step": None, "path": "/ckpts/" + m["model"]["name"]}
+        atomic_write_json(u.path / "manifest.json", m)
+    score_store(st)
+    r = runner.invoke(app, ["export", "tiers", str(tmp_path / "o"), "--store", str(store)])
+    assert r.exit_code == 2 and "--model" in r.output
+    r = runner.invoke(app, ["export", "tiers", str(tmp_path / "o"), "--store", str(store), "--model", "ckpt-a"])
+    assert r.exit_code == 0 and (tmp_path / "o" / "by_checkpoint" / "step_unknown" / "tier3_cf.json").is_file()
+
+
+def test_math_equiv_is_skipped_cleanly_without_math_verify(store: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("math_verify") is not None:
+        pytest.skip("math-verify is installed here")
+    report = score_store(Store(store))
+    assert "math_equiv" in report.unavailable
+    assert not any(m == "math_equiv" for _, m, _ in report.computed)
+
+
+def test_scoring_never_imports_torch(store: Path, tmp_path: Path) -> None:
+    code = textwrap.dedent(f"""
+        import sys, json
+        from typer.testing import CliRunner
+        from rescore.cli import app
+        r = CliRunner()
+        for args in (["score", "--store", {str(store)!r}], ["results", "--store", {str(store)!r}, "--format", "markdown"],
+                     ["export", "tiers", {str(tmp_path / 'x')!r}, "--store", {str(store)!r}],
+                     ["export", "lm-eval", {str(tmp_path / 'y')!r}, "--store", {str(store)!r}], ["metrics"]):
+            res = r.invoke(app, args)
+            assert res.exit_code == 0, (args, res.output)
+        print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "vllm"))))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
