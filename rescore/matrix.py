@@ -80,8 +80,6 @@ class MatrixConfig(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
         for s in self.stages:
-            if s.bridge is not None and s.bridge not in names:
-                raise ValueError(f"stage {s.name!r}: bridge {s.bridge!r} is not a stage ({names})")
             if s.bridge == s.name:
                 raise ValueError(f"stage {s.name!r} cannot be its own bridge")
             if not (s.suites or self.suites):
@@ -118,29 +116,37 @@ def load_matrix(path: str | Path) -> MatrixConfig:
 
 
 def matrix_problems(data: Any, source: str) -> list[str]:
+    """Every problem of a matrix file: field errors and cross-references (bridges, suites, backend)."""
     if not isinstance(data, dict):
         return [f"{source}: a matrix must be a mapping with 'name' and 'stages'"]
-    try:
-        m = MatrixConfig(**data)
-    except ValidationError as e:
-        return format_validation_error(e, source)
     problems: list[str] = []
+    try:
+        MatrixConfig(**data)
+    except ValidationError as e:
+        problems += format_validation_error(e, source)
     from rescore.gen.base import backends
     from rescore.tasks.suites import suite_path
 
-    if m.backend not in backends:
-        problems.append(f"{source}: backend: {backends.unknown(m.backend).render()}")
-    for s in m.stages:
-        for suite in s.suites or m.suites:
+    backend = data.get("backend", "hf")
+    if isinstance(backend, str) and backend not in backends:
+        problems.append(f"{source}: backend: {backends.unknown(backend).render()}")
+    stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
+    names = [s.get("name") for s in stages]
+    default_suites = data.get("suites") or []
+    for i, s in enumerate(stages):
+        if s.get("bridge") is not None and s.get("bridge") not in names:
+            problems.append(f"{source}: stages.{i}.bridge: {s.get('bridge')!r} is not a stage ({names})")
+        for suite in s.get("suites") or default_suites:
             try:
                 suite_path(suite)
             except ConfigError as e:
-                problems.append(f"{source}: stages.{s.name}.suites: {e.render()}")
-    try:
-        ModelConfig(name="x", path="x", **m.model)
-    except ValidationError as e:
-        problems += format_validation_error(e, f"{source}: model")
-    return problems
+                problems.append(f"{source}: stages.{i}.suites: {e.render()}")
+    if isinstance(data.get("model"), dict):
+        try:
+            ModelConfig(name="x", path="x", **data["model"])
+        except (ValidationError, TypeError) as e:
+            problems += format_validation_error(e, f"{source}: model") if isinstance(e, ValidationError) else [str(e)]
+    return list(dict.fromkeys(problems))
 
 
 def validate_matrix_file(path: str | Path) -> list[str]:
