@@ -162,7 +162,8 @@ def acc_bytes(table: pa.Table, unit: UnitInfo | None = None) -> np.ndarray:
 
 
 def acc_norm_tokens(table: pa.Table) -> np.ndarray:
-    return _score(table, _normed_pred(table, None, "tokens"))
+    # rows without token counts (imported from lm-eval: per_token_available false) do not apply
+    return np.full(table.num_rows, np.nan) if table.column("choice_n_tokens").null_count else _score(table, _normed_pred(table, None, "tokens"))
 
 
 def _probs(table: pa.Table) -> np.ndarray:
