@@ -24,8 +24,11 @@ COMMAND_MODULES = [
     "rescore.commands.gen",
     "rescore.commands.store",
     "rescore.commands.matrix",
+    "rescore.commands.verify",
     "rescore.commands.tasks",
     "rescore.commands.score",
+    "rescore.commands.report",
+    "rescore.commands.importing",
 ]
 
 for _mod in COMMAND_MODULES:

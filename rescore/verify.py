@@ -1,0 +1,212 @@
+"""Integrity checks of a store: checksums, schemas, orphaned and leftover files.
+
+``check_store`` reads every manifest, verifies each complete unit's rows.parquet against the sha256 in
+its manifest and against the Arrow schema of its request type, scans partial units' rows.jsonl, and lists
+what does not belong: unit directories without a manifest, score directories whose unit is gone,
+temporary files left by an interrupted atomic write, and locks of dead processes.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rescore.artifacts.io import read_json, sha256_file
+from rescore.artifacts.lock import _pid_alive
+from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
+from rescore.artifacts.store import LOCK, MANIFEST, ROWS_JSONL, ROWS_PARQUET, Store, scan_jsonl
+from rescore.errors import UserError
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # corrupt | schema | orphaned | leftover | stale-lock | partial
+    path: str
+    detail: str
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind in ("corrupt", "schema", "orphaned")
+
+
+def check_store(store: Store) -> tuple[list[Finding], int]:
+    """(findings, number of units checked)."""
+    if not store.root.is_dir():
+        raise UserError(f"no store at {store.root}", hint="pass --store DIR (or set RESCORE_STORE)")
+    out: list[Finding] = []
+    n = 0
+    gen = store.gen_dir
+    units: set[str] = set()
+    for d in sorted(gen.iterdir()) if gen.is_dir() else []:
+        if not d.is_dir():
+            out.append(Finding("orphaned", str(d), "not a unit directory"))
+            continue
+        units.add(d.name)
+        n += 1
+        out += check_unit(d)
+    for base in (store.scores_dir,):
+        for d in sorted(base.iterdir()) if base.is_dir() else []:
+            if d.is_dir() and d.name not in units:
+                out.append(Finding("orphaned", str(d), "scores of a unit that is not in gen/"))
+    for p in sorted(store.root.rglob(".*.tmp")):
+        out.append(Finding("leftover", str(p), "temporary file of an interrupted write (safe to delete)"))
+    out += check_prepared(store)
+    return out, n
+
+
+def check_unit(d: Path) -> list[Finding]:
+    out: list[Finding] = []
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        return [Finding("orphaned", str(d), "unit directory without manifest.json")]
+    try:
+        m = read_json(mpath)
+    except UserError as e:
+        return [Finding("corrupt", str(mpath), e.message)]
+    rt = m.get("request_type")
+    try:
+        schema = schema_for(rt)
+    except ValueError:
+        return [Finding("corrupt", str(mpath), f"unknown request_type {rt!r}")]
+    if m.get("schema_version") != SCHEMA_VERSION:
+        out.append(Finding("schema", str(mpath), f"schema_version {m.get('schema_version')} (this rescore writes "
+                                                  f"{SCHEMA_VERSION})"))
+    lock = d / LOCK
+    if lock.exists():
+        try:
+            owner = orjson.loads(lock.read_bytes())
+            stale = owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
+        except (OSError, orjson.JSONDecodeError, ValueError):
+            stale = True
+        if stale:
+            out.append(Finding("stale-lock", str(lock), "lock of a process that is gone (reclaimed by the next gen)"))
+    if m.get("status") != "complete":
+        try:
+            done = len(scan_jsonl(d / ROWS_JSONL, repair=False))
+        except UserError as e:
+            return out + [Finding("corrupt", str(d / ROWS_JSONL), e.message)]
+        out.append(Finding("partial", str(d), f"{done}/{m.get('rows_total', '?')} rows; `rescore gen` resumes it"))
+        return out
+    pq_path = d / ROWS_PARQUET
+    if not pq_path.is_file():
+        return out + [Finding("corrupt", str(pq_path), "missing, but the manifest says complete")]
+    if m.get("rows_parquet_sha256") and sha256_file(pq_path) != m["rows_parquet_sha256"]:
+        return out + [Finding("corrupt", str(pq_path), "sha256 differs from the manifest (truncated or modified)")]
+    try:
+        meta = pq.read_metadata(pq_path)
+        got = pq.read_schema(pq_path)
+    except (pa.ArrowInvalid, OSError) as e:
+        return out + [Finding("corrupt", str(pq_path), f"unreadable: {e}")]
+    if not got.remove_metadata().equals(schema.remove_metadata()):
+        diff = sorted(set(map(str, schema)) ^ set(map(str, got)))[:3]
+        out.append(Finding("schema", str(pq_path), f"columns differ from the {rt} schema: {diff}"))
+    if meta.num_rows != m.get("rows_done"):
+        out.append(Finding("corrupt", str(pq_path), f"{meta.num_rows} rows, manifest says {m.get('rows_done')}"))
+    if (d / ROWS_JSONL).exists():
+        out.append(Finding("leftover", str(d / ROWS_JSONL), "log of a complete unit (safe to delete)"))
+    return out
+
+
+def check_prepared(store: Store) -> list[Finding]:
+    out: list[Finding] = []
+    if not store.data_dir.is_dir():
+        return out
+    for meta_path in sorted(store.data_dir.glob("*/*/meta.json")):
+        d = meta_path.parent
+        try:
+            meta = read_json(meta_path)
+        except UserError as e:
+            out.append(Finding("corrupt", str(meta_path), e.message))
+            continue
+        rows = d / "rows.parquet"
+        if not rows.is_file():
+            out.append(Finding("corrupt", str(rows), "prepared rows missing"))
+        elif meta.get("rows_sha256") and sha256_file(rows) != meta["rows_sha256"]:
+            out.append(Finding("corrupt", str(rows), "sha256 differs from meta.json (truncated or modified)"))
+    return out
+
+
+# -- rescoring reproduces an earlier results file --------------------------------------------------------------
+
+RESULT_KEY = ("model", "step", "task", "subset", "metric", "seed")
+
+
+@dataclass(frozen=True)
+class Diff:
+    key: tuple
+    old: float | None
+    new: float | None
+    status: str  # ok | diff | missing (in the new scores) | new (not in the old file)
+
+    @property
+    def abs_diff(self) -> float | None:
+        if self.old is None or self.new is None:
+            return None
+        return abs(self.new - self.old)
+
+
+def load_results_file(path: Path) -> list[dict]:
+    """Rows of an earlier results file: ``results.parquet``, or ``rescore results --format json`` output."""
+    if not path.is_file():
+        raise UserError(f"results file not found: {path}", hint="pass a results.parquet or `rescore results --format json` output")
+    try:
+        if path.suffix == ".parquet":
+            return pq.read_table(path).to_pylist()
+        data = orjson.loads(path.read_bytes())
+    except (orjson.JSONDecodeError, pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"cannot read results file {path}: {e}", hint="pass results.parquet or a JSON list of result rows") from None
+    rows = data.get("results") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{path} is not a list of result rows", hint="write it with `rescore results --format json`")
+    missing = [k for k in RESULT_KEY + ("value",) if rows and k not in rows[0]]
+    if missing:
+        raise UserError(f"{path}: result rows lack {missing}", hint="write it with `rescore results --format json`")
+    return rows
+
+
+def _key(r: dict) -> tuple:
+    return tuple(str(r.get(k)) if r.get(k) is not None else None for k in RESULT_KEY)
+
+
+def rescore_into_temp(store: Store) -> list[dict]:
+    """Score every unit from scratch in a scratch store that links to this store's units: the store's own
+    score cache and results are not touched."""
+    import shutil
+    import tempfile
+
+    from rescore.score.engine import build_results, score_store
+
+    tmp = Path(tempfile.mkdtemp(prefix="rescore-verify-"))
+    try:
+        (tmp / "gen").symlink_to(store.gen_dir.resolve(), target_is_directory=True)
+        scratch = Store(tmp)
+        score_store(scratch, force=True, rebuild=False)
+        return build_results(scratch).to_pylist()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compare_results(old: list[dict], new: list[dict], tolerance: float) -> list[Diff]:
+    new_by = {_key(r): r.get("value") for r in new}
+    out: list[Diff] = []
+    seen = set()
+    for r in old:
+        k = _key(r)
+        seen.add(k)
+        a = r.get("value")
+        if k not in new_by:
+            out.append(Diff(k, a, None, "missing"))
+            continue
+        b = new_by[k]
+        if a is None or b is None:
+            status = "ok" if a is None and b is None else "diff"
+        else:
+            status = "ok" if abs(b - a) <= tolerance * max(1.0, abs(a)) else "diff"
+        out.append(Diff(k, a, b, status))
+    out += [Diff(k, None, v, "new") for k, v in new_by.items() if k not in seen]
+    return out
