@@ -1,0 +1,88 @@
+"""``rescore compare`` (checkpoints against a baseline, policy gate) and ``rescore report`` (HTML page).
+
+Both read only the store (manifests, per-row scores, results.parquet); neither imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rescore.commands.common import DEFAULT_STORE, StoreOpt, handle_errors
+
+ModelsOpt = Annotated[list[str] | None, typer.Option(
+    "--models", "-m", help="Only these checkpoints: globs on model name, label NAME@STEP or path. Repeatable.")]
+SuiteOpt = Annotated[list[str] | None, typer.Option(
+    "--suite", "-s", help="Only the tasks of this suite (shipped name or YAML path). Repeatable.")]
+TaskOpt = Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks (globs). Repeatable.")]
+MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-M", help="Only these metrics (globs). Repeatable.")]
+AllowMixedOpt = Annotated[bool, typer.Option(
+    "--allow-mixed", help="Put runs of different precision, dtype, tokenizer or chat template side by side anyway.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    @handle_errors
+    def compare(
+        baseline: Annotated[str, typer.Option("--baseline", "-b", help="The bridge: label NAME@STEP, model name, checkpoint path, step, or run id prefix.")],
+        store: StoreOpt = DEFAULT_STORE,
+        models: ModelsOpt = None,
+        suite: SuiteOpt = None,
+        task: TaskOpt = None,
+        metric: MetricOpt = None,
+        policy: Annotated[Path | None, typer.Option("--policy", help="Policy YAML (its 'rules:', or a file with a 'policy:' key); exit 1 when a gated row fails.")] = None,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="markdown | csv | json")] = "markdown",
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+        resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples.")] = 2000,
+        level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
+        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (each row draws from a stream derived from it).")] = 0,
+        allow_mixed: AllowMixedOpt = False,
+    ) -> None:
+        """Deltas of each checkpoint against a baseline per task and metric, with a paired bootstrap CI and
+        p-value over shared samples, and pass/fail against --policy (exit code 1 when the policy fails)."""
+        from rescore.artifacts.io import atomic_write_text
+        from rescore.artifacts.store import Store
+        from rescore.errors import ConfigError
+        from rescore.report.compare import compare as run_compare
+        from rescore.report.compare import render, summary_line
+        from rescore.report.policy import load_policy
+
+        if fmt not in ("markdown", "csv", "json"):
+            raise ConfigError(f"unknown --format {fmt!r}", hint="choose markdown, csv or json")
+        pol = load_policy(policy) if policy is not None else None
+        result = run_compare(Store(store), baseline, models=models, suites=suite, tasks=task, metrics=metric,
+                             policy=pol, allow_mixed=allow_mixed, resamples=resamples, level=level, seed=seed)
+        text = render(result, fmt)
+        if output is not None:
+            atomic_write_text(output, text)
+        else:
+            sys.stdout.write(text)
+        if fmt != "markdown" or output is not None:
+            print(summary_line(result), file=sys.stderr)
+        if pol is not None and result.failed:
+            raise typer.Exit(1)
+
+    @app.command()
+    @handle_errors
+    def report(
+        out: Annotated[Path, typer.Argument(help="The HTML file to write (self-contained: plots inline, no network).")],
+        store: StoreOpt = DEFAULT_STORE,
+        models: ModelsOpt = None,
+        suite: SuiteOpt = None,
+        task: TaskOpt = None,
+        metric: MetricOpt = None,
+        baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="Draw this checkpoint as the line on every plot (default: per stage, the last checkpoint of the previous stage).")] = None,
+        title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
+        allow_mixed: AllowMixedOpt = False,
+    ) -> None:
+        """Write one static HTML page: summary tables per suite, metric-vs-step plots per stage with the bridge
+        line and seed spread, best-of-n selection, Tier4 by category, and run provenance."""
+        from rescore.artifacts.store import Store
+        from rescore.report.html import write_report
+
+        path = write_report(Store(store), out, models=models, suites=suite, tasks=task, metrics=metric,
+                            baseline=baseline, title=title, allow_mixed=allow_mixed)
+        print(path)

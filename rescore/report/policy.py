@@ -1,0 +1,181 @@
+"""Pass/fail policies for ``rescore compare``.
+
+A policy is YAML, either on its own or under a ``policy:`` key of another file (a checkpoint matrix)::
+
+    policy:
+      missing: fail            # a gated task/metric the checkpoint lacks fails (or: ignore)
+      rules:
+        - tier: tier2
+          max_rel_regression: 0.005       # Tier2: no regression beyond 0.5% of the baseline value
+        - tier: tier3
+          no_material_regression: 0.01    # Tier3: the CI rules out a regression beyond 0.01
+        - metric: word_perplexity
+          max_rel_regression: 0.02        # a noisier metric gets its own bound
+        - metric: ece
+          skip: true                      # shown, never gated
+
+Each row of a comparison is gated by **the most specific matching rule**: a rule that names a metric beats
+one that names a task, which beats one that names a tier (selectors are globs; a rule may combine them).
+Among equally specific rules the later one wins. A row that no rule matches is shown but not gated.
+
+*Regression* is the change in the bad direction, from the metric's ``higher_is_better``:
+``regression = -(value - base)`` when higher is better, ``value - base`` when lower is better (so a
+perplexity that rises by 0.3 is a regression of 0.3). Checks (every check a rule names must hold):
+
+- ``max_regression: X``           regression <= X (absolute, in the metric's units)
+- ``max_rel_regression: X``       regression / |base| <= X (0.005 = 0.5%)
+- ``no_material_regression: X``   *no material regression*: the confidence interval of the delta excludes
+  any regression beyond X, i.e. the CI bound on the bad side (``ci_low`` when higher is better, ``ci_high``
+  when lower is better) is no worse than X. A non-inferiority test: with few samples the CI is wide and
+  the rule fails until the evidence is there.
+- ``no_material_rel_regression: X``  the same bound, relative to |base|
+- ``no_significant_regression: true`` (with ``alpha``, default 0.05): fails only when the delta is a
+  regression *and* its paired-bootstrap p-value is below alpha
+- ``skip: true``                  never gated
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rescore.errors import ConfigError
+
+CHECKS = ("max_regression", "max_rel_regression", "no_material_regression", "no_material_rel_regression",
+          "no_significant_regression")
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tier: str | None = Field(None, description="glob on the task's tier (tier2, tier3, ...)")
+    task: str | None = Field(None, description="glob on the task name")
+    metric: str | None = Field(None, description="glob on the metric name")
+    max_regression: float | None = Field(None, ge=0)
+    max_rel_regression: float | None = Field(None, ge=0)
+    no_material_regression: float | None = Field(None, ge=0)
+    no_material_rel_regression: float | None = Field(None, ge=0)
+    no_significant_regression: bool = False
+    alpha: float = Field(0.05, gt=0, lt=1)
+    skip: bool = False
+
+    @model_validator(mode="after")
+    def _has_check(self) -> Rule:
+        if not self.skip and not any(getattr(self, c) not in (None, False) for c in CHECKS):
+            raise ValueError(f"a rule needs at least one check ({', '.join(CHECKS)}) or skip: true")
+        return self
+
+    @property
+    def specificity(self) -> int:
+        return 4 * (self.metric is not None) + 2 * (self.task is not None) + (self.tier is not None)
+
+    def matches(self, tier: str | None, task: str, metric: str) -> bool:
+        return all(pat is None or fnmatch.fnmatchcase("" if val is None else val, pat)
+                   for pat, val in ((self.tier, tier), (self.task, task), (self.metric, metric)))
+
+    def describe(self) -> str:
+        sel = ", ".join(f"{k}={getattr(self, k)}" for k in ("tier", "task", "metric") if getattr(self, k) is not None)
+        if self.skip:
+            chk = "skip"
+        else:
+            chk = ", ".join(f"{c}={getattr(self, c)}" for c in CHECKS
+                            if getattr(self, c) not in (None, False))
+        return f"{sel or '*'}: {chk}"
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[Rule] = Field(default_factory=list)
+    missing: Literal["fail", "ignore"] = "fail"
+
+    def rule_for(self, tier: str | None, task: str, metric: str) -> Rule | None:
+        best: Rule | None = None
+        for r in self.rules:
+            if r.matches(tier, task, metric) and (best is None or r.specificity >= best.specificity):
+                best = r
+        return best
+
+
+def load_policy(path: str | Path) -> Policy:
+    """A policy from a YAML file (the whole file, or its ``policy:`` mapping). Every problem is reported at once."""
+    from rescore.config import read_yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"policy file {p} not found", hint="pass --policy PATH to a YAML file with 'rules:'")
+    data = read_yaml(p)
+    if isinstance(data, dict) and "policy" in data:
+        data = data["policy"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a policy is a mapping with 'rules:'", hint="see `rescore compare --help`")
+    try:
+        return Policy(**data)
+    except ValidationError as e:
+        from rescore.config import format_validation_error
+
+        raise ConfigError("; ".join(format_validation_error(e, str(p)))) from None
+
+
+def regression(delta: float, higher_is_better: bool) -> float:
+    """The change in the bad direction (positive = worse)."""
+    return (-delta if higher_is_better else delta) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def evaluate(rule: Rule, *, base: float | None, delta: float | None, ci_low: float | None, ci_high: float | None,
+             p_value: float | None, higher_is_better: bool) -> tuple[str, str]:
+    """(status, reason): status is ``pass``, ``fail`` or ``skip``."""
+    if rule.skip:
+        return "skip", "skipped by policy"
+    if delta is None or base is None:
+        return "fail", "no value to compare"
+    reg = regression(delta, higher_is_better)
+    bound = None  # the worst regression the CI allows
+    if ci_low is not None and ci_high is not None:
+        bound = regression(ci_low if higher_is_better else ci_high, higher_is_better)
+    fails: list[str] = []
+    oks: list[str] = []
+
+    def rel(x: float) -> float | None:
+        return x / abs(base) if base not in (0, None) else None
+
+    def check(ok: bool, text: str) -> None:
+        (oks if ok else fails).append(text)
+
+    if rule.max_regression is not None:
+        check(reg <= rule.max_regression, f"regression {reg:.4g} {'<=' if reg <= rule.max_regression else '>'} {rule.max_regression:g}")
+    if rule.max_rel_regression is not None:
+        r = rel(reg)
+        if r is None:
+            check(reg <= 0, "baseline is 0: relative regression undefined, any regression fails")
+        else:
+            check(r <= rule.max_rel_regression, f"relative regression {r:.3%} {'<=' if r <= rule.max_rel_regression else '>'} {rule.max_rel_regression:.3%}")
+    for key, relative in (("no_material_regression", False), ("no_material_rel_regression", True)):
+        lim = getattr(rule, key)
+        if lim is None:
+            continue
+        if bound is None:
+            check(False, "no confidence interval (fewer than 2 shared samples)")
+            continue
+        b = rel(bound) if relative else bound
+        if b is None:
+            check(bound <= 0, "baseline is 0: relative bound undefined")
+            continue
+        shown = f"{b:.3%}" if relative else f"{b:.4g}"
+        limit = f"{lim:.3%}" if relative else f"{lim:g}"
+        check(b <= lim, f"CI allows a regression of {shown} {'<=' if b <= lim else '>'} {limit}")
+    if rule.no_significant_regression:
+        if p_value is None:
+            check(reg <= 0, "no p-value (fewer than 2 shared samples)")
+        else:
+            sig = reg > 0 and p_value < rule.alpha
+            check(not sig, f"{'significant' if sig else 'no significant'} regression (p={p_value:.3g}, alpha={rule.alpha:g})")
+    if fails:
+        return "fail", "; ".join(fails)
+    return "pass", "; ".join(oks)
+
+
+__all__ = ["Policy", "Rule", "load_policy", "evaluate", "regression"]
