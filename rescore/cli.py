@@ -21,6 +21,7 @@ app = typer.Typer(
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = [
+    "rescore.commands.demo",
     "rescore.commands.gen",
     "rescore.commands.store",
     "rescore.commands.matrix",

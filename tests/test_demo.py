@@ -1,0 +1,30 @@
+"""`rescore demo`: the README's first command, end to end on a tiny real model and the shipped data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+
+def test_demo_generates_scores_and_reports(tmp_path, shared_data):
+    store = tmp_path / "demo-store"
+    out = subprocess.run([sys.executable, "-m", "rescore.cli", "demo", "--store", str(store), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "demo results" in out.stdout
+    results = pq.read_table(store / "results.parquet").to_pylist()
+    tasks = {r["task"] for r in results}
+    assert {"wikitext2_packed", "wikitext2_docs", "hellaswag", "arc_easy", "gsm8k_chat", "sft_native"} <= tasks
+    metrics = {(r["task"], r["metric"]) for r in results}
+    assert ("hellaswag", "acc_norm") in metrics and ("wikitext2_docs", "word_perplexity") in metrics
+    assert ("gsm8k_chat", "exact_match_strict") in metrics
+    gsm_seeds = {r["seed"] for r in results if r["task"] == "gsm8k_chat"}
+    assert {"0", "1", "agg"} <= gsm_seeds
+    manifests = [p for p in (store / "gen").glob("*/manifest.json")]
+    assert len(manifests) == 7
+    # a second run reuses everything
+    again = subprocess.run([sys.executable, "-m", "rescore.cli", "demo", "--store", str(store), "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "7 already complete" in again.stdout
