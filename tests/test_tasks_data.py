@@ -73,6 +73,7 @@ def test_prepare_writes_rows_and_meta_and_reads_them_back(shared_data: Path, tmp
     assert not list(d.glob("*.tmp"))
     meta = json.loads((d / "meta.json").read_text())
     assert meta["counts"] == {"source_rows": 2376, "rows": 20, "fewshot_rows": 1172}
+    assert get_task_data(tmp_path, arc_task(source=task.source.model_dump()), data_root=shared_data).fewshot_rows == []
     assert meta["subset_size"] == 20 and meta["subset_seed"] == 1234 and meta["subset_rule"]
     assert len(meta["rows_sha256"]) == 64
     # gen reads the prepared copy even when the local files are gone (other machine, same store)
@@ -151,3 +152,9 @@ def test_offline_hf_load_is_a_missing_data_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(MissingDataError, match="could not load Hugging Face dataset 'allenai/ai2_arc'"):
         prepare_task(tmp_path, hf_task())
+
+
+def test_fingerprint_follows_the_fewshot_pool_not_the_shot_count(shared_data: Path, tmp_path: Path):
+    src = {"path": "arc_easy/arc_easy.jsonl", "fewshot_path": "arc_challenge/arc_challenge.jsonl"}
+    fps = {k: get_task_data(tmp_path, arc_task(source=src, num_fewshot=k), data_root=shared_data).data_fp for k in (0, 3, 5)}
+    assert fps[0] != fps[3] and fps[3] == fps[5]

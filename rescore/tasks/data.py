@@ -54,6 +54,8 @@ def data_key(task: TaskConfig) -> dict[str, Any]:
         "subset_size": task.subset_size,
         "subset_seed": task.subset_seed if task.subset_size is not None else None,
         "params": task.params,
+        # the few-shot pool is loaded only for few-shot tasks (its size does not matter, the pool is whole)
+        "fewshot_pool": task.num_fewshot > 0,
     }
 
 

@@ -217,7 +217,9 @@ class MultipleChoice:
     def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         prompt = task.params["prompt"]
         rows = self._filter(task, load_records(task, data_root, fewshot=False, prompt=prompt))
-        fewshot = self._filter(task, load_records(task, data_root, fewshot=True, prompt=prompt), dedupe=False)
+        fewshot = []
+        if task.num_fewshot:
+            fewshot = self._filter(task, load_records(task, data_root, fewshot=True, prompt=prompt), dedupe=False)
         return rows, fewshot
 
     def _filter(self, task: TaskConfig, rows: list[dict[str, Any]], dedupe: bool = True) -> list[dict[str, Any]]:
