@@ -42,7 +42,6 @@ from rescore.errors import ConfigError
 from rescore.importers.common import (
     ImportResult,
     ImportUnit,
-    checked_name,
     data_fingerprint,
     fail,
     get_path,
@@ -53,6 +52,7 @@ from rescore.importers.common import (
     source_file,
     write_unit,
 )
+from rescore.registry import NAME_RE
 
 IMPORTS = "imports"
 RERANKER_FILE = "reranker_scores.jsonl"
@@ -63,7 +63,10 @@ class Strict(BaseModel):
 
 
 def _name(v: str) -> str:
-    return checked_name(v, "name") if isinstance(v, str) else v
+    """For validators: a ValueError, so pydantic reports the field that holds the bad name."""
+    if not NAME_RE.match(v) or ".." in v:
+        raise ValueError(f"{v!r} is not a valid name: use [a-z0-9_.-], starting with a letter or digit")
+    return v
 
 
 class ModelSpec(Strict):

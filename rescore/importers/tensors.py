@@ -41,7 +41,6 @@ from rescore.importers.common import (
     ImportFormatError,
     ImportResult,
     ImportUnit,
-    checked_name,
     data_fingerprint,
     fail,
     get_path,
@@ -53,7 +52,7 @@ from rescore.importers.common import (
     source_file,
     write_unit,
 )
-from rescore.importers.jsonl import ModelSpec, Strict, _load
+from rescore.importers.jsonl import ModelSpec, Strict, _load, _name
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -99,7 +98,7 @@ class Method(Strict):
     @field_validator("task")
     @classmethod
     def _valid(cls, v: str | None) -> str | None:
-        return checked_name(v, "task name") if v is not None else None
+        return _name(v) if v is not None else None
 
 
 class TensorsMapping(Strict):
@@ -122,7 +121,7 @@ class TensorsMapping(Strict):
     @field_validator("task", "suite")
     @classmethod
     def _names(cls, v: str) -> str:
-        return checked_name(v, "name")
+        return _name(v)
 
     @field_validator("tokenizer")
     @classmethod
