@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -135,15 +136,19 @@ def run_workers(matrix_path: Path, store: Path, n: int, extra: Sequence[str] = (
 
 # -- Slurm ---------------------------------------------------------------------------------------------------
 
-def slurm_job(store_root: str, matrix_path: str, run_ids: list[str], data_root: str | None) -> dict[str, Any]:
-    """Entry point of one Slurm array task (pickled by submitit): run these units of the matrix."""
+def slurm_job(store_root: str, matrix_path: str, run_ids: list[str], data_root: str | None,
+              allow_direct: bool = False) -> dict[str, Any]:
+    """Entry point of one Slurm array task (pickled by submitit): run these units of the matrix.
+
+    It plans the matrix again with the submitter's ``--direct``: without it, a task whose data was planned
+    from its source (not a prepared copy) would fail here with MissingDataError."""
     set_offline_env()
     from rescore.matrix import load_matrix
 
     store = Store(store_root)
     m = load_matrix(matrix_path)
     units = plan_matrix(store, m, source=matrix_path, data_root=Path(data_root) if data_root else None,
-                        check_paths=False)
+                        allow_direct=allow_direct, check_paths=False)
     wanted = set(run_ids)
     mine = [[u for u in units if u.plan.run_id in wanted]]
     missing = wanted - {u.plan.run_id for u in mine[0]}
@@ -155,11 +160,18 @@ def slurm_job(store_root: str, matrix_path: str, run_ids: list[str], data_root: 
 
 
 def submit_slurm(store: Store, matrix_path: Path, groups: list[list[PlannedUnit]], cfg: SlurmConfig,
-                 data_root: Path | None) -> list[Any]:
+                 data_root: Path | None, allow_direct: bool = False) -> list[Any]:
+    """Submit one array task per group. The job runs this interpreter (``sys.executable``) in the current
+    working directory with the submitter's environment (sbatch's default ``--export=ALL``), so both must be
+    visible on the compute nodes (a shared filesystem)."""
     try:
         import submitit
     except ImportError:
         raise UserError("the slurm executor needs submitit", hint='pip install -e ".[slurm]"') from None
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]
+    if missing:  # submitit would raise a bare RuntimeError
+        raise UserError(f"no Slurm here: {' and '.join(missing)} not on PATH",
+                        hint="run on a Slurm login node, or use --executor local, or --emit-sbatch FILE")
     log_dir = store.root / "logs" / "slurm"
     log_dir.mkdir(parents=True, exist_ok=True)
     ex = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster="slurm")
@@ -186,9 +198,14 @@ def submit_slurm(store: Store, matrix_path: Path, groups: list[list[PlannedUnit]
         params["slurm_additional_parameters"] = extra
     ex.update_parameters(**params)
     n = len(groups)
-    return ex.map_array(slurm_job, [str(store.root.resolve())] * n, [str(matrix_path.resolve())] * n,
-                        [[u.plan.run_id for u in g] for g in groups],
-                        [str(data_root.resolve()) if data_root else None] * n)
+    try:
+        return ex.map_array(slurm_job, [str(store.root.resolve())] * n, [str(matrix_path.resolve())] * n,
+                            [[u.plan.run_id for u in g] for g in groups],
+                            [str(data_root.resolve()) if data_root else None] * n, [allow_direct] * n)
+    except submitit.core.utils.FailedJobError as e:  # sbatch refused the array (partition, account, limits)
+        msg = " ".join(str(e).split())
+        raise UserError(f"sbatch refused the job array: {msg}",
+                        hint=f"fix the slurm settings (matrix 'slurm:' or flags); script in {log_dir}") from None
 
 
 def _minutes(hms: str) -> int:
@@ -202,8 +219,13 @@ def _minutes(hms: str) -> int:
     return h * 60 + m + (1 if s else 0)
 
 
-def sbatch_script(store: Path, matrix_path: Path, n_groups: int, cfg: SlurmConfig, data_root: Path | None) -> str:
-    """A plain sbatch array script: task k runs ``rescore backfill --shard k/N`` on this matrix."""
+def sbatch_script(store: Path, matrix_path: Path, n_groups: int, cfg: SlurmConfig, data_root: Path | None,
+                  allow_direct: bool = False) -> str:
+    """A plain sbatch array script: task k runs ``rescore backfill --shard k/N`` on this matrix.
+
+    Slurm opens ``--output``/``--error`` before the script runs, so the log directory must exist when the
+    job starts (a missing one makes every task fail with no log at all): the caller creates it, and the
+    script says so for anyone who submits it again after deleting the store."""
     log_dir = (store / "logs" / "slurm").resolve()
     lines = ["#!/bin/bash", "#SBATCH --job-name=rescore-backfill",
              f"#SBATCH --array=0-{n_groups - 1}%{cfg.max_parallel}",
@@ -214,12 +236,14 @@ def sbatch_script(store: Path, matrix_path: Path, n_groups: int, cfg: SlurmConfi
         if val:
             lines.append(f"#SBATCH --{flag}={val}")
     lines += [f"#SBATCH {opt}" for opt in cfg.extra]
-    lines += ["set -euo pipefail", f"mkdir -p {shlex.quote(str(log_dir))}"]
+    lines += [f"# {log_dir} must exist before submitting (Slurm opens the log files first)", "set -euo pipefail"]
     lines += [f"export {k}={v}" for k, v in OFFLINE_ENV.items()]
     lines += list(cfg.setup)
     cmd = ["rescore", "backfill", str(matrix_path.resolve()), "--store", str(store.resolve()), "--executor", "local",
            "--no-progress"]
     if data_root:
         cmd += ["--data-root", str(data_root.resolve())]
+    if allow_direct:
+        cmd.append("--direct")
     lines.append(" ".join(shlex.quote(c) for c in cmd) + f' --shard "${{SLURM_ARRAY_TASK_ID}}/{n_groups}"')
     return "\n".join(lines) + "\n"

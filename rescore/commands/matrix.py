@@ -147,8 +147,9 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("--emit-sbatch needs a MATRIX file", hint="pass the matrix YAML")
             from rescore.artifacts.io import atomic_write_text
 
-            atomic_write_text(emit_sbatch, sbatch_script(Path(store), matrix, len(all_groups), cfg, data_root))
+            atomic_write_text(emit_sbatch, sbatch_script(Path(store), matrix, len(all_groups), cfg, data_root, direct))
             emit_sbatch.chmod(0o755)
+            (Path(store) / "logs" / "slurm").mkdir(parents=True, exist_ok=True)  # sbatch opens logs there first
             print(f"wrote {emit_sbatch}: {len(all_groups)} array task(s), {sum(len(g) for g in pending)} unit(s) to run; "
                   f"submit with `sbatch {emit_sbatch}`")
             return
@@ -159,7 +160,10 @@ def register(app: typer.Typer) -> None:
             return
         set_offline_env()
         if executor == "slurm":
-            jobs = submit_slurm(Store(store), matrix, pending, cfg, data_root)
+            if matrix is None:  # each array task plans the matrix file again
+                raise ConfigError("--executor slurm needs a MATRIX file",
+                                  hint="use --executor local with --from-results, or write a matrix YAML")
+            jobs = submit_slurm(Store(store), matrix, pending, cfg, data_root, direct)
             ids = ", ".join(j.job_id for j in jobs[:3]) + (" ..." if len(jobs) > 3 else "")
             print(f"submitted {len(jobs)} array task(s) ({ids}); logs in {Path(store) / 'logs' / 'slurm'}")
             return
