@@ -149,7 +149,10 @@ def register(app: typer.Typer) -> None:
             console = _console(stdout=True)
             console.print(rep.rich_table(rows, title=f"results ({len(rows)} rows)"))
             return
-        text = {"csv": rep.to_csv, "json": rep.to_json, "markdown": rep.to_markdown}[fmt](rows)
+        if fmt == "markdown":
+            text = rep.to_markdown(rows, rep.run_provenance(Store(store)))
+        else:
+            text = {"csv": rep.to_csv, "json": rep.to_json}[fmt](rows)
         if output is not None:
             atomic_write_text(output, text)
         else:

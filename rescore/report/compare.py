@@ -220,8 +220,8 @@ def guard_mixed(cat: Catalog, ckpts: Sequence[Checkpoint], *, allow_mixed: bool 
     msg = "runs differ: " + " | ".join(parts)
     if not allow_mixed:
         raise MixedRunsError(f"refusing to put runs side by side, {msg}",
-                             hint="compare runs of the same precision, dtype, tokenizer and chat template "
-                                  "(--models/--suite), or pass --allow-mixed to do it anyway")
+                             hint="select runs that agree with --models or --suite, "
+                                  "or pass --allow-mixed to put them side by side anyway")
     return [msg]
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -64,9 +64,14 @@ class Rule(BaseModel):
 
     @model_validator(mode="after")
     def _has_check(self) -> Rule:
-        if not self.skip and not any(getattr(self, c) not in (None, False) for c in CHECKS):
+        if not self.skip and not self.checks():
             raise ValueError(f"a rule needs at least one check ({', '.join(CHECKS)}) or skip: true")
         return self
+
+    def checks(self) -> list[str]:
+        """The checks this rule sets (a bound of 0 is a check: ``max_regression: 0`` means no regression)."""
+        return [c for c in CHECKS if (getattr(self, c) is True if c == "no_significant_regression"
+                                      else getattr(self, c) is not None)]
 
     @property
     def specificity(self) -> int:
@@ -81,8 +86,7 @@ class Rule(BaseModel):
         if self.skip:
             chk = "skip"
         else:
-            chk = ", ".join(f"{c}={getattr(self, c)}" for c in CHECKS
-                            if getattr(self, c) not in (None, False))
+            chk = ", ".join(f"{c}={getattr(self, c)}" for c in self.checks())
         return f"{sel or '*'}: {chk}"
 
 

@@ -103,8 +103,34 @@ def _ci(r: dict[str, Any]) -> str:
     return f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
 
 
-def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """Per-model tables, then a cross-model comparison with the best value per row in bold."""
+def run_provenance(store: Any) -> dict[str, dict[str, Any]]:
+    """run_id -> {"date", "command"} from the unit manifests of a :class:`~rescore.artifacts.store.Store`."""
+    out = {}
+    for u in store.units():
+        m = u.manifest
+        cmd = m.get("command")
+        if isinstance(cmd, str) and cmd:
+            exe, _, rest = cmd.partition(" ")
+            cmd = f"{exe.rsplit('/', 1)[-1]} {rest}".strip()  # the executable's name, not its venv path
+        out[u.run_id] = {"date": m.get("completed_at") or m.get("created_at"), "command": cmd}
+    return out
+
+
+def _provenance_lines(rs: list[dict[str, Any]], provenance: dict[str, dict[str, Any]]) -> list[str]:
+    runs = [provenance[i] for r in rs for i in str(r.get("run_id") or "").split(",") if i in provenance]
+    dates = sorted({str(p["date"])[:16].replace("T", " ") for p in runs if p.get("date")})
+    cmds = sorted({p["command"] for p in runs if p.get("command")})
+    lines = []
+    if dates:
+        lines.append("run date " + (dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}") + " UTC")
+    lines += [f"command `{c}`" for c in cmds]
+    return lines
+
+
+def to_markdown(rows: list[dict[str, Any]], provenance: dict[str, dict[str, Any]] | None = None) -> str:
+    """Per-model tables, then a cross-model comparison with the best value per row in bold.
+
+    ``provenance`` (:func:`run_provenance`) adds each model's run date and generation command(s)."""
     models: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         models.setdefault(_model_key(r), []).append(r)
@@ -113,10 +139,13 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     for key, rs in models.items():
         first = rs[0]
         parts.append(f"## {labels[key]}\n")
-        info = [f"checkpoint `{first.get('checkpoint')}`", f"precision {first.get('precision')}"]
+        info = [f"model path `{first.get('checkpoint')}`", f"precision {first.get('precision')}"]
         if first.get("stage"):
             info.append(f"stage {first['stage']}")
         parts.append(", ".join(info) + "\n")
+        lines = _provenance_lines(rs, provenance or {})
+        if lines:
+            parts.append("; ".join(lines) + "\n")
         parts.append("| Task | Metric | Result | Error Range |")
         parts.append("|---|---|---:|---|")
         for r in rs:
