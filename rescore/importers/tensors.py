@@ -21,12 +21,14 @@ local tokenizer directory through transformers' AutoTokenizer, or a ``tokenizer.
       t0.8: {token_ids: sampled.ids, mask: sampled.mask, logprobs: sampled.lps, gen: {temperature: 0.8, n: 8}}
 
 ``.pt`` files are loaded only with ``torch.load(weights_only=True)``: a pickle that needs arbitrary code is
-refused. torch is imported only for ``.pt`` files (``.safetensors`` are read with numpy).
+refused. torch is imported only for ``.pt`` files (``.safetensors`` are read with numpy alone).
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,18 +150,49 @@ def load_tensors(path: Path) -> dict[str, Any]:
         raise ImportFormatError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise ImportFormatError("reading .safetensors needs the safetensors package",
-                                    hint="pip install 'rescore[hf]'") from None
-        try:
-            return dict(load_file(str(path)))
-        except Exception as e:  # safetensors raises its own error types for damaged headers
-            raise ImportFormatError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+        return read_safetensors(path)
     if suffix in (".pt", ".pth", ".bin"):
         return _flatten(_torch_load(path))
     raise ImportFormatError(f"{path}: unknown tensor file type {suffix!r}", hint="use .pt/.pth or .safetensors")
+
+
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?", "BF16": "<u2"}
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file with numpy alone (bfloat16 widened to float32): an 8-byte header length,
+    a JSON header ``{name: {dtype, shape, data_offsets}}``, then the raw little-endian data."""
+    data = Path(path).read_bytes()
+    bad = f"{path}: not a readable safetensors file"
+    if len(data) < 8:
+        raise ImportFormatError(f"{bad} (shorter than its header)")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ImportFormatError(f"{bad} (header of {n} bytes, file of {len(data)}: truncated)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ImportFormatError(f"{bad} (header is not JSON: {e})") from None
+    body = memoryview(data)[8 + n :]
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dt = np.dtype(_ST_DTYPES[info["dtype"]])
+            shape = [int(x) for x in info["shape"]]
+            a, b = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ImportFormatError(f"{bad} (tensor {name!r}: unsupported dtype or bad header entry {info!r})") from None
+        count = int(np.prod(shape)) if shape else 1
+        if not 0 <= a <= b <= len(body) or b - a != count * dt.itemsize:
+            raise ImportFormatError(f"{bad} (tensor {name!r}: data outside the file or of the wrong size: truncated)")
+        arr = np.frombuffer(body[a:b], dtype=dt).reshape(shape)
+        if info["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr
+    return out
 
 
 def _torch_load(path: Path) -> Any:
@@ -170,9 +203,10 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f"it references {m.group(1)}" if m else "it needs more than tensors, lists and dicts"
         raise ImportFormatError(
-            f"{path}: refused: not a weights-only file (loading it would run pickled code: {first[:160]})",
+            f"{path}: refused: not a weights-only file ({what}; loading it fully could run arbitrary code)",
             hint="save plain tensors, lists and dicts (torch.save({...})) or use .safetensors") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
