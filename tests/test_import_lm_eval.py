@@ -3,7 +3,8 @@
 lm-eval runs here on the tiny model over 20 real rows per task (ARC-Easy, Winogrande with partial scoring,
 WikiText documents, GSM8K zero-shot), written with --log_samples; `rescore score` must reproduce the numbers
 of lm-eval's own results JSON (accuracies exactly, perplexities within 1e-6). A smaller run of the same
-script is checked in under tests/fixtures/lm_eval/v0.4.13 (the 0.4.13 output format must stay importable).
+script (10 rows per task) is checked in under tests/fixtures/lm_eval/v0.4.13: that output format must stay
+importable.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval"
 CHECKED_IN = FIXTURES / "v0.4.13"
 # lm-eval task -> [(lm-eval metric key, rescore metric, relative tolerance)]
 METRICS = {
-    "arc_easy_local": [("acc,none", "acc", 0.0), ("acc_norm,none", "acc_norm", 0.0)],
-    "winogrande_local": [("acc,none", "acc", 0.0), ("acc_norm,none", "acc_norm", 0.0)],
+    "arc_easy_local": [("acc,none", "acc", 0.0), ("acc_norm,none", "acc_norm", 0.0), ("acc_bytes,none", "acc_bytes", 0.0),
+                       ("brier_score,none", "brier_score", 1e-9)],
+    "winogrande_local": [("acc,none", "acc", 0.0), ("acc_norm,none", "acc_norm", 0.0), ("acc_bytes,none", "acc_bytes", 0.0),
+                         ("brier_score,none", "brier_score", 1e-9)],
     "wikitext_local": [("word_perplexity,none", "word_perplexity", 1e-6), ("byte_perplexity,none", "byte_perplexity", 1e-6),
                        ("bits_per_byte,none", "bits_per_byte", 1e-6)],
     "gsm8k_local": [("exact_match,strict-match", "exact_match_strict", 0.0),
                     ("exact_match,flexible-extract", "exact_match_flexible", 0.0)],
 }
-STDERR = {"acc,none": "acc_stderr,none", "acc_norm,none": "acc_norm_stderr,none",
+STDERR = {"acc,none": "acc_stderr,none", "acc_norm,none": "acc_norm_stderr,none", "acc_bytes,none": "acc_bytes_stderr,none",
           "exact_match,strict-match": "exact_match_stderr,strict-match",
           "exact_match,flexible-extract": "exact_match_stderr,flexible-extract"}
 
@@ -103,10 +106,10 @@ def test_manifest_records_model_task_and_checks(tmp_path):
     assert arc["model"]["name"] == "tinym" and arc["model"]["precision"] == "fp32"
     assert arc["model"]["args"]["dtype"] == "float32" and arc["model"]["backend"] == "lm-eval:hf"
     assert arc["task"]["config"]["lm_eval"]["output_type"] == "multiple_choice"
-    assert arc["import"]["checks"]["acc"] == {"rows": 5, "disagree": 0}
-    assert arc["import"]["checks"]["acc_norm"] == {"rows": 5, "disagree": 0}
+    assert arc["import"]["checks"]["acc"] == {"rows": 10, "disagree": 0}
+    assert arc["import"]["checks"]["acc_norm"] == {"rows": 10, "disagree": 0}
     assert len(arc["import"]["sources"]) == 2 and all(len(s["sha256"]) == 64 for s in arc["import"]["sources"])
-    assert units["winogrande_local"].manifest["import"]["checks"]["gold_deduced_from_acc"] == 5
+    assert units["winogrande_local"].manifest["import"]["checks"]["gold_deduced_from_acc"] == 10
     assert units["wikitext_local"].request_type == "rolling"
     gsm = units["gsm8k_local"].manifest
     assert gsm["gen"]["max_new_tokens"] == 24 and gsm["gen"]["temperature"] == 0.0 and gsm["gen"]["n"] == 1
@@ -210,7 +213,7 @@ def test_missing_samples_lines_are_detected(tmp_path):
     lines = f.read_text().splitlines()
     f.write_text("\n".join(lines[:2] + lines[3:]) + "\n")
     err = _fails(src, tmp_path / "store")
-    assert "4 docs, but results_" in err and "says lm-eval scored 5" in err
+    assert "9 docs, but results_" in err and "says lm-eval scored 10" in err
 
 
 def test_broken_results_json_and_missing_samples(tmp_path):
