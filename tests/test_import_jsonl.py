@@ -214,3 +214,26 @@ def test_mapping_errors(bon, tmp_path):
     m.write_text(yaml.safe_dump({**MAPPING, "task": "GSM8K BoN"}))
     err = _fails(["import", "jsonl", str(data), "--map", str(m), "--store", str(tmp_path / "s")], code=2)
     assert "task" in err and "GSM8K BoN" in err
+
+
+def test_interrupted_import_resumes(bon, tmp_path, monkeypatch):
+    from rescore.artifacts import store as store_mod
+    from rescore.importers.jsonl import import_jsonl, load_mapping
+
+    data, mapping, _ = bon
+    st = Store(tmp_path / "store")
+    real_finish = store_mod.UnitWriter.finish
+
+    def killed(self, *args, **kwargs):
+        raise RuntimeError("killed before compaction")
+
+    monkeypatch.setattr(store_mod.UnitWriter, "finish", killed)
+    with pytest.raises(RuntimeError):
+        import_jsonl(st, data, load_mapping(mapping))
+    (u,) = st.units()
+    assert u.status == "running" and u.rows_done() == N
+    monkeypatch.setattr(store_mod.UnitWriter, "finish", real_finish)
+    result, _, _ = import_jsonl(st, data, load_mapping(mapping))
+    assert result.action == "resumed" and result.run_id == u.run_id
+    (u,) = st.units()
+    assert u.complete and u.read_table().num_rows == N

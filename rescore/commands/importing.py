@@ -19,7 +19,7 @@ import typer
 
 from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
 
-MapOpt = Annotated[Path, typer.Option("--map", help="Mapping YAML that names the fields (see `rescore import --help`).")]
+MapOpt = Annotated[Path, typer.Option("--map", help="Mapping YAML that names the fields (example above).")]
 
 
 def _report(results: list[Any], notes: list[str], store: Path, json_out: bool, extra: dict[str, Any] | None = None) -> None:
@@ -79,10 +79,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import a JSONL file of generations (one line per sample, n candidates each) as a generate unit.
 
-        The mapping YAML names the fields: sample_id, candidates, target and/or answer, and optionally
-        prompt, logprobs (per-token, per candidate), scores (reranker score per candidate), category, meta;
-        plus the task, model and seed. Reranker scores are written next to the unit for
-        `rescore score --reranker FILE` (bon_reranker).
+        The mapping YAML names the fields (dotted paths reach into nested objects). Reranker scores are
+        merged into <store>/imports/reranker_scores.jsonl for `rescore score --reranker FILE` (bon_reranker).
+
+        \b
+        task: gsm8k_bon
+        model: {name: sft-7b, path: /ckpt/sft-7b, step: 2000, precision: bf16}
+        seed: 0
+        gen: {temperature: 0.8, n: 8}
+        sample_id_format: "{:08d}"      # optional
+        fields:
+          sample_id: problem_id
+          candidates: candidates        # list of strings
+          target: answer                # and/or answer: final_answer
+          prompt: question              # optional from here on
+          scores: scores                # reranker score per candidate
+          logprobs: token_logprobs      # per candidate, per token
+          meta: [answers]
         """
         from rescore.artifacts.store import Store
         from rescore.importers.jsonl import import_jsonl, load_mapping
@@ -100,9 +113,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import generated token ids + masks saved per method as generate units, decoded with a tokenizer.
 
-        The mapping YAML names, per method, the tensor of token ids ([N, T] or [N, n, T]) and its mask, and
-        optionally per-token logprobs; the tokenizer (a local directory or tokenizer.json); and where
-        sample ids and reference answers come from. Each method becomes one unit (task <task>.<method>).
+        Per method: token ids [N, T] or [N, n, T], a mask of the same shape, optional per-token logprobs.
+        Each method becomes one unit (task <task>.<method>). .pt files load only with weights_only=True.
+
+        \b
+        task: gsm8k
+        model: {name: sft-7b, path: /ckpt/sft-7b, step: 2000}
+        tokenizer: /ckpt/sft-7b         # directory or tokenizer.json
+        mask: keep                      # keep: 1 = token; pad: 1 = padding
+        sample_ids: problem_ids         # optional 1-D tensor; default row index
+        references: {file: refs.jsonl, sample_id: idx, target: answer}
+        methods:
+          greedy: {token_ids: greedy.ids, mask: greedy.mask}
+          t0.8: {token_ids: s.ids, mask: s.mask, logprobs: s.lps, gen: {temperature: 0.8, n: 8}}
         """
         from rescore.artifacts.store import Store
         from rescore.importers.tensors import import_tensors, load_mapping
