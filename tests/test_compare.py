@@ -371,3 +371,90 @@ def test_load_policy_forms(tmp_path: Path) -> None:
         load_policy(write_policy(tmp_path / "b.yaml", "rules:\n  - tier: tier2\n"))
     with pytest.raises(ConfigError, match="not found"):
         load_policy(tmp_path / "missing.yaml")
+
+
+# -- checkpoint matrices: each stage against its bridge --------------------------------------------------------
+MATRIX = """name: toy-matrix
+backend: fake
+precision: fp32
+suites: [demo]
+stages:
+  - name: stage1
+    path: fake/stage1/step_{step}
+    steps: [100, 300]
+  - name: stage2
+    path: fake/stage2/step_{step}
+    steps: [50]
+    bridge: stage1
+"""
+
+
+def matrix_store(toy: ToyStore, drop: float, bridge: str = "full") -> None:
+    """stage1 at steps 100 and 300 (the bridge), stage2 at step 50 whose hellaswag score drops by ``drop``.
+    ``bridge``: "full", "partial" (the bridge has no hellaswag unit) or "none" (no bridge checkpoint at all)."""
+    v = (np.arange(40) % 3 == 0).astype(float)
+    steps = (100, 300) if bridge == "full" else (100,)
+    for step in steps:
+        toy.scores(toy.unit(name=f"stage1-step{step}", step=step, stage="stage1", task="hellaswag"), "toy_acc", ids(40),
+                   value=v + (0.5 if step == 100 else 0.0))
+    toy.scores(toy.unit(name="stage2-step50", step=50, stage="stage2", task="hellaswag"), "toy_acc", ids(40),
+               value=v - drop)
+    # a task outside the stage's suites: never compared
+    toy.scores(toy.unit(name="stage2-step50", step=50, stage="stage2", task="not_in_demo"), "toy_acc", ids(4),
+               value=np.zeros(4))
+    if bridge != "none":
+        toy.scores(toy.unit(name="stage1-step300", step=300, stage="stage1", task="not_in_demo"), "toy_acc", ids(4),
+                   value=np.ones(4))
+
+
+def test_matrix_compares_each_stage_with_its_bridge(toy: ToyStore, tmp_path: Path) -> None:
+    matrix_store(toy, drop=0.1)
+    mfile = tmp_path / "m.yaml"
+    mfile.write_text("policy:\n  rules:\n    - metric: toy_acc\n      max_regression: 0.05\n" + MATRIX)
+    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile), "--format", "json",
+                            "--resamples", "100"])
+    assert r.exit_code == 1, r.output  # the matrix's own policy gates
+    doc = json.loads(r.stdout)
+    (row,) = doc["rows"]
+    assert (row["model"], row["baseline"], row["task"]) == ("stage2-step50", "stage1-step300", "hellaswag")
+    assert row["delta"] == pytest.approx(-0.1) and row["status"] == "fail"
+    # an explicit --policy replaces the matrix's
+    loose = write_policy(tmp_path / "loose.yaml", "rules:\n  - metric: toy_acc\n    max_regression: 0.2\n")
+    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile), "--policy", str(loose),
+                            "--resamples", "100"])
+    assert r.exit_code == 0, r.output
+    assert "## stage2-step50 vs stage1-step300" in r.stdout
+
+
+@pytest.mark.parametrize("bridge,says", [("none", "stage1-step300 is not in the store"),
+                                         ("partial", "the baseline stage1-step300 has no hellaswag units")])
+def test_matrix_with_a_missing_bridge_fails_the_gate(tmp_path: Path, bridge: str, says: str) -> None:
+    toy = ToyStore(tmp_path / "store")
+    matrix_store(toy, drop=0.0, bridge=bridge)
+    mfile = tmp_path / "m.yaml"
+    mfile.write_text(MATRIX)
+    pol = write_policy(tmp_path / "p.yaml", "rules:\n  - metric: toy_acc\n    max_regression: 0.2\n")
+    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile), "--policy", str(pol)])
+    assert r.exit_code == 1, r.output
+    assert says in r.stdout and "policy FAILED" in r.stdout
+    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile)])
+    assert r.exit_code == 0  # no policy: reported, not gated
+
+
+def test_report_follows_the_matrix_stage_order_and_bridges(toy: ToyStore, tmp_path: Path) -> None:
+    from rescore.report.html import build_report
+    from rescore.score.engine import build_results, write_results
+
+    matrix_store(toy, drop=0.1)
+    store = Store(toy.root)
+    write_results(store, build_results(store))
+    mfile = tmp_path / "m.yaml"
+    mfile.write_text(MATRIX)
+    page = build_report(store, matrix=mfile, tasks=["hellaswag"])
+    assert page.count("<svg") == 1
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    # stage1 first although stage2's steps are smaller; stage2's panel has stage1's last checkpoint as its line
+    assert svg.index("stage stage1") < svg.index("stage stage2")
+    assert "bridge (stage1-step300)" in svg
+    # one line per run: both stage1 checkpoints are the series "stage1"
+    assert svg.count(">stage1</text>") == 1 and "stage1-step100</text>" not in svg

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def compare(
-        baseline: Annotated[str, typer.Option("--baseline", "-b", help="The bridge: label NAME@STEP, model name, checkpoint path, step, or run id prefix.")],
+        baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="The bridge: label NAME@STEP, model name, checkpoint path, step, or run id prefix.")] = None,
+        matrix: Annotated[Path | None, typer.Option("--matrix", help="Checkpoint matrix: without --baseline, compare each stage with its bridge on the stage's suites; its 'policy:' applies unless --policy is given.")] = None,
         store: StoreOpt = DEFAULT_STORE,
         models: ModelsOpt = None,
         suite: SuiteOpt = None,
@@ -41,8 +42,9 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (each row draws from a stream derived from it).")] = 0,
         allow_mixed: AllowMixedOpt = False,
     ) -> None:
-        """Deltas of each checkpoint against a baseline per task and metric, with a paired bootstrap CI and
-        p-value over shared samples, and pass/fail against --policy (exit code 1 when the policy fails)."""
+        """Deltas of each checkpoint against a baseline (--baseline, or each stage's bridge from --matrix) per
+        task and metric, with a paired bootstrap CI and p-value over shared samples, and pass/fail against
+        --policy (exit code 1 when the policy fails)."""
         from rescore.artifacts.io import atomic_write_text
         from rescore.artifacts.store import Store
         from rescore.errors import ConfigError
@@ -53,7 +55,11 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("markdown", "csv", "json"):
             raise ConfigError(f"unknown --format {fmt!r}", hint="choose markdown, csv or json")
         pol = load_policy(policy) if policy is not None else None
-        result = run_compare(Store(store), baseline, models=models, suites=suite, tasks=task, metrics=metric,
+        if pol is None and matrix is not None:
+            from rescore.report.compare import load_matrix_file
+
+            pol = load_matrix_file(matrix).policy
+        result = run_compare(Store(store), baseline, matrix=matrix, models=models, suites=suite, tasks=task, metrics=metric,
                              policy=pol, allow_mixed=allow_mixed, resamples=resamples, level=level, seed=seed)
         text = render(result, fmt)
         if output is not None:
@@ -75,6 +81,7 @@ def register(app: typer.Typer) -> None:
         task: TaskOpt = None,
         metric: MetricOpt = None,
         baseline: Annotated[str | None, typer.Option("--baseline", "-b", help="Draw this checkpoint as the line on every plot (default: per stage, the last checkpoint of the previous stage).")] = None,
+        matrix: Annotated[Path | None, typer.Option("--matrix", help="Checkpoint matrix: its stage order and bridges for the plots.")] = None,
         title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
         allow_mixed: AllowMixedOpt = False,
     ) -> None:
@@ -84,5 +91,5 @@ def register(app: typer.Typer) -> None:
         from rescore.report.html import write_report
 
         path = write_report(Store(store), out, models=models, suites=suite, tasks=task, metrics=metric,
-                            baseline=baseline, title=title, allow_mixed=allow_mixed)
+                            baseline=baseline, matrix=matrix, title=title, allow_mixed=allow_mixed)
         print(path)

@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ class Checkpoint:
 
     @property
     def sort_key(self) -> tuple[Any, ...]:
-        return (self.name, self.step if self.step is not None else -1, self.path, self.precision)
+        return (series_name(self), self.step if self.step is not None else -1, self.name, self.path, self.precision)
 
 
 @dataclass
@@ -132,9 +133,10 @@ def build_catalog(store: Store, *, suites: Sequence[str] | None = None, tasks: S
 
 
 def unique_labels(ckpts: Iterable[Checkpoint]) -> dict[Checkpoint, str]:
-    """``name@step`` (or ``name``), with ``[precision]`` and then the path added where needed to be unique."""
+    """``name@step`` (``name`` when it has no step or already ends with it, as a matrix's ``stage1-step300``),
+    with ``[precision]`` and then the path added where needed to be unique."""
     cks = list(ckpts)
-    labels = {c: f"{c.name}@{c.step}" if c.step is not None else c.name for c in cks}
+    labels = {c: c.name if c.step is None or names_step(c.name, c.step) else f"{c.name}@{c.step}" for c in cks}
     for extra in (lambda c: c.precision, lambda c: c.path):
         counts: dict[str, int] = {}
         for lab in labels.values():
@@ -143,6 +145,18 @@ def unique_labels(ckpts: Iterable[Checkpoint]) -> dict[Checkpoint, str]:
             if counts[labels[c]] > 1:
                 labels[c] = f"{labels[c]}[{extra(c)}]"
     return labels
+
+
+def names_step(name: str, step: int) -> bool:
+    """Whether ``name`` ends with its step (``stage1-step300``, ``ckpt_300``)."""
+    return re.search(rf"(?:^|[-_.@]|step)0*{step}$", name) is not None
+
+
+def series_name(c: Checkpoint) -> str:
+    """The name of the run a checkpoint belongs to: its model name without a trailing step."""
+    if c.step is None or not names_step(c.name, c.step):
+        return c.name
+    return re.sub(rf"[-_.@]*(?:step)?[-_]?0*{c.step}$", "", c.name) or c.name
 
 
 def select_models(cat: Catalog, patterns: Sequence[str] | None) -> list[Checkpoint]:
@@ -299,67 +313,198 @@ class Comparison:
         return [r for r in self.rows if r.status in ("pass", "fail", "missing-fail")]
 
 
-def compare(store: Store, baseline: str, *, models: Sequence[str] | None = None, suites: Sequence[str] | None = None,
+def compare(store: Store, baseline: str | None = None, *, matrix: str | Path | None = None,
+            models: Sequence[str] | None = None, suites: Sequence[str] | None = None,
             tasks: Sequence[str] | None = None, metrics: Sequence[str] | None = None, policy: Policy | None = None,
             allow_mixed: bool = False, resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
             seed: int = 0) -> Comparison:
-    """Compare every selected checkpoint (all but the baseline by default) with the baseline."""
+    """Compare every selected checkpoint (all but the baseline by default) with ``baseline``; or, with only
+    ``matrix``, each stage's checkpoints with that stage's bridge on the stage's suites."""
     if not 0 < level < 1:
         raise ConfigError(f"--level must be between 0 and 1, got {level}")
     if resamples < 1:
         raise ConfigError(f"--resamples must be at least 1, got {resamples}")
+    if baseline is None and matrix is None:
+        raise ConfigError("nothing to compare against", hint="pass --baseline CHECKPOINT or --matrix FILE")
     cat = build_catalog(store, suites=suites, tasks=tasks)
-    base = resolve_baseline(cat, baseline)
-    others = [c for c in select_models(cat, models) if c != base]
-    if not others:
-        raise ConfigError(f"nothing to compare with baseline {cat.labels[base]}",
-                          hint="generate other checkpoints, or widen --models/--suite")
-    notes = list(cat.notes) + guard_mixed(cat, [base, *others], allow_mixed=allow_mixed)
+    notes = list(cat.notes)
     rows: list[CompareRow] = []
-    base_tasks = cat.units[base]
-    meta_cache: dict[str, dict[str, dict[str, Any]]] = {}
+    if baseline is not None:
+        base = resolve_baseline(cat, baseline)
+        others = [c for c in select_models(cat, models) if c != base]
+        if not others:
+            raise ConfigError(f"nothing to compare with baseline {cat.labels[base]}",
+                              hint="generate other checkpoints, or widen --models/--suite")
+        pairs: list[StagePair] = [StagePair(None, base, others, None)]
+        label = cat.labels[base]
+    else:
+        assert matrix is not None
+        m = load_matrix_file(matrix)
+        pairs = matrix_pairs(cat, m.config, select_models(cat, models) if models else None)
+        label = f"each stage's bridge (matrix {m.config.name})"
+        if not pairs:
+            raise ConfigError(f"matrix {m.config.name!r} has no bridged stage with checkpoints in {store.root}",
+                              hint="`rescore plan MATRIX` shows what to generate")
+    comparer = _Comparer(store, cat, resamples=resamples, level=level, seed=seed, notes=notes)
+    for pair in pairs:
+        if pair.base is None:
+            notes.append(f"stage {pair.stage}: its bridge {pair.missing_bridge} is not in the store; "
+                         "run `rescore backfill MATRIX` to generate it")
+            row = CompareRow(model=f"stage {pair.stage}", baseline=str(pair.missing_bridge), task="*", tier=None,
+                             metric="*", higher_is_better=True, stage=pair.stage, status="missing",
+                             reason="bridge not generated")
+            if policy is not None and policy.missing == "fail":
+                row.status = "missing-fail"
+            rows.append(row)
+            continue
+        notes += guard_mixed(cat, [pair.base, *pair.others], allow_mixed=allow_mixed)
+        rows += comparer.rows(pair.base, pair.others, pair.tasks, metrics, policy, both_sides=pair.stage is not None)
+    return Comparison(label, rows, notes, resamples, level, seed, policy)
 
-    def metas_of(u: Unit) -> dict[str, dict[str, Any]]:
-        if u.run_id not in meta_cache:
-            meta_cache[u.run_id] = unit_metrics(store, u)
-        return meta_cache[u.run_id]
 
-    rows_cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+@dataclass
+class StagePair:
+    """Checkpoints compared with one baseline, on ``tasks`` (None: every task of the baseline)."""
 
-    def rows_of(u: Unit, meta: dict[str, Any], needs: Sequence[str]) -> dict[str, np.ndarray]:
+    stage: str | None
+    base: Checkpoint | None
+    others: list[Checkpoint]
+    tasks: set[str] | None
+    missing_bridge: str | None = None
+
+
+@dataclass
+class MatrixFile:
+    config: Any  # rescore.matrix.MatrixConfig
+    policy: Policy | None
+
+
+def load_matrix_file(path: str | Path) -> MatrixFile:
+    """A checkpoint matrix (validated as ``rescore plan`` does) and its optional ``policy:`` mapping."""
+    from rescore.config import ConfigProblems, read_yaml
+    from rescore.matrix import MatrixConfig, matrix_problems
+    from rescore.report.policy import policy_from
+
+    data = read_yaml(path)
+    pol = None
+    if isinstance(data, dict) and "policy" in data:
+        data = dict(data)
+        pol = policy_from(data.pop("policy"), str(path))
+    problems = matrix_problems(data, str(path))
+    if problems:
+        raise ConfigProblems(str(path), problems)
+    return MatrixFile(MatrixConfig(**data), pol)
+
+
+def matrix_pairs(cat: Catalog, m: Any, selected: Sequence[Checkpoint] | None) -> list[StagePair]:
+    """Per bridged stage: (its bridge checkpoint, the stage's checkpoints in the store, its suites' tasks)."""
+    from rescore.matrix import checkpoint_name
+    from rescore.tasks.suites import load_suite
+
+    by_name = {s.name: s for s in m.stages}
+    out = []
+    for s in m.stages:
+        if not s.bridge:
+            continue
+        b = by_name[s.bridge]
+        last = max(b.steps)
+        bridge = [c for c in cat.units if c.stage == b.name and c.step == last
+                  and c.name == checkpoint_name(b.name, last) and c.precision == m.precision]
+        others = [c for c in cat.checkpoints if c.stage == s.name and c.precision == m.precision
+                  and (selected is None or c in selected)]
+        if not others:
+            continue
+        tasks = {t.name for suite in (s.suites or m.suites) for t in load_suite(suite).tasks}
+        if not bridge:
+            out.append(StagePair(s.name, None, others, tasks, missing_bridge=checkpoint_name(b.name, last)))
+        else:
+            out.append(StagePair(s.name, bridge[0], others, tasks))
+    return out
+
+
+class _Comparer:
+    """Rows of checkpoints against a baseline; caches score metadata and per-row values across pairs."""
+
+    def __init__(self, store: Store, cat: Catalog, *, resamples: int, level: float, seed: int, notes: list[str]) -> None:
+        self.store, self.cat, self.notes = store, cat, notes
+        self.kw = {"resamples": resamples, "level": level, "seed": seed}
+        self._metas: dict[str, dict[str, dict[str, Any]]] = {}
+        self._rows: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def metas_of(self, u: Unit) -> dict[str, dict[str, Any]]:
+        if u.run_id not in self._metas:
+            self._metas[u.run_id] = unit_metrics(self.store, u)
+        return self._metas[u.run_id]
+
+    def rows_of(self, u: Unit, meta: dict[str, Any], needs: Sequence[str]) -> dict[str, np.ndarray]:
         key = (u.run_id, meta["metric"])
-        if key not in rows_cache:
-            rows_cache[key] = read_rows(store, u, meta, needs)
-        return rows_cache[key]
+        if key not in self._rows:
+            self._rows[key] = read_rows(self.store, u, meta, needs)
+        return self._rows[key]
 
-    for ck in others:
-        label = cat.labels[ck]
-        for task in sorted(base_tasks):
-            b_units = base_tasks[task]
-            b_meta = _metric_union(b_units.values(), metas_of)
-            first = next(iter(b_units.values()))
-            tier = infer_tier(first.manifest, b_meta)
-            c_units = cat.units[ck].get(task, {})
-            c_meta = _metric_union(c_units.values(), metas_of) if c_units else {}
-            for metric in sorted(b_meta):
-                meta = b_meta[metric]
-                if meta.get("aggregator") == "sum" or not _applies(b_units.values(), metric, metas_of):
-                    continue  # counts (tokens) are not a quality to compare; nor a metric no row applies to
-                if metrics and not any(fnmatch.fnmatchcase(metric, p) for p in metrics):
+    def rows(self, base: Checkpoint, others: Sequence[Checkpoint], tasks: set[str] | None,
+             metrics: Sequence[str] | None, policy: Policy | None, *, both_sides: bool = False) -> list[CompareRow]:
+        """Rows for the baseline's tasks; with ``both_sides`` (a matrix stage, whose suites say what must be
+        compared) also for the checkpoints' tasks that the baseline lacks, as missing."""
+        cat = self.cat
+        out: list[CompareRow] = []
+        base_tasks = {t: u for t, u in cat.units[base].items() if tasks is None or t in tasks}
+        for ck in others:
+            label = cat.labels[ck]
+            if both_sides:
+                out += self._baseline_lacks(base, ck, tasks, base_tasks, metrics, policy)
+            for task in sorted(base_tasks):
+                b_units = base_tasks[task]
+                b_meta = _metric_union(b_units.values(), self.metas_of)
+                tier = infer_tier(next(iter(b_units.values())).manifest, b_meta)
+                c_units = cat.units[ck].get(task, {})
+                c_meta = _metric_union(c_units.values(), self.metas_of) if c_units else {}
+                for metric in sorted(b_meta):
+                    meta = b_meta[metric]
+                    if meta.get("aggregator") == "sum" or not _applies(b_units.values(), metric, self.metas_of):
+                        continue  # counts (tokens) are not a quality to compare; nor a metric no row applies to
+                    if metrics and not any(fnmatch.fnmatchcase(metric, p) for p in metrics):
+                        continue
+                    row = CompareRow(model=label, baseline=cat.labels[base], task=task, tier=tier, metric=metric,
+                                     higher_is_better=bool(meta.get("higher_is_better", True)), step=ck.step,
+                                     stage=ck.stage, precision=ck.precision, metric_version=meta.get("version"),
+                                     aggregator=meta.get("aggregator"))
+                    if metric in c_meta:
+                        _fill(row, self.store, b_units, c_units, metric, self.metas_of, self.rows_of,
+                              notes=self.notes, **self.kw)  # type: ignore[arg-type]
+                    else:
+                        row.status, row.reason = "missing", (f"{label} has no {task} units" if not c_units
+                                                             else f"{label} has no {metric} scores on {task}")
+                    _gate(row, policy)
+                    out.append(row)
+        return out
+
+    def _baseline_lacks(self, base: Checkpoint, ck: Checkpoint, tasks: set[str] | None,
+                        base_tasks: dict[str, dict[str, Unit]], metrics: Sequence[str] | None,
+                        policy: Policy | None) -> list[CompareRow]:
+        out = []
+        blabel, label = self.cat.labels[base], self.cat.labels[ck]
+        for task, units in sorted(self.cat.units[ck].items()):
+            if task in base_tasks or (tasks is not None and task not in tasks):
+                continue
+            c_meta = _metric_union(units.values(), self.metas_of)
+            tier = infer_tier(next(iter(units.values())).manifest, c_meta)
+            for metric, meta in sorted(c_meta.items()):
+                if not _selected(meta, metric, metrics):
                     continue
-                row = CompareRow(model=label, baseline=cat.labels[base], task=task, tier=tier, metric=metric,
+                row = CompareRow(model=label, baseline=blabel, task=task, tier=tier, metric=metric,
                                  higher_is_better=bool(meta.get("higher_is_better", True)), step=ck.step,
                                  stage=ck.stage, precision=ck.precision, metric_version=meta.get("version"),
-                                 aggregator=meta.get("aggregator"))
-                if metric in c_meta:
-                    _fill(row, store, b_units, c_units, metric, metas_of, rows_of, resamples=resamples, level=level,
-                          seed=seed, notes=notes)
-                else:
-                    row.status, row.reason = "missing", (f"{label} has no {task} units" if not c_units
-                                                         else f"{label} has no {metric} scores on {task}")
+                                 aggregator=meta.get("aggregator"), status="missing",
+                                 reason=f"the baseline {blabel} has no {task} units")
                 _gate(row, policy)
-                rows.append(row)
-    return Comparison(cat.labels[base], rows, notes, resamples, level, seed, policy)
+                out.append(row)
+        return out
+
+
+def _selected(meta: dict[str, Any], metric: str, metrics: Sequence[str] | None) -> bool:
+    return meta.get("aggregator") != "sum" and bool((meta.get("aggregates") or {}).get("all")) and (
+        not metrics or any(fnmatch.fnmatchcase(metric, p) for p in metrics))
 
 
 def _metric_union(units: Iterable[Unit], metas_of: Any) -> dict[str, dict[str, Any]]:
@@ -469,19 +614,19 @@ def to_markdown(c: Comparison) -> str:
     out = [f"# Compared with {c.baseline}\n",
            f"Delta = model - baseline on the samples both scored; {pct} CI and two-sided p-value from a paired "
            f"bootstrap ({c.resamples} resamples, seed {c.seed}). ↑ higher is better, ↓ lower is better.\n"]
-    by_model: dict[str, list[CompareRow]] = {}
+    by_model: dict[tuple[str, str], list[CompareRow]] = {}
     for r in c.rows:
-        by_model.setdefault(r.model, []).append(r)
-    for model, rows in by_model.items():
-        out.append(f"## {model} vs {c.baseline}\n")
-        out.append(f"| Task | Metric | {c.baseline} | {model} | Δ | Δ% | {pct} CI | p | n | Policy |")
+        by_model.setdefault((r.model, r.baseline), []).append(r)
+    for (model, baseline), rows in by_model.items():
+        out.append(f"## {model} vs {baseline}\n")
+        out.append(f"| Task | Metric | {baseline} | {model} | Δ | Δ% | {pct} CI | p | n | Policy |")
         out.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
         for r in rows:
             arrow = "↑" if r.higher_is_better else "↓"
             rel = "—" if r.rel_delta is None else f"{r.rel_delta:+.2%}"
             ci = "—" if r.ci_low is None else f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
             p = "—" if r.p_value is None else f"{r.p_value:.3g}"
-            status = _status(r) + (f": {r.reason}" if r.status in ("fail", "missing") and r.reason else "")
+            status = _status(r) + (f": {r.reason}" if r.status in ("fail", "missing", "missing-fail") and r.reason else "")
             out.append(f"| {r.task} | {r.metric} {arrow} | {_f(r.base)} | {_f(r.value)} | {_signed(r.delta)} | {rel} "
                        f"| {ci} | {p} | {r.n} | {status} |")
         out.append("")

@@ -6,9 +6,11 @@ Sections:
    seed aggregate (stderr over seeds when there are several, else the per-row stderr); the best value of each
    column (by the metric's ``higher_is_better``) is bold and starred. Counts (``sum`` metrics) are not ranked.
 2. **Deltas vs the baseline** (only with ``--baseline``): ``rescore compare``'s table without a policy.
-3. **Metric vs step**: per task and metric, one panel per stage, one line per model name, error bars = the
-   standard deviation over seeds, and the bridge as a dashed line: ``--baseline`` when given, otherwise the
-   last checkpoint (highest step) of the previous stage (stages ordered by their first step).
+3. **Metric vs step**: per task and metric, one panel per stage, error bars = the standard deviation over
+   seeds, and the bridge as a dashed line: ``--baseline`` when given; else with ``--matrix`` each stage's
+   declared bridge (stages in the matrix's order); else the last checkpoint (highest step) of the previous
+   stage, stages ordered by when they were first generated. A line joins the checkpoints of one run: the
+   model name without a trailing step (a matrix's ``stage1-step300`` belongs to ``stage1``).
 4. **Best-of-n selection**: first / random / oracle / max-logprob (mean and sum) / majority / reranker, and
    the oracle - random gap (how much a perfect selector would gain over picking at random).
 5. **Tier4 SFT-native by category**: ``all_checks_pass_rate`` and ``instruction_match_rate`` per category.
@@ -29,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from rescore.artifacts.store import Store
-from rescore.report.compare import Catalog, Checkpoint, build_catalog, guard_mixed, resolve_baseline, select_models
+from rescore.report.compare import (
+    Catalog,
+    Checkpoint,
+    build_catalog,
+    guard_mixed,
+    load_matrix_file,
+    resolve_baseline,
+    select_models,
+    series_name,
+)
 from rescore.report.plots import Panel, Point, metric_figure
 
 BON = (("bon_first", "first"), ("bon_random", "random"), ("bon_oracle", "oracle"),
@@ -81,13 +92,15 @@ class ReportData:
 
     def __init__(self, store: Store, *, models: Sequence[str] | None, suites: Sequence[str] | None,
                  tasks: Sequence[str] | None, metrics: Sequence[str] | None, baseline: str | None,
-                 allow_mixed: bool) -> None:
+                 allow_mixed: bool, matrix: str | Path | None = None) -> None:
         import fnmatch
 
         from rescore.score.engine import read_results
 
         self.store = store
+        self.matrix = load_matrix_file(matrix).config if matrix is not None else None
         self.cat: Catalog = build_catalog(store, suites=suites, tasks=tasks)
+        self._rank = self._stage_rank()
         self.ckpts = select_models(self.cat, models)
         self.baseline: Checkpoint | None = resolve_baseline(self.cat, baseline) if baseline else None
         if self.baseline is not None and self.baseline not in self.ckpts:
@@ -113,21 +126,25 @@ class ReportData:
         self.agg = {(r["_ck"], r["task"], r["metric"], r["subset"]): r for r in self.rows if r["seed"] == "agg"}
         self.suites = self._suites(suites)
 
-    # stages ordered by their first step; checkpoints by stage, step, name
-    def _stage_rank(self) -> dict[str | None, tuple[int, int]]:
-        first: dict[str | None, int] = {}
+    def _stage_rank(self) -> dict[str | None, tuple[Any, ...]]:
+        """Training order of the stages: the matrix's order; without a matrix, the order in which stages were
+        first generated (steps may restart at every stage), then their first step, then their name."""
+        stages = {c.stage for c in self.cat.checkpoints}
+        if self.matrix is not None:
+            order = [s.name for s in self.matrix.stages]
+            return {st: (0, order.index(st)) if st in order else (1, str(st)) for st in stages}
+        first: dict[str | None, tuple[str, int]] = {}
         for c in self.cat.checkpoints:
-            s = c.step if c.step is not None else 10**18
-            first[c.stage] = min(first.get(c.stage, s), s)
-        return {st: (0 if st is not None else 1, v) for st, v in first.items()}
+            dates = [str(u.manifest.get("created_at") or "") for t in self.cat.units[c].values() for u in t.values()]
+            key = (min(dates) if dates else "", c.step if c.step is not None else 10**18)
+            first[c.stage] = min(first.get(c.stage, key), key)
+        return {st: (0 if st is not None else 1, *first[st], str(st)) for st in stages}
 
     def _order(self, c: Checkpoint) -> tuple[Any, ...]:
-        rank = self._stage_rank()
-        return (rank.get(c.stage, (2, 0)), c.step if c.step is not None else -1, c.name, c.precision, c.path)
+        return (self._rank.get(c.stage, (2,)), c.step if c.step is not None else -1, c.name, c.precision, c.path)
 
     def stages(self) -> list[str | None]:
-        rank = self._stage_rank()
-        return sorted({c.stage for c in self.ckpts}, key=lambda s: rank.get(s, (2, 0)))
+        return sorted({c.stage for c in self.ckpts}, key=lambda s: self._rank.get(s, (2,)))
 
     def _suites(self, suites: Sequence[str] | None) -> dict[str, list[str]]:
         """suite -> its task names (in first-seen order), from --suite or the units' manifests."""
@@ -232,6 +249,20 @@ def _bridges(d: ReportData) -> dict[str | None, Checkpoint | None]:
     if d.baseline is not None:
         return {s: d.baseline for s in stages}
     out: dict[str | None, Checkpoint | None] = {}
+    if d.matrix is not None:
+        from rescore.matrix import checkpoint_name
+
+        by_name = {s.name: s for s in d.matrix.stages}
+        for s in stages:
+            st = by_name.get(s)  # type: ignore[arg-type]
+            b = by_name.get(st.bridge) if st is not None and st.bridge else None
+            if b is None:
+                out[s] = None
+                continue
+            last = max(b.steps)
+            found = [c for c in d.ckpts if c.stage == b.name and c.step == last and c.name == checkpoint_name(b.name, last)]
+            out[s] = found[0] if found else None
+        return out
     prev: str | None = None
     for i, s in enumerate(stages):
         cands = [c for c in d.ckpts if c.stage == prev and c.step is not None] if i > 0 else []
@@ -248,8 +279,10 @@ def section_plots(d: ReportData) -> tuple[str, int]:
         return "\n".join(out), 0
     unstepped = len(d.ckpts) - len(stepped)
     out.append('<p class="muted">One panel per stage; error bars: standard deviation over seeds (none with one '
-               'seed); dashed line: the bridge (' + ("--baseline " + esc(d.labels[d.baseline]) if d.baseline else
-                                                     "the last checkpoint of the previous stage") + ").")
+               'seed); dashed line: the bridge (' + (
+                   "--baseline " + esc(d.labels[d.baseline]) if d.baseline else
+                   f"each stage's bridge in matrix {esc(d.matrix.name)}" if d.matrix is not None else
+                   "the last checkpoint of the previous stage") + ").")
     if unstepped:
         out.append(f" {unstepped} checkpoint(s) without a step appear only in the tables.")
     out.append("</p>")
@@ -271,7 +304,7 @@ def section_plots(d: ReportData) -> tuple[str, int]:
                     cell = d.cell(c, task, metric)
                     if cell is None or cell.get("value") is None:
                         continue
-                    p.series.setdefault(c.name, []).append(
+                    p.series.setdefault(series_name(c), []).append(
                         Point(step=int(c.step), value=float(cell["value"]), spread=cell.get("std"),  # type: ignore[arg-type]
                               n_seeds=int(cell.get("n_seeds") or 1)))
                 br = bridges.get(stage)
@@ -386,10 +419,10 @@ def section_provenance(d: ReportData) -> str:
 # -- the page ------------------------------------------------------------------------------------------
 def build_report(store: Store, *, models: Sequence[str] | None = None, suites: Sequence[str] | None = None,
                  tasks: Sequence[str] | None = None, metrics: Sequence[str] | None = None, baseline: str | None = None,
-                 title: str | None = None, allow_mixed: bool = False) -> str:
+                 matrix: str | Path | None = None, title: str | None = None, allow_mixed: bool = False) -> str:
     """The report page as an HTML string."""
     d = ReportData(store, models=models, suites=suites, tasks=tasks, metrics=metrics, baseline=baseline,
-                   allow_mixed=allow_mixed)
+                   allow_mixed=allow_mixed, matrix=matrix)
     title = title or f"rescore report: {store.root}"
     plots, n_plots = section_plots(d)
     sections = [

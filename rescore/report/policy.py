@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -114,14 +114,19 @@ def load_policy(path: str | Path) -> Policy:
     data = read_yaml(p)
     if isinstance(data, dict) and "policy" in data:
         data = data["policy"]
+    return policy_from(data, str(p))
+
+
+def policy_from(data: Any, source: str) -> Policy:
+    """A policy from its parsed YAML mapping; every problem in one ConfigError."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a policy is a mapping with 'rules:'", hint="see `rescore compare --help`")
+        raise ConfigError(f"{source}: a policy is a mapping with 'rules:'", hint="see the README's compare section")
     try:
         return Policy(**data)
     except ValidationError as e:
         from rescore.config import format_validation_error
 
-        raise ConfigError("; ".join(format_validation_error(e, str(p)))) from None
+        raise ConfigError("; ".join(format_validation_error(e, source))) from None
 
 
 def regression(delta: float, higher_is_better: bool) -> float:
