@@ -413,8 +413,8 @@ def import_tensors(store: Store, path: Path, m: TensorsMapping, command: str | N
         pseq = _sequences(path, m.prompt_ids, p, pm, keep)
         if len(pseq) != n_rows:
             raise fail(path, None, m.prompt_ids, f"must have {n_rows} rows, got {len(pseq)}")
-        prompts = decode([s[0] for s in pseq])
-    results, notes = [], []
+        prompts = list(decode([s[0] for s in pseq]))
+    units: list[ImportUnit] = []
     for name, meth, seqs, lps in methods:
         task = meth.task or f"{m.task}.{safe_name(name, 'method name')}"
         flat = [c for s in seqs for c in s]
@@ -445,8 +445,8 @@ def import_tensors(store: Store, path: Path, m: TensorsMapping, command: str | N
             outputs_fp=outputs_fingerprint(rows), sources=[src],
             info={"method": name, "tokenizer": m.tokenizer},
         )
-        results.append(write_unit(store, unit, command))
-    return results, notes
+        units.append(unit)
+    return [write_unit(store, u, command) for u in units], []
 
 
 __all__ = ["TensorsMapping", "Method", "References", "load_mapping", "load_tensors", "import_tensors"]
