@@ -20,7 +20,7 @@ bit for bit. Nothing here imports torch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,28 +48,62 @@ class PairedResult:
     resamples: int
 
 
-# -- aggregates over a resample --------------------------------------------------------------------------
-# Vectorised versions of the scorer's aggregators: ``f(cols, idx) -> one value per resample row of idx``.
-# ``idx`` is (m, n) row indices; idx=None means the full sample (one value).
-def _take_sum(x: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
-    return np.asarray([x.sum()]) if idx is None else x[idx].sum(axis=1)
+# -- resampling ------------------------------------------------------------------------------------------
+def resample_counts(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap draws as count matrices, in chunks: ``w[b, i]`` = how often sample ``i`` is drawn in
+    resample ``b`` (each row sums to ``n``). Sums over a resample are then one matrix-vector product."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(resamples, _CHUNK_ELEMS // max(n, 1)))
+    for start in range(0, resamples, chunk):
+        m = min(chunk, resamples - start)
+        idx = rng.integers(0, n, size=(m, n)) + (np.arange(m, dtype=np.int64) * n)[:, None]
+        yield np.bincount(idx.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
 
 
-def _mean(cols: Cols, idx: np.ndarray | None) -> np.ndarray:
+class CountsCache:
+    """Keeps the count matrices of the last draw while they fit in ``max_elems``: the metrics of one task
+    pair share their samples and seed, so they reuse one draw instead of drawing again."""
+
+    def __init__(self, max_elems: int = 8_000_000) -> None:
+        self.max_elems = max_elems
+        self._key: tuple[int, int, int] | None = None
+        self._chunks: list[np.ndarray] = []
+
+    def get(self, n: int, resamples: int, seed: int) -> Iterable[np.ndarray]:
+        key = (n, resamples, seed)
+        if key == self._key:
+            return self._chunks
+        if n * resamples > self.max_elems:
+            return resample_counts(n, resamples, seed)
+        self._key, self._chunks = key, list(resample_counts(n, resamples, seed))
+        return self._chunks
+
+
+# -- aggregates over resamples ---------------------------------------------------------------------------
+# Vectorised versions of the scorer's aggregators: ``f(cols, w) -> one value per row of the count matrix w``;
+# w=None means the full sample (one value).
+Aggregate = Callable[[Cols, "np.ndarray | None"], np.ndarray]
+
+
+def _wsum(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    return np.asarray([x.sum()]) if w is None else w @ x
+
+
+def _mean(cols: Cols, w: np.ndarray | None) -> np.ndarray:
     v = cols["value"]
-    return _take_sum(v, idx) / v.size
+    return _wsum(v, w) / v.size
 
 
-def _ratio(transform: Callable[[np.ndarray], np.ndarray]) -> Callable[[Cols, np.ndarray | None], np.ndarray]:
-    def f(cols: Cols, idx: np.ndarray | None) -> np.ndarray:
-        a, b = _take_sum(cols["num"], idx), _take_sum(cols["den"], idx)
+def _ratio(transform: Callable[[np.ndarray], np.ndarray]) -> Aggregate:
+    def f(cols: Cols, w: np.ndarray | None) -> np.ndarray:
+        a, b = _wsum(cols["num"], w), _wsum(cols["den"], w)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return transform(a / b)
 
     return f
 
 
-VECTOR_AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[Cols, np.ndarray | None], np.ndarray]]] = {
+VECTOR_AGGREGATORS: dict[str, tuple[tuple[str, ...], Aggregate]] = {
     "mean": (("value",), _mean),
     "bootstrap": (("value",), _mean),  # the scorer's bootstrap aggregator's value is the plain mean
     "ratio": (("num", "den"), _ratio(lambda r: r)),
@@ -78,8 +112,7 @@ VECTOR_AGGREGATORS: dict[str, tuple[tuple[str, ...], Callable[[Cols, np.ndarray 
 }
 
 
-def aggregate_fn(aggregator: str, agg_params: Mapping[str, Any] | None = None
-                 ) -> tuple[tuple[str, ...], Callable[[Cols, np.ndarray | None], np.ndarray]]:
+def aggregate_fn(aggregator: str, agg_params: Mapping[str, Any] | None = None) -> tuple[tuple[str, ...], Aggregate]:
     """(columns needed, vectorised aggregate) for a scorer aggregator name.
 
     Known aggregators are vectorised; any other registered one (ECE, a plugin's) is called once per
@@ -93,25 +126,30 @@ def aggregate_fn(aggregator: str, agg_params: Mapping[str, Any] | None = None
     agg = aggregators.get(aggregator)
     params = dict(agg_params or {})
 
-    def f(cols: Cols, idx: np.ndarray | None) -> np.ndarray:
-        rows = [None] if idx is None else list(idx)
-        out = np.empty(len(rows))
-        for i, r in enumerate(rows):
-            sub = cols if r is None else {k: v[r] for k, v in cols.items()}
-            val = agg(sub, params).value
-            out[i] = np.nan if val is None else val
+    def f(cols: Cols, w: np.ndarray | None) -> np.ndarray:
+        if w is None:
+            val = agg(cols, params).value
+            return np.asarray([np.nan if val is None else val])
+        out = np.empty(w.shape[0])
+        rows = np.arange(w.shape[1])
+        for b in range(w.shape[0]):
+            take = np.repeat(rows, w[b].astype(np.int64))
+            val = agg({k: v[take] for k, v in cols.items()}, params).value
+            out[b] = np.nan if val is None else val
         return out
 
     return tuple(agg.needs), f
 
 
 # -- the paired bootstrap ----------------------------------------------------------------------------------
-def paired_bootstrap(base: Sequence[Cols], model: Sequence[Cols], aggregate: Callable[[Cols, np.ndarray | None], np.ndarray],
-                     *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = DEFAULT_LEVEL) -> PairedResult:
+def paired_bootstrap(base: Sequence[Cols], model: Sequence[Cols], aggregate: Aggregate, *,
+                     resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = DEFAULT_LEVEL,
+                     cache: CountsCache | None = None) -> PairedResult:
     """Bootstrap ``mean_seeds(aggregate(model)) - mean_seeds(aggregate(base))`` over shared samples.
 
     ``base`` and ``model`` are lists (one entry per seed; the two lists may differ in length) of column
-    dicts whose arrays all have the same length ``n`` and are aligned on the same sample ids.
+    dicts whose arrays all have the same length ``n`` and are aligned on the same sample ids. ``cache``
+    lets calls with the same (n, resamples, seed) share one draw.
     """
     if not base or not model:
         raise ValueError("each side needs at least one seed")
@@ -123,23 +161,19 @@ def paired_bootstrap(base: Sequence[Cols], model: Sequence[Cols], aggregate: Cal
     delta = m_full - b_full
     if resamples < 1 or n < 2:
         return PairedResult(b_full, m_full, delta, None, None, None, None, n, 0)
-    rng = np.random.default_rng(seed)
-    deltas = np.empty(resamples)
-    chunk = max(1, min(resamples, _CHUNK_ELEMS // n))
-    for start in range(0, resamples, chunk):
-        m = min(chunk, resamples - start)
-        idx = rng.integers(0, n, size=(m, n))
-        mb = np.mean([aggregate(c, idx) for c in base], axis=0)
-        mm = np.mean([aggregate(c, idx) for c in model], axis=0)
-        deltas[start:start + m] = mm - mb
+    parts = []
+    for w in (cache.get(n, resamples, seed) if cache is not None else resample_counts(n, resamples, seed)):
+        mb = np.mean([aggregate(c, w) for c in base], axis=0)
+        mm = np.mean([aggregate(c, w) for c in model], axis=0)
+        parts.append(mm - mb)
+    deltas = np.concatenate(parts)
     ok = deltas[np.isfinite(deltas)]
     if ok.size == 0:
         return PairedResult(b_full, m_full, delta, None, None, None, None, n, resamples)
     alpha = 1.0 - level
     lo, hi = np.quantile(ok, [alpha / 2, 1 - alpha / 2])
-    p = two_sided_p(ok)
     se = float(ok.std(ddof=1)) if ok.size > 1 else None
-    return PairedResult(b_full, m_full, delta, float(lo), float(hi), p, se, n, int(ok.size))
+    return PairedResult(b_full, m_full, delta, float(lo), float(hi), two_sided_p(ok), se, n, int(ok.size))
 
 
 def two_sided_p(deltas: np.ndarray) -> float:
@@ -157,4 +191,5 @@ def _common_len(sides: Sequence[Cols]) -> int:
     return lens.pop() if lens else 0
 
 
-__all__ = ["PairedResult", "paired_bootstrap", "aggregate_fn", "two_sided_p", "DEFAULT_RESAMPLES", "DEFAULT_LEVEL"]
+__all__ = ["PairedResult", "paired_bootstrap", "aggregate_fn", "two_sided_p", "resample_counts", "CountsCache",
+           "DEFAULT_RESAMPLES", "DEFAULT_LEVEL"]

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from rescore.artifacts.store import Store, Unit
 from rescore.core import content_hash
 from rescore.errors import ConfigError, UserError
-from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, aggregate_fn, paired_bootstrap
+from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
 from rescore.report.policy import Policy, evaluate
 from rescore.score.engine import choose_files, infer_tier, scan_scores, scores_dir, select_metrics
 
@@ -430,6 +430,7 @@ class _Comparer:
         self.kw = {"resamples": resamples, "level": level, "seed": seed}
         self._metas: dict[str, dict[str, dict[str, Any]]] = {}
         self._rows: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self.counts = CountsCache()
 
     def metas_of(self, u: Unit) -> dict[str, dict[str, Any]]:
         if u.run_id not in self._metas:
@@ -471,7 +472,7 @@ class _Comparer:
                                      aggregator=meta.get("aggregator"))
                     if metric in c_meta:
                         _fill(row, self.store, b_units, c_units, metric, self.metas_of, self.rows_of,
-                              notes=self.notes, **self.kw)  # type: ignore[arg-type]
+                              notes=self.notes, cache=self.counts, **self.kw)  # type: ignore[arg-type]
                     else:
                         row.status, row.reason = "missing", (f"{label} has no {task} units" if not c_units
                                                              else f"{label} has no {metric} scores on {task}")
@@ -520,7 +521,8 @@ def _applies(units: Iterable[Unit], metric: str, metas_of: Any) -> bool:
 
 
 def _fill(row: CompareRow, store: Store, b_units: dict[str, Unit], c_units: dict[str, Unit], metric: str,
-          metas_of: Any, rows_of: Any, *, resamples: int, level: float, seed: int, notes: list[str]) -> None:
+          metas_of: Any, rows_of: Any, *, resamples: int, level: float, seed: int, notes: list[str],
+          cache: CountsCache | None = None) -> None:
     shared = sorted(set(b_units) & set(c_units), key=_seed_key)
     b_seeds = shared or sorted(b_units, key=_seed_key)
     c_seeds = shared or sorted(c_units, key=_seed_key)
@@ -546,9 +548,10 @@ def _fill(row: CompareRow, store: Store, b_units: dict[str, Unit], c_units: dict
                      f"of up to {n_all}")
     b_cols = [_align(r, order, needs) for r in b_rows]
     c_cols = [_align(r, order, needs) for r in c_rows]
-    rng_seed = int(content_hash({"seed": seed, "task": row.task, "metric": metric, "model": row.model,
-                                 "baseline": row.baseline}, 15), 16)
-    res = paired_bootstrap(b_cols, c_cols, agg, resamples=resamples, seed=rng_seed, level=level)
+    # one draw per (task, checkpoint pair, shared samples): the metrics of a task reuse it (cache)
+    rng_seed = int(content_hash({"seed": seed, "task": row.task, "model": row.model, "baseline": row.baseline,
+                                 "ids": content_hash(order, 16)}, 15), 16)
+    res = paired_bootstrap(b_cols, c_cols, agg, resamples=resamples, seed=rng_seed, level=level, cache=cache)
     row.base, row.value, row.delta = _num(res.base), _num(res.value), _num(res.delta)
     row.ci_low, row.ci_high, row.p_value, row.stderr, row.n = res.ci_low, res.ci_high, res.p_value, res.stderr, res.n
     if row.delta is not None and row.base not in (None, 0):
