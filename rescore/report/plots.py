@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -40,12 +41,12 @@ class Panel:
 def metric_figure(panels: Sequence[Panel], *, title: str, ylabel: str, salt: str) -> str:
     """An SVG string: one subplot per stage (shared y axis), value vs step with seed-std error bars, and the
     bridge baseline as a dashed horizontal line."""
-    with matplotlib.rc_context(_RC | {"svg.hashsalt": salt}):
+    with matplotlib.rc_context(_RC | {"svg.hashsalt": salt}):  # type: ignore[arg-type]
         return _figure(panels, title=title, ylabel=ylabel)
 
 
 # text stays text; one short font list instead of matplotlib's eleven names on every label
-_RC = {"svg.fonttype": "none", "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Arial", "sans-serif"]}
+_RC: dict[str, Any] = {"svg.fonttype": "none", "font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans", "Arial", "sans-serif"]}
 
 
 def _figure(panels: Sequence[Panel], *, title: str, ylabel: str) -> str:
