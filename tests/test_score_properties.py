@@ -36,6 +36,15 @@ def test_extractors_match_lm_eval_regex_filter(text: str) -> None:
     assert flexible_extract(text) == list(flexible.apply([[text]], [{}]))[0][0]
 
 
+@SETTINGS
+@given(st.lists(gsm_text, min_size=1, max_size=20))
+def test_vectorised_strict_extraction_matches_python(texts) -> None:
+    from rescore.score.metrics_answer import _strict_vectorised
+
+    off = np.arange(len(texts) + 1)
+    assert _strict_vectorised(texts, [True] * len(texts), off) == [strict_extract(t) for t in texts]
+
+
 mc_row = st.integers(min_value=1, max_value=6).flatmap(lambda k: st.tuples(
     st.lists(st.floats(min_value=-50, max_value=0, allow_nan=False), min_size=k, max_size=k),
     st.integers(min_value=0, max_value=k - 1),
@@ -186,3 +195,60 @@ def test_answer_metrics_range_and_row_order(rows, rnd) -> None:
     oracle = _agg("bon_oracle", table)["value"]
     for name in ("bon_first", "bon_random", "bon_majority", "bon_max_mean_logprob"):
         assert _agg(name, table)["value"] <= oracle + 1e-12
+
+
+def _reference_row(cands: list[str], lps: list[list[float]], mode: str, ref: str = "5") -> dict[str, float]:
+    """Plain-Python reference of the per-row answer metrics (lm-eval normalisation, Counter voting)."""
+    from collections import Counter
+
+    from rescore.score.extract import INVALID, exact_match_norm
+
+    ex = flexible_extract if mode == "flexible" else strict_extract
+    answers = [ex(c) for c in cands]
+    correct = [exact_match_norm(a) == ref for a in answers]
+    votes = Counter(exact_match_norm(a) for a in answers if a != INVALID)
+    maj = float(votes.most_common(1)[0][0] == ref) if votes else 0.0
+    means = [sum(x) / len(x) if x else -math.inf for x in lps]
+    sums = [sum(x) for x in lps]
+    return {"maj_at_n": maj, "bon_first": float(correct[0]), "bon_oracle": float(any(correct)),
+            "bon_max_mean_logprob": float(correct[int(np.argmax(means))]),
+            "bon_max_sum_logprob": float(correct[int(np.argmax(sums))]),
+            "pass_at_1": sum(correct) / len(correct)}
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["#### 5", "#### 4", "5.", "$5", "", "x", "#### 1,000", "4"]),
+                                   st.lists(st.sampled_from([-0.5, -1.0, -0.25]), max_size=3)),
+                         min_size=1, max_size=6), min_size=1, max_size=10))
+def test_vectorised_answer_metrics_match_a_plain_reference(rows) -> None:
+    schema = schema_for("generate")
+    data = [{"sample_id": f"{i:04d}", "candidates": [c for c, _ in r], "target": "#### 5",
+             "cand_logprobs": [lp for _, lp in r]} for i, r in enumerate(rows)]
+    names = ["sample_id", "candidates", "target", "cand_logprobs"]
+    table = pa.Table.from_pylist(data, schema=pa.schema([schema.field(n) for n in names]))
+    refs = [_reference_row([c for c, _ in r], [lp for _, lp in r], "flexible") for r in rows]
+    for name in refs[0]:
+        got = np.asarray(metrics.get(name).compute(table, UnitInfo("p", {}))["value"])
+        want = np.array([x[name] for x in refs])
+        assert np.allclose(got, want), (name, got, want)
+
+
+@SETTINGS
+@given(st.lists(st.lists(st.sampled_from([-1.0, -2.0, 0.0, -np.inf, np.nan, -0.5]), max_size=5), min_size=1,
+                max_size=20), st.booleans())
+def test_segment_argmax_and_softmax_match_numpy_per_row(rows, uniform) -> None:
+    from rescore.score.columns import segment_argmax, segment_softmax
+
+    if uniform:
+        rows = [(r + [-3.0] * 4)[:4] for r in rows]
+    off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    flat = np.array([x for r in rows for x in r], dtype=np.float64)
+    got = segment_argmax(flat, off)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sm = segment_softmax(flat, off)
+        for i, r in enumerate(rows):
+            assert got[i] == (int(np.argmax(r)) if r else -1)
+            if r:
+                x = np.array(r)
+                e = np.exp(x - np.max(x))
+                np.testing.assert_allclose(sm[off[i]:off[i + 1]], e / e.sum(), equal_nan=True)

@@ -31,6 +31,8 @@ ROLE_MARKERS = ("user:", "assistant:", "system:", "<|", "|>", "[inst]", "</s>", 
 REFUSALS = ("i can't", "i can’t", "i cannot", "i won't", "i won’t", "sorry", "i'm unable", "i am unable",
             "i'm not able", "i am not able")
 
+_ROLE_RE = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS))
+_REFUSAL_RE = re.compile("|".join(re.escape(m) for m in REFUSALS))
 _BULLET = re.compile(r"^[ \t]*(?:- |\* |• )", re.MULTILINE)
 _NUMBERED = re.compile(r"^[ \t]*(\d+)[.)](?:\s|$)", re.MULTILINE)
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
@@ -111,13 +113,11 @@ def uppercase(text: str, p: Any) -> bool:
 
 
 def refusal(text: str, p: Any) -> bool:
-    t = text.lower()
-    return any(r in t for r in REFUSALS)
+    return _REFUSAL_RE.search(text.lower()) is not None
 
 
 def no_role_leak(text: str, p: Any = True) -> bool:
-    t = text.lower()
-    return not any(m in t for m in ROLE_MARKERS)
+    return _ROLE_RE.search(text.lower()) is None
 
 
 CHECKS: dict[str, Callable[[str, Any], bool]] = {

@@ -30,7 +30,8 @@ def memo(table: pa.Table, key: str, compute: Callable[[], T]) -> T:
 
 
 def flat_list(col: pa.ChunkedArray | pa.Array, dtype: Any = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A list column as (flat values, row offsets of length n+1, row-is-null mask). Null lists are empty."""
+    """A list column as (flat values, row offsets of length n+1, row-is-null mask). Null lists are empty.
+    ``dtype=None`` keeps the values' own type (no copy)."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if isinstance(arr.type, pa.LargeListType):
         arr = arr.cast(pa.list_(arr.type.value_type))
@@ -42,8 +43,8 @@ def flat_list(col: pa.ChunkedArray | pa.Array, dtype: Any = np.float64) -> tuple
     offsets = offsets - offsets[0]
     flat = values.to_numpy(zero_copy_only=False)
     if flat.dtype == object:  # nulls inside
-        flat = np.array([np.nan if x is None else x for x in flat], dtype=dtype)
-    return np.asarray(flat, dtype=dtype), offsets, null
+        flat = np.array([np.nan if x is None else x for x in flat], dtype=dtype or np.float64)
+    return (flat if dtype is None else np.asarray(flat, dtype=dtype)), offsets, null
 
 
 def row_ids(offsets: np.ndarray) -> np.ndarray:
@@ -58,6 +59,9 @@ def segment_argmax(vals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     n = len(offsets) - 1
     out = np.full(n, -1, dtype=np.int64)
     lens = np.diff(offsets)
+    k = uniform_width(offsets)
+    if k:  # every row has k entries (the usual multiple-choice table): numpy's own argmax
+        return vals.reshape(n, k).argmax(axis=1).astype(np.int64)
     nonempty = lens > 0
     if not nonempty.any() or vals.size == 0:
         return out
@@ -78,10 +82,27 @@ def segment_argmax(vals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+def uniform_width(offsets: np.ndarray) -> int:
+    """k when every row has exactly k > 0 entries, else 0."""
+    n = len(offsets) - 1
+    if n <= 0 or offsets[-1] % n:
+        return 0
+    k = int(offsets[-1] // n)
+    if k == 0 or not np.array_equal(offsets, np.arange(n + 1, dtype=offsets.dtype) * k):
+        return 0
+    return k
+
+
 def segment_softmax(vals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Softmax within each row segment (lm-eval's ``utils.softmax``: exp(x - max) / sum)."""
     if vals.size == 0:
         return vals.astype(np.float64)
+    k = uniform_width(offsets)
+    if k:
+        m = vals.reshape(-1, k)
+        with np.errstate(invalid="ignore", over="ignore"):
+            e = np.exp(m - m.max(axis=1, keepdims=True))
+            return (e / e.sum(axis=1, keepdims=True)).reshape(-1)
     lens = np.diff(offsets)
     nonempty = lens > 0
     starts = offsets[:-1][nonempty]

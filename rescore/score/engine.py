@@ -7,7 +7,8 @@ changed version, parameter or regenerated unit counts as missing. Each file is w
 crash leaves every earlier file intact. Partial units are skipped and reported.
 
 Score file ``scores/<run_id>/<metric>@<version>.parquet``: ``sample_id``, ``value`` (float64, null where
-the metric does not apply) and the metric's auxiliary columns; its Parquet key-value metadata
+the metric does not apply) and the metric's auxiliary columns, one row per unit row (no rows at all when
+the metric applies to none, e.g. SFT rates on a GSM8K unit); its Parquet key-value metadata
 ``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each ``category``), so
 :func:`build_results` never rereads per-row values. ``scores/<run_id>/_index.json`` caches those footers
 (keyed by file size and mtime); it is only a cache.
@@ -21,9 +22,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import atomic_write_bytes, atomic_write_table
+from rescore.artifacts.io import atomic_write_table
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, UserError
@@ -171,8 +173,8 @@ def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def _write_index(d: Path, index: dict[str, Any]) -> None:
-    try:
-        atomic_write_bytes(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS))
+    try:  # not fsynced: a lost or torn index only means footers are read again
+        _write_atomic(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS))
     except OSError:
         pass  # the index is only a cache
 
@@ -187,9 +189,10 @@ def subsets_of(table: pa.Table) -> dict[str, np.ndarray | None]:
     """``{"all": None}`` plus one boolean row mask per category value."""
     out: dict[str, np.ndarray | None] = {ALL: None}
     if "category" in table.column_names and table.column("category").null_count < table.num_rows:
-        cats = np.asarray(table.column("category").to_numpy(zero_copy_only=False), dtype=object)
-        for c in sorted({c for c in cats if c is not None}):
-            out[str(c)] = cats == c
+        enc = table.column("category").combine_chunks().dictionary_encode()
+        idx = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        for k, c in sorted(enumerate(enc.dictionary.to_pylist()), key=lambda x: str(x[1])):
+            out[str(c)] = idx == k
     return out
 
 
@@ -226,6 +229,72 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def write_score_file(path: Path, table: pa.Table) -> None:
+    """Atomic (tmp + ``os.replace``) but not yet durable: :func:`sync_scores` makes a whole unit's files
+    durable at once. Score files are a cache that is checked when read (an unreadable file counts as
+    missing and is recomputed), so one sync per unit keeps crash safety at a fraction of the cost of an
+    fsync per file."""
+    import io
+
+    buf = io.BytesIO()
+    # sample ids are unique: dictionary-encoding them costs most of the write and saves nothing
+    pq.write_table(table, buf, compression="zstd", use_dictionary=[c for c in table.column_names if c != "sample_id"])
+    _write_atomic(path, buf.getbuffer())
+
+
+def _write_atomic(path: Path, data: Any) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def sync_scores(d: Path, names: Sequence[str]) -> None:
+    """Flush a unit's new score files to disk: one ``syncfs`` of the filesystem where Linux has it, else
+    an fsync per file; then the directory."""
+    from rescore.artifacts.io import fsync_dir
+
+    if not names:
+        return
+    if not _syncfs(d):
+        for n in names:
+            try:
+                fd = os.open(d / n, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(d)
+
+
+def _syncfs(d: Path) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            return libc.syncfs(fd) == 0
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        return False
+
+
 def score_table(spec: Metric, table: pa.Table, cols: dict[str, Any], meta: dict[str, Any]) -> pa.Table:
     arrays: dict[str, pa.Array] = {"sample_id": table.column("sample_id").combine_chunks()}
     for k, v in cols.items():
@@ -251,11 +320,20 @@ def _spec_meta(spec: Metric, unit: Unit) -> dict[str, Any]:
     }
 
 
-def score_unit(store: Store, unit: Unit, specs: Sequence[Metric]) -> list[tuple[str, dict[str, Any]]]:
-    """Compute ``specs`` on one complete unit and write their score files. Returns (file name, meta)."""
+def load_unit(unit: Unit, specs: Sequence[Metric]) -> tuple[pa.Table, set[str]]:
+    """The columns ``specs`` need (plus sample_id and category) of a complete unit, checksum verified."""
     names = set(unit_columns(unit))
     cols_needed = {"sample_id", "category"} | {c for s in specs for c in s.columns}
-    table = unit.read_table(columns=[c for c in sorted(cols_needed) if c in names])
+    return unit.read_table(columns=[c for c in sorted(cols_needed) if c in names]), names
+
+
+def score_unit(store: Store, unit: Unit, specs: Sequence[Metric], loaded: tuple[pa.Table, set[str]] | None = None,
+               writer: ThreadPoolExecutor | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Compute ``specs`` on one complete unit and write their score files. Returns (file name, meta).
+
+    With ``writer``, files are compressed and written on that thread while the next metric computes
+    (Parquet encoding and file I/O release the GIL); every write has finished when this returns."""
+    table, names = loaded if loaded is not None else load_unit(unit, specs)
     subsets = subsets_of(table)
 
     def read_more(columns: list[str]) -> pa.Table:
@@ -263,28 +341,47 @@ def score_unit(store: Store, unit: Unit, specs: Sequence[Metric]) -> list[tuple[
 
     info = UnitInfo(run_id=unit.run_id, manifest=unit.manifest, read=read_more)
     d = scores_dir(store, unit.run_id)
-    written = []
-    for spec in specs:
-        try:
-            cols = spec.compute(table, info)
-            meta = _spec_meta(spec, unit)
-            meta["aggregates"] = aggregate_rows(spec, cols, subsets)
-            meta["n_rows"] = table.num_rows
-            meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            out = score_table(spec, table, cols, meta)
-        except UserError:
-            raise
-        except Exception as e:
-            if os.environ.get("RESCORE_DEBUG"):
-                raise
-            raise ScoreError(
-                f"metric {spec.name!r} (version {spec.version}) failed on unit {unit.run_id[:12]} "
-                f"({unit.describe()}): {type(e).__name__}: {e}",
-                hint="fix the metric and run `rescore score` again (RESCORE_DEBUG=1 shows the traceback); "
-                     "scores written before it are kept") from None
-        atomic_write_table(d / spec.file_name, out)
-        written.append((spec.file_name, meta))
+    written: list[tuple[str, dict[str, Any]]] = []
+    pending: list[Future[None]] = []
+    try:
+        for spec in specs:
+            name, meta, out = _score_one(spec, table, info, unit, subsets)
+            if writer is not None:
+                pending.append(writer.submit(write_score_file, d / name, out))
+            else:
+                write_score_file(d / name, out)
+            written.append((name, meta))
+    finally:
+        for f in pending:
+            f.result()
+        sync_scores(d, [name for name, _ in written])
     return written
+
+
+def _score_one(spec: Metric, table: pa.Table, info: UnitInfo, unit: Unit,
+               subsets: dict[str, np.ndarray | None]) -> tuple[str, dict[str, Any], pa.Table]:
+    try:
+        cols = spec.compute(table, info)
+        meta = _spec_meta(spec, unit)
+        meta["aggregates"] = aggregate_rows(spec, cols, subsets)
+        meta["n_rows"] = table.num_rows
+        meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # a metric that applies to no row of the unit (SFT rates on GSM8K, say) stores no rows at all
+        meta["applies"] = bool(meta["aggregates"])
+        out = score_table(spec, table, cols, meta)
+        if not meta["applies"]:
+            out = out.slice(0, 0)
+    except UserError:
+        raise
+    except Exception as e:
+        if os.environ.get("RESCORE_DEBUG"):
+            raise
+        raise ScoreError(
+            f"metric {spec.name!r} (version {spec.version}) failed on unit {unit.run_id[:12]} "
+            f"({unit.describe()}): {type(e).__name__}: {e}",
+            hint="fix the metric and run `rescore score` again (RESCORE_DEBUG=1 shows the traceback); "
+                 "scores written before it are kept") from None
+    return spec.file_name, meta, out
 
 
 def unit_columns(unit: Unit) -> list[str]:
@@ -296,9 +393,20 @@ def unit_columns(unit: Unit) -> list[str]:
         return column_names(unit.request_type)
 
 
-def _score_unit_job(root: str, run_id: str, specs: Sequence[Metric]) -> list[tuple[str, dict[str, Any]]]:
-    store = Store(root)
-    return score_unit(store, store.unit(run_id), specs)
+_FORK_WORK: tuple[Store, list[tuple[Unit, list[Metric]]]] | None = None
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _score_unit_job(index: int) -> list[tuple[str, dict[str, Any]]]:
+    assert _FORK_WORK is not None
+    store, work = _FORK_WORK
+    unit, specs = work[index]
+    return score_unit(store, unit, specs)
 
 
 # -- the whole store ----------------------------------------------------------------------------------
@@ -347,18 +455,35 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
     total = len(work)
     if progress:
         progress("scoring", 0, total)
-    if jobs > 1 and total > 1:
-        with ProcessPoolExecutor(max_workers=min(jobs, total)) as pool:
-            futs = [(u, pool.submit(_score_unit_job, str(store.root), u.run_id, todo)) for u, todo in work]
-            for i, (u, fut) in enumerate(futs):
-                _record(report, u, fut.result())
+    if jobs > 1 and total > 1 and _can_fork():
+        import multiprocessing
+
+        # forked workers inherit the registered metrics (plugins included) and the work list, so specs
+        # (closures, lambdas) never need pickling; each worker gets an index
+        global _FORK_WORK
+        _FORK_WORK = (store, work)
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=ctx) as pool:
+                futs = [(u, pool.submit(_score_unit_job, i)) for i, (u, _) in enumerate(work)]
+                for i, (u, fut) in enumerate(futs):
+                    _record(report, u, fut.result())
+                    if progress:
+                        progress(u.describe(), i + 1, total)
+        finally:
+            _FORK_WORK = None
+    elif work:
+        # one thread reads the next unit and writes score files while this one computes
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rescore-io") as io_pool:
+            nxt = io_pool.submit(load_unit, *work[0])
+            for i, (u, todo) in enumerate(work):
+                loaded = nxt.result()
+                if i + 1 < total:
+                    nxt = io_pool.submit(load_unit, *work[i + 1])
+                _record(report, u, score_unit(store, u, todo, loaded, writer=io_pool))
+                del loaded
                 if progress:
                     progress(u.describe(), i + 1, total)
-    else:
-        for i, (u, todo) in enumerate(work):
-            _record(report, u, score_unit(store, u, todo))
-            if progress:
-                progress(u.describe(), i + 1, total)
     if rebuild:
         table = build_results(store, specs_by_name=_registered_current())
         write_results(store, table)

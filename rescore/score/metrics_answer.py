@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rescore.core import derive_seed
-from rescore.score.columns import flat_list, memo, metas, pylist
+from rescore.score.columns import flat_list, memo, metas, pylist, segment_argmax
 from rescore.score.extract import INVALID, exact_match_norm, flexible_extract, strict_extract
 from rescore.score.spec import Metric, UnitInfo, register_metric
 
@@ -61,6 +61,7 @@ def _refs(table: pa.Table) -> list[str | None]:
         if "meta" in table.column_names:
             hit = pc.match_substring(table.column("meta"), '"answer"').fill_null(False)
             has_answer = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+            has_answer &= np.array([t is None for t in targets], dtype=bool)  # meta only matters without a target
         ms = metas(table) if has_answer is not None and has_answer.any() else None
         out: list[str | None] = []
         for i, t in enumerate(targets):
@@ -78,24 +79,64 @@ def _refs(table: pa.Table) -> list[str | None]:
 
 def _answers(table: pa.Table, mode: str) -> list[str]:
     def f() -> list[str]:
+        flat, off = _cands(table)
+        refs = _refs(table)
+        if all(r is None for r in refs):  # not an answer task (e.g. SFT prompts): nothing to extract
+            return [INVALID] * len(flat)
+        if mode == "strict":
+            return _strict_vectorised(flat, [r is not None for r in refs], off)
         ex = EXTRACT[mode]
-        return [ex(t) for t in _cands(table)[0]]
+        if any(r is None for r in refs):
+            keep = np.repeat(np.array([r is not None for r in refs]), np.diff(off))
+            return [ex(t) if k else INVALID for t, k in zip(flat, keep.tolist(), strict=True)]
+        return [ex(t) for t in flat]
 
     return memo(table, f"gen:answers:{mode}", f)
+
+
+def _strict_vectorised(flat: list[str], has_ref: list[bool], off: np.ndarray) -> list[str]:
+    """``strict_extract`` over many candidates at once with Arrow's RE2. The pattern only involves ASCII
+    classes and a literal prefix, where RE2 and Python's re find the same first match."""
+    res = pc.extract_regex(pa.array(flat, pa.string()), r"#### (?P<m>-?[0-9.,]+)")
+    got = pc.if_else(res.is_valid(), res.field("m"), pa.scalar(None, pa.string())).to_pylist()  # field() drops nulls
+    keep = np.repeat(np.array(has_ref, dtype=bool), np.diff(off)).tolist()
+    return [g if (g is not None and k) else INVALID for g, k in zip(got, keep, strict=True)]
+
+
+def _ids(table: pa.Table, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(normalised-answer id per flat candidate, reference id per row (-2: none), valid mask per candidate).
+
+    Ids index the distinct normalised strings, so equality of ids is lm-eval's string equality after
+    normalisation. A candidate is valid (it votes) when the extractor found something."""
+
+    def f() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        answers = _answers(table, mode)
+        # normalise each distinct answer once
+        enc = pa.array(answers, pa.string()).dictionary_encode()
+        uniq = enc.dictionary.to_pylist()
+        ids: dict[str, int] = {}
+        uniq_ids = np.fromiter((ids.setdefault(exact_match_norm(a), len(ids)) for a in uniq), dtype=np.int64,
+                               count=len(uniq))
+        idx = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        ans = uniq_ids[idx] if len(uniq) else np.zeros(0, dtype=np.int64)
+        ref = np.fromiter((-2 if r is None else ids.setdefault(r, len(ids)) for r in _refs(table)), dtype=np.int64,
+                          count=table.num_rows)
+        invalid = uniq.index(INVALID) if INVALID in uniq else -1
+        valid = idx != invalid
+        return ans, ref, valid
+
+    return memo(table, f"gen:ids:{mode}", f)
 
 
 def _correct(table: pa.Table, mode: str) -> np.ndarray:
     """Per flat candidate: 1.0 correct, 0.0 wrong, NaN when the row has no reference."""
 
     def f() -> np.ndarray:
-        answers = _answers(table, mode)
+        ans, ref, _ = _ids(table, mode)
         _, off = _cands(table)
-        refs = _refs(table)
-        rid = np.repeat(np.arange(len(refs)), np.diff(off))
-        out = np.empty(len(answers))
-        for j, (a, r) in enumerate(zip(answers, rid.tolist(), strict=True)):
-            ref = refs[r]
-            out[j] = np.nan if ref is None else float(exact_match_norm(a) == ref)
+        rref = ref[np.repeat(np.arange(len(ref)), np.diff(off))]
+        out = (ans == rref).astype(np.float64)
+        out[rref == -2] = np.nan
         return out
 
     return memo(table, f"gen:correct:{mode}", f)
@@ -128,33 +169,31 @@ def exact_match_flexible(table: pa.Table) -> dict[str, Any]:
 
 
 def _vote(table: pa.Table, mode: str, k: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(majority-is-correct per row, index of the first candidate holding the majority answer)."""
-    answers = _answers(table, mode)
+    """(majority-is-correct per row, index of the first candidate holding the majority answer).
+
+    Votes are counted per (row, normalised answer) among the first k valid candidates; the winner is the
+    answer with the most votes, ties going to the answer seen first (``Counter.most_common`` order)."""
+    ans, ref, valid = _ids(table, mode)
     _, off = _cands(table)
-    refs = _refs(table)
-    value = np.full(len(refs), np.nan)
-    chosen = np.full(len(refs), -1, dtype=np.int64)
-    for r, ref in enumerate(refs):
-        a, b = int(off[r]), int(off[r + 1])
-        if ref is None or b == a:
-            continue
-        b = min(b, a + k) if k else b
-        if k and b - a < k:
-            continue
-        votes: Counter[str] = Counter()
-        first_at: dict[str, int] = {}
-        for j in range(a, b):
-            if answers[j] == INVALID:
-                continue
-            norm = exact_match_norm(answers[j])
-            votes[norm] += 1
-            first_at.setdefault(norm, j - a)
-        if not votes:
-            value[r] = 0.0
-            continue
-        win = votes.most_common(1)[0][0]
-        value[r] = float(win == ref)
-        chosen[r] = first_at[win]
+    n = np.diff(off)
+    rid = np.repeat(np.arange(len(n)), n)
+    pos = np.arange(len(ans)) - np.repeat(off[:-1], n)
+    voting = valid & ((pos < k) if k else True)
+    counts = np.full(len(ans), -1.0)
+    if voting.any():
+        key = rid[voting] * (int(ans.max()) + 1) + ans[voting]
+        _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        counts[voting] = cnt[inv]
+    win = segment_argmax(counts, off)
+    value = np.full(len(n), np.nan)
+    chosen = np.full(len(n), -1, dtype=np.int64)
+    applies = (ref != -2) & (n > 0) & ((n >= k) if k else True)
+    has_vote = applies & (win >= 0)
+    has_vote[has_vote] &= counts[off[:-1][has_vote] + win[has_vote]] > 0
+    value[applies] = 0.0
+    flat_win = off[:-1][has_vote] + win[has_vote]
+    value[has_vote] = (ans[flat_win] == ref[has_vote]).astype(np.float64)
+    chosen[has_vote] = win[has_vote]
     return value, chosen
 
 
@@ -179,9 +218,13 @@ def pass_at_k(table: pa.Table, k: int = 1, extract: str = "flexible") -> dict[st
     ok = n > 0
     if ok.any():
         c[ok] = np.add.reduceat(np.nan_to_num(corr), off[:-1][ok])
-    has_ref = np.array([r is not None for r in _refs(table)], dtype=bool)
-    for r in np.flatnonzero(ok & has_ref & (n >= k)):
-        value[r] = pass_at_k_estimate(int(n[r]), int(c[r]), int(k))
+    has_ref = _ids(table, extract)[1] != -2
+    rows = ok & has_ref & (n >= k)
+    if rows.any():
+        pairs = np.stack([n[rows], c[rows].astype(np.int64)], axis=1)
+        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+        est = np.array([pass_at_k_estimate(int(a), int(b), int(k)) for a, b in uniq])
+        value[rows] = est[np.asarray(inv).reshape(-1)]
     return {"value": value, "n_correct": c, "n_candidates": n.astype(np.float64)}
 
 
@@ -195,12 +238,12 @@ def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         if outer.null_count:
             outer = pc.fill_null(outer, pa.scalar([], type=outer.type))
         inner = outer.values.slice(outer.offsets[0].as_py(), outer.offsets[-1].as_py() - outer.offsets[0].as_py())
-        vals, ioff, inull = flat_list(inner)
+        vals, ioff, inull = flat_list(inner, dtype=None)
         n = np.diff(ioff)
         s = np.zeros(len(n))
         ne = n > 0
         if ne.any():
-            s[ne] = np.add.reduceat(vals, ioff[:-1][ne])
+            s[ne] = np.add.reduceat(vals, ioff[:-1][ne], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(ne, s / np.maximum(n, 1), -np.inf)
         s[inull] = np.nan
@@ -212,42 +255,52 @@ def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return memo(table, "gen:lpstats", f)
 
 
+def _random_index(table: pa.Table, seed: int) -> np.ndarray:
+    def f() -> np.ndarray:
+        _, off = _cands(table)
+        n = np.diff(off)
+        has_ref = (_ids(table, "flexible")[1] != -2).tolist()
+        sids = pylist(table, "sample_id")
+        return np.fromiter((derive_seed(seed, sid, 0) % m if m and h else -1
+                            for sid, m, h in zip(sids, n.tolist(), has_ref, strict=True)), dtype=np.int64, count=len(n))
+
+    return memo(table, f"gen:random:{seed}", f)
+
+
 def _select(table: pa.Table, strategy: str, extract: str, seed: int, scores: np.ndarray | None) -> dict[str, Any]:
-    corr = _correct(table, extract)
-    _, off = _cands(table)
-    n = np.diff(off)
-    refs = _refs(table)
-    value = np.full(len(n), np.nan)
-    chosen = np.full(len(n), -1, dtype=np.int64)
     if strategy == "majority":
         value, chosen = _vote(table, extract, None)
         return {"value": value, "selected": chosen}
-    key: np.ndarray | None = None
-    if strategy in ("max_mean_logprob", "max_sum_logprob"):
-        s, mean = _cand_logprob_stats(table)
-        key = mean if strategy == "max_mean_logprob" else s
-    elif strategy == "reranker":
-        key = scores
-    sids = pylist(table, "sample_id") if strategy == "random" else None
-    for r in range(len(n)):
-        a, b = int(off[r]), int(off[r + 1])
-        if refs[r] is None or b == a:
-            continue
-        if strategy == "first":
-            j = 0
-        elif strategy == "oracle":
-            value[r] = float(np.nansum(corr[a:b]) > 0)
-            continue
-        elif strategy == "random":
-            j = derive_seed(seed, sids[r], 0) % (b - a)  # type: ignore[index]
+    corr = _correct(table, extract)
+    _, off = _cands(table)
+    n = np.diff(off)
+    applies = (_ids(table, extract)[1] != -2) & (n > 0)
+    value = np.full(len(n), np.nan)
+    chosen = np.full(len(n), -1, dtype=np.int64)
+    if strategy == "oracle":
+        if applies.any():
+            best = np.maximum.reduceat(np.nan_to_num(corr), off[:-1][applies])
+            value[applies] = (best > 0).astype(np.float64)
+        return {"value": value, "selected": chosen}
+    if strategy == "first":
+        idx = np.zeros(len(n), dtype=np.int64)
+    elif strategy == "random":
+        idx = _random_index(table, seed)
+    else:
+        if strategy in ("max_mean_logprob", "max_sum_logprob"):
+            s, mean = _cand_logprob_stats(table)
+            key = mean if strategy == "max_mean_logprob" else s
         else:
-            assert key is not None
-            seg = key[a:b]
-            if np.isnan(seg).all():
-                continue
-            j = int(np.argmax(np.where(np.isnan(seg), -np.inf, seg)))
-        chosen[r] = j
-        value[r] = corr[a + j]
+            assert scores is not None
+            key = scores
+        nan = np.isnan(key)
+        idx = segment_argmax(np.where(nan, -np.inf, key), off)
+        all_nan = np.ones(len(n), dtype=bool)
+        if applies.any():
+            all_nan[applies] = np.logical_and.reduceat(nan, off[:-1][applies])
+        applies = applies & ~all_nan
+    chosen[applies] = idx[applies]
+    value[applies] = corr[off[:-1][applies] + idx[applies]]
     return {"value": value, "selected": chosen}
 
 

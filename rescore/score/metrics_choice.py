@@ -69,33 +69,50 @@ def _delimiter(unit: UnitInfo | None) -> str:
     return d if isinstance(d, str) else " "
 
 
+def _choice_shape(table: pa.Table, unit: UnitInfo | None) -> tuple[np.ndarray | None, np.ndarray, dict[int, list[str]]]:
+    """(choice starts with the target delimiter, per flat choice; choice offsets; row -> per-choice
+    contexts of partial-scoring rows). Shared by acc_norm and acc_bytes."""
+
+    def f() -> tuple[np.ndarray | None, np.ndarray, dict[int, list[str]]]:
+        flat, coff = _flat_strings(table, "choices")
+        if flat is None:
+            return None, coff, {}
+        delim = _delimiter(unit)
+        starts = np.asarray(pc.starts_with(flat, delim).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool) \
+            if delim else np.zeros(len(flat), dtype=bool)
+        # partial scoring: several choices with one and the same continuation -> per-choice contexts
+        nch = np.diff(coff)
+        partial_rows = np.zeros(len(nch), dtype=bool)
+        if len(flat) and (nch > 1).any():
+            first = np.repeat(coff[:-1], nch)
+            same = np.asarray(pc.equal(flat, flat.take(pa.array(first))).fill_null(True)
+                              .to_numpy(zero_copy_only=False), dtype=bool)
+            partial_rows[nch > 0] = np.logical_and.reduceat(same, coff[:-1][nch > 0])
+            partial_rows &= nch > 1
+        ctxs: dict[int, list[str]] = {}
+        if partial_rows.any():
+            rows = np.flatnonzero(partial_rows)
+            got = _contexts(table, unit, rows)
+            for r, cs in zip(rows.tolist(), got or [], strict=False):
+                if cs is not None and len(cs) == coff[r + 1] - coff[r]:
+                    ctxs[r] = [c or "" for c in cs]
+        return starts, coff, ctxs
+
+    return memo(table, "mc:shape", f)
+
+
 def _norm_lengths(table: pa.Table, unit: UnitInfo | None, by: str) -> np.ndarray:
     """lm-eval's completion_len (``by="chars"``) or byte_length (``by="bytes"``) per flat choice."""
     col = "choice_n_chars" if by == "chars" else "choice_n_bytes"
     lens, _, _ = flat_list(table.column(col))
     lens = lens.copy()
-    flat, coff = _flat_strings(table, "choices")
+    starts, coff, ctxs = _choice_shape(table, unit)
     delim = _delimiter(unit)
     dlen = len(delim) if by == "chars" else len(delim.encode("utf-8"))
-    if flat is not None and dlen:
-        starts = np.asarray(pc.starts_with(flat, delim).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    if starts is not None and dlen:
         lens[starts] -= dlen
-    if flat is not None and len(flat):
-        # partial scoring: several choices with one and the same continuation -> per-choice contexts
-        nch = np.diff(coff)
-        first = np.repeat(coff[:-1], nch)
-        same = np.asarray(pc.equal(flat, flat.take(pa.array(first))).fill_null(True).to_numpy(zero_copy_only=False),
-                          dtype=bool)
-        partial_rows = np.zeros(len(nch), dtype=bool)
-        if (nch > 0).any():
-            partial_rows[nch > 0] = np.logical_and.reduceat(same, coff[:-1][nch > 0])
-        partial_rows &= nch > 1
-        if partial_rows.any():
-            ctx = _contexts(table, unit)
-            if ctx is not None:
-                flat_partial = partial_rows[row_ids(coff)]
-                cl = np.array([len(c) if by == "chars" else len(c.encode("utf-8")) for c in ctx], dtype=np.float64)
-                lens[flat_partial] = cl[flat_partial]
+    for r, cs in ctxs.items():
+        lens[coff[r] : coff[r + 1]] = [len(c) if by == "chars" else len(c.encode("utf-8")) for c in cs]
     pinned = _pinned(table, "choice_chars" if by == "chars" else "choice_bytes")
     if pinned is not None:
         off = _lls(table)[1]
@@ -117,15 +134,15 @@ def _flat_strings(table: pa.Table, name: str) -> tuple[pa.Array | None, np.ndarr
     return flat, off - off[0]
 
 
-def _contexts(table: pa.Table, unit: UnitInfo | None) -> list[str] | None:
+def _contexts(table: pa.Table, unit: UnitInfo | None, rows: np.ndarray) -> list[list[str] | None] | None:
+    """The per-choice contexts of ``rows`` (null for rows whose choices share the prompt)."""
     if "contexts" in table.column_names:
         col = table.column("contexts")
     elif unit is not None and unit.read is not None:
         col = unit.read(["contexts"]).column("contexts")
     else:
         return None
-    vals, _, _ = flat_list(col, dtype=object)
-    return [c or "" for c in vals]
+    return col.take(pa.array(rows)).to_pylist()
 
 
 def _pinned(table: pa.Table, key: str) -> dict[int, list[float]] | None:

@@ -115,24 +115,26 @@ def chat_clean_rate(table: pa.Table) -> np.ndarray:
                      for i, c in enumerate(_checks(table))], dtype=np.float64)
 
 
-def _category_rate(table: pa.Table, category: str, check: str, fn: Any) -> np.ndarray:
+def _category_rate(table: pa.Table, category: str, check: str, fn: Any, reuse: bool) -> np.ndarray:
     texts = _texts(table)
     cats = _categories(table)
+    res = _results(table)
     value = np.full(table.num_rows, np.nan)
     for i, c in enumerate(_checks(table)):
         if c is None or texts[i] is None:
             continue
         if cats[i] == category or check in c:
-            value[i] = float(fn(texts[i], c.get(check) or {}))
+            done = res[i].get(check) if reuse and res[i] is not None else None
+            value[i] = float(done if done is not None else fn(texts[i], c.get(check) or {}))
     return value
 
 
 def code_parse_rate(table: pa.Table) -> np.ndarray:
-    return _category_rate(table, "python_code", "python_parses", python_check)
+    return _category_rate(table, "python_code", "python_parses", python_check, reuse=True)
 
 
 def json_valid_rate(table: pa.Table) -> np.ndarray:
-    return _category_rate(table, "strict_json", "json", json_valid)
+    return _category_rate(table, "strict_json", "json", json_valid, reuse=False)
 
 
 def concise_rate(table: pa.Table) -> np.ndarray:
