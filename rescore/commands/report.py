@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
         resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples.")] = 2000,
         level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
-        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (each row draws from a stream derived from it).")] = 0,
+        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (each task and checkpoint pair draws from a stream derived from it).")] = 0,
         allow_mixed: AllowMixedOpt = False,
     ) -> None:
         """Deltas of each checkpoint against a baseline (--baseline, or each stage's bridge from --matrix) per

@@ -5,7 +5,8 @@ For every compared checkpoint, task and metric (the metrics the baseline has on 
 (``delta_ppl = ppl_step - ppl_bridge``, want <= 0; ``delta_acc = acc_step - acc_bridge``, want >= 0; the
 wanted sign comes from the metric's ``higher_is_better``), the relative delta ``delta / |base|``, and a
 paired bootstrap over the shared sample ids (see :mod:`rescore.report.bootstrap`) giving a CI and a
-p-value. Seeds: the seeds both sides have (each side averaged over them), or every seed of each side when
+p-value; the draw is seeded by (``seed``, task, the two checkpoints, the shared ids), so the metrics of a
+task pair share one draw and every number is reproducible. Seeds: the seeds both sides have (each side averaged over them), or every seed of each side when
 they share none. Per-row values come from the scorer's per-row files ``scores/<run_id>/<metric>@<v>.parquet``
 (the same current files ``results.parquet`` is built from), aggregated exactly as the scorer aggregates
 them: a mean, or sum(num)/sum(den) for perplexities and other ratios.
