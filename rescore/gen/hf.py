@@ -18,7 +18,12 @@ Only the hidden states at scored positions go through the LM head and log-softma
 
 Generation is our own decode loop (see :mod:`rescore.gen.sampling`): one seeded generator per candidate.
 
-Backend options (``ModelConfig.options``, besides the loader's): ``share_prefix`` (default true).
+Stored per token: the target's logprob (float32, from the float32 log-softmax of the model's logits),
+and, when the task asks for ``topk > 0``, the top-k alternatives and (rolling) the entropy of the
+next-token distribution.
+
+Backend options (``ModelConfig.options``, besides the loader's): ``share_prefix`` (default true; off
+automatically under attention implementations that take no custom mask, e.g. flash_attention_2).
 """
 
 from __future__ import annotations
@@ -110,7 +115,9 @@ class HFBackend:
         self.torch = torch
         self.device = torch.device(self.info["device"])
         self.max_length: int = int(self.info["max_length"])
-        self.share_prefix: bool = bool(cfg.options.get("share_prefix", True))
+        # Shared-prefix packing needs a custom 4D mask, which sdpa and eager attention take (flash does not).
+        attn = getattr(self.model.config, "_attn_implementation", "sdpa")
+        self.share_prefix: bool = bool(cfg.options.get("share_prefix", True)) and attn in ("sdpa", "eager")
         tok = self._tok
         self.prefix_token_id: int = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         if self.prefix_token_id is None:
@@ -269,7 +276,7 @@ class HFBackend:
             )
             return row
 
-        yield from self._score(units, len(reqs), ctx, make_row, entropy=False)
+        yield from self._score(units, len(reqs), ctx, make_row, entropy=False, greedy=True)
 
     # -- rolling -----------------------------------------------------------------------------------------
     def rolling_units(self, owner: int, r: Request) -> tuple[list[Unit], list[int]]:
@@ -329,10 +336,11 @@ class HFBackend:
             )
             return row
 
-        yield from self._score(units, len(reqs), ctx, make_row, entropy=want_entropy)
+        yield from self._score(units, len(reqs), ctx, make_row, entropy=want_entropy, greedy=False)
 
     # -- the scoring engine ------------------------------------------------------------------------------
-    def _score(self, units: list[Unit], n_owners: int, ctx: RunContext, make_row: Any, *, entropy: bool) -> Iterator[list[dict[str, Any]]]:
+    def _score(self, units: list[Unit], n_owners: int, ctx: RunContext, make_row: Any, *, entropy: bool,
+               greedy: bool) -> Iterator[list[dict[str, Any]]]:
         pending = {i: _Pending(0) for i in range(n_owners)}
         for u in units:
             pending[u.owner].remaining += 1
@@ -348,7 +356,7 @@ class HFBackend:
         if rows:
             yield rows
         for batch in plan_batches(real, ctx.batch_size, ctx.max_batch_tokens):
-            results = self.score_batch(batch, ctx.topk, entropy)
+            results = self.score_batch(batch, ctx.topk, entropy, greedy)
             ctx.on_tokens(sum(len(u.tokens) for u in batch))
             rows = []
             for u, res in zip(batch, results, strict=True):
@@ -361,7 +369,7 @@ class HFBackend:
             if rows:
                 yield rows
 
-    def score_batch(self, batch: list[Unit], topk: int, entropy: bool) -> list[list[SpanResult]]:
+    def score_batch(self, batch: list[Unit], topk: int, entropy: bool, greedy: bool = True) -> list[list[SpanResult]]:
         """One forward pass over ``batch`` (right-padded); per unit, per span, the scored values."""
         torch = self.torch
         dev = self.device
@@ -384,44 +392,70 @@ class HFBackend:
                 p_idx += sp.positions
                 tgt += sp.targets
         with torch.inference_mode():
-            lp = self._scored_logprobs(ids.to(dev), None if mask is None else mask.to(dev), pos.to(dev), torch.tensor(b_idx), torch.tensor(p_idx))
-            tgt_t = torch.tensor(tgt, dtype=torch.long)
-            chosen = lp.gather(1, tgt_t.to(lp.device)[:, None])[:, 0].float().cpu().numpy()
-            greedy = (lp.argmax(-1).cpu() == tgt_t).numpy()
-            if topk:
-                tv, ti = lp.topk(min(topk, lp.shape[-1]), dim=-1)
-                tv, ti = tv.float().cpu().tolist(), ti.cpu().tolist()
-            if entropy:
-                ent = (-(lp.exp() * lp).sum(-1)).float().cpu().tolist()
+            stats = self._scored_stats(ids.to(dev), None if mask is None else mask.to(dev), pos.to(dev),
+                                       torch.tensor(b_idx), torch.tensor(p_idx), torch.tensor(tgt, dtype=torch.long),
+                                       greedy=greedy, topk=topk, entropy=entropy)
+        chosen = stats["chosen"].numpy()
+        is_greedy = stats["greedy"].numpy() if greedy else None
+        ti = stats["topk_ids"].tolist() if topk else None
+        tv = stats["topk_logprobs"].tolist() if topk else None
+        ent = stats["entropy"].tolist() if entropy else None
         out: list[list[SpanResult]] = []
         k = 0
         for u in batch:
             res = []
             for sp in u.spans:
-                n = len(sp.positions)
-                sl = slice(k, k + n)
+                sl = slice(k, k + len(sp.positions))
                 res.append(SpanResult(
                     logprobs=chosen[sl].astype(np.float32),
-                    greedy=bool(greedy[sl].all()),
-                    topk_ids=ti[sl] if topk else None,
-                    topk_logprobs=tv[sl] if topk else None,
-                    entropy=ent[sl] if entropy else None,
+                    greedy=bool(is_greedy[sl].all()) if is_greedy is not None else False,
+                    topk_ids=ti[sl] if ti is not None else None,
+                    topk_logprobs=tv[sl] if tv is not None else None,
+                    entropy=ent[sl] if ent is not None else None,
                 ))
-                k += n
+                k += len(sp.positions)
             out.append(res)
         return out
 
-    def _scored_logprobs(self, ids: Any, mask: Any, pos: Any, b_idx: Any, p_idx: Any) -> Any:
-        """float32 log-softmax at the (batch, position) pairs only: [N, vocab]."""
+    def _scored_stats(self, ids: Any, mask: Any, pos: Any, b_idx: Any, p_idx: Any, tgt: Any, *, greedy: bool,
+                      topk: int, entropy: bool) -> dict[str, Any]:
+        """Per scored position (CPU tensors): the target's logprob, whether it is the argmax, top-k, entropy.
+
+        The hidden states at the scored positions go through the LM head and a float32 log-softmax in
+        chunks of HEAD_CHUNK positions, reduced right away (no [N, vocab] tensor for the whole batch)."""
         torch = self.torch
         if self._head_path:
             hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
             h = hidden[b_idx.to(hidden.device), p_idx.to(hidden.device)]
             head = self.model.get_output_embeddings()
-            parts = [self._finish_logits(head(h[i : i + HEAD_CHUNK])) for i in range(0, h.shape[0], HEAD_CHUNK)]
-            return torch.cat(parts) if parts else torch.zeros((0, self.model.config.vocab_size))
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        return torch.log_softmax(logits[b_idx.to(logits.device), p_idx.to(logits.device)].float(), dim=-1)
+
+            def chunk_lp(a: int, b: int) -> Any:
+                return self._finish_logits(head(h[a:b]))
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            sel = logits[b_idx.to(logits.device), p_idx.to(logits.device)]
+
+            def chunk_lp(a: int, b: int) -> Any:
+                return torch.log_softmax(sel[a:b].float(), dim=-1)
+
+        n = len(tgt)
+        parts: dict[str, list[Any]] = {"chosen": [], "greedy": [], "topk_ids": [], "topk_logprobs": [], "entropy": []}
+        for a in range(0, n, HEAD_CHUNK):
+            lp = chunk_lp(a, min(n, a + HEAD_CHUNK))
+            t = tgt[a : a + HEAD_CHUNK].to(lp.device)
+            parts["chosen"].append(lp.gather(1, t[:, None])[:, 0].cpu())
+            if greedy:
+                parts["greedy"].append((lp.argmax(-1) == t).cpu())
+            if topk:
+                tv, ti = lp.topk(min(topk, lp.shape[-1]), dim=-1)
+                parts["topk_logprobs"].append(tv.cpu())
+                parts["topk_ids"].append(ti.cpu())
+            if entropy:
+                parts["entropy"].append((-(lp.exp() * lp).sum(-1)).cpu())
+        empty = {"chosen": torch.zeros(0), "greedy": torch.zeros(0, dtype=torch.bool),
+                 "topk_ids": torch.zeros((0, topk), dtype=torch.long), "topk_logprobs": torch.zeros((0, topk)),
+                 "entropy": torch.zeros(0)}
+        return {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
 
     def _finish_logits(self, logits: Any) -> Any:
         cap = getattr(self.model.config, "final_logit_softcapping", None)
