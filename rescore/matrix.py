@@ -71,6 +71,7 @@ class MatrixConfig(Strict):
     stages: tuple[StageConfig, ...] = Field(min_length=1)
     slurm: SlurmConfig = SlurmConfig()
     data_root: str | None = None
+    policy: dict[str, Any] | None = Field(None, description="compare policy (see `rescore compare --matrix`)")
 
     _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
 
@@ -141,6 +142,13 @@ def matrix_problems(data: Any, source: str) -> list[str]:
                 suite_path(suite)
             except ConfigError as e:
                 problems.append(f"{source}: stages.{i}.suites: {e.render()}")
+    if data.get("policy") is not None:
+        from rescore.report.policy import policy_from
+
+        try:
+            policy_from(data["policy"], f"{source}: policy")
+        except ConfigError as e:
+            problems.append(e.render())
     if isinstance(data.get("model"), dict):
         try:
             ModelConfig(name="x", path="x", **data["model"])
