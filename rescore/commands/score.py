@@ -131,8 +131,11 @@ def register(app: typer.Typer) -> None:
         subset: Annotated[list[str] | None, typer.Option("--subset", help="Subset rows: 'all' (default), a category, or '*'.")] = None,
         fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json | markdown")] = "table",
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+        allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Show runs of different precision, dtype, "
+                                                  "tokenizer or chat template side by side.")] = False,
     ) -> None:
-        """Print the results table (seed aggregates of whole tasks by default)."""
+        """Print the results table (seed aggregates of whole tasks by default). Refuses runs of one task that
+        differ in precision, dtype, tokenizer or chat template unless --allow-mixed."""
         from rescore.artifacts.io import atomic_write_text
         from rescore.artifacts.store import Store
         from rescore.errors import ConfigError
@@ -143,6 +146,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"unknown --format {fmt!r}", hint="choose table, csv, json or markdown")
         rows = rep.filter_results(read_results(Store(store)), model=model, task=task, metric=metric,
                                   seed=seed or ["agg"], subset=subset or ["all"])
+        from rescore.report.compare import guard_result_rows
+
+        for warning in guard_result_rows(Store(store), rows, allow_mixed=allow_mixed):
+            print(f"warning: {warning}", file=sys.stderr)
         if fmt == "table":
             if output is not None:
                 raise ConfigError("--output needs --format csv, json or markdown")

@@ -678,3 +678,18 @@ def render(c: Comparison, fmt: str) -> str:
 
 __all__ = ["compare", "Comparison", "CompareRow", "Checkpoint", "Catalog", "build_catalog", "resolve_baseline",
            "guard_mixed", "MixedRunsError", "render", "to_markdown", "to_csv", "to_json"]
+
+
+def guard_result_rows(store: Store, rows: Sequence[dict[str, Any]], *, allow_mixed: bool = False) -> list[str]:
+    """The precision guard for a results table: the checkpoints and tasks of ``rows`` must agree in
+    precision, dtype, tokenizer and chat template (see :func:`guard_mixed`)."""
+    if not rows:
+        return []
+    tasks = sorted({str(r["task"]) for r in rows})
+    shown = {(str(r["model"]), r.get("step")) for r in rows}
+    try:
+        cat = build_catalog(store, tasks=tasks)
+    except UserError:
+        return []
+    ckpts = [c for c in cat.checkpoints if (c.name, c.step) in shown]
+    return guard_mixed(cat, ckpts, allow_mixed=allow_mixed)
