@@ -252,3 +252,27 @@ def test_segment_argmax_and_softmax_match_numpy_per_row(rows, uniform) -> None:
                 x = np.array(r)
                 e = np.exp(x - np.max(x))
                 np.testing.assert_allclose(sm[off[i]:off[i + 1]], e / e.sum(), equal_nan=True)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(gsm_text, st.text(alphabet=st.sampled_from(list("0123456789,.$-# \nAbÉ")), max_size=20)),
+                min_size=1, max_size=15))
+def test_exact_match_matches_lm_eval(pairs) -> None:
+    """Extraction + lm-eval's exact_match normalisation, against lm-eval's own functions."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    schema = schema_for("generate")
+    table = pa.Table.from_pylist([{"sample_id": f"{i:04d}", "candidates": [g], "target": "x #### " + r}
+                                  for i, (g, r) in enumerate(pairs)],
+                                 schema=pa.schema([schema.field(n) for n in ("sample_id", "candidates", "target")]))
+    for metric, pattern, group in (("exact_match_strict", r"#### (\-?[0-9\.\,]+)", 0),
+                                   ("exact_match_flexible", r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1)):
+        filt = RegexFilter(regex_pattern=pattern, group_select=group)
+        want = []
+        for g, r in pairs:
+            pred = list(filt.apply([[g]], [{}]))[0][0]
+            want.append(exact_match_hf_evaluate([pred], ["x #### " + r], regexes_to_ignore=[",", "\\$", "(?s).*#### ", "\\.$"],
+                                                ignore_case=True, ignore_punctuation=False)["exact_match"])
+        got = metrics.get(metric).compute(table, UnitInfo("p", {}))["value"].tolist()
+        assert got == want, metric
