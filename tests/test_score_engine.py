@@ -415,3 +415,18 @@ def test_scoring_never_imports_torch(store: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_math_equiv_with_math_verify() -> None:
+    pytest.importorskip("math_verify")
+    from rescore.artifacts.schema import schema_for
+    from rescore.score.spec import UnitInfo
+
+    schema = schema_for("generate")
+    rows = [{"sample_id": "a", "candidates": ["The answer is $\\frac{1}{2}$"], "target": "#### 0.5"},
+            {"sample_id": "b", "candidates": ["So we get 1,234 apples.\n#### 1234"], "target": "#### 1234"},
+            {"sample_id": "c", "candidates": ["no idea"], "target": "#### 7"},
+            {"sample_id": "d", "candidates": [], "target": "#### 7"}]
+    t = pa.Table.from_pylist(rows, schema=pa.schema([schema.field(n) for n in ("sample_id", "candidates", "target")]))
+    got = metrics.get("math_equiv").compute(t, UnitInfo("x", {}))["value"].tolist()
+    assert got[:3] == [1.0, 1.0, 0.0] and got[3] != got[3]  # the last row has no candidate: NaN

@@ -118,8 +118,9 @@ def select_metrics(names: Sequence[str] | None = None, *, params: dict[str, dict
 
 
 def _keeps_name(spec: Metric, kw: dict[str, Any]) -> bool:
-    # filling a required parameter (the reranker's file) keeps the name: one reranker table per store
-    return set(kw) <= set(spec.required_params)
+    # an input file (the reranker's scores) keeps the name: one reranker table per store, recomputed when
+    # the file changes (its hash is part of the parameters); other parameters make a new name (pass_at_8)
+    return set(kw) <= {"file"}
 
 
 # -- the score cache ----------------------------------------------------------------------------------
