@@ -430,3 +430,13 @@ def test_math_equiv_with_math_verify() -> None:
     t = pa.Table.from_pylist(rows, schema=pa.schema([schema.field(n) for n in ("sample_id", "candidates", "target")]))
     got = metrics.get("math_equiv").compute(t, UnitInfo("x", {}))["value"].tolist()
     assert got[:3] == [1.0, 1.0, 0.0] and got[3] != got[3]  # the last row has no candidate: NaN
+
+
+def test_parallel_jobs_give_the_same_results(store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(store, other)
+    score_store(Store(store), jobs=1)
+    report = score_store(Store(other), jobs=2)
+    assert report.computed
+    a, b = read_results(Store(store)), read_results(Store(other))
+    assert a.equals(b)

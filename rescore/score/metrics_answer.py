@@ -40,14 +40,26 @@ from rescore.score.spec import Metric, UnitInfo, register_metric
 EXTRACT = {"strict": strict_extract, "flexible": flexible_extract}
 
 
-def _cands(table: pa.Table) -> tuple[list[str], np.ndarray]:
-    def f() -> tuple[list[str], np.ndarray]:
+def _cands_arrow(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
+    """Every candidate text as one Arrow string array (nulls as ""), with the row offsets."""
+
+    def f() -> tuple[pa.Array, np.ndarray]:
         arr = table.column("candidates").combine_chunks()
         if arr.null_count:
             arr = pc.fill_null(arr, pa.scalar([], type=arr.type))
         off = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
-        flat = arr.values.slice(off[0], off[-1] - off[0]).to_pylist()
-        return [s or "" for s in flat], off - off[0]
+        flat = arr.values.slice(off[0], off[-1] - off[0])
+        if flat.null_count:
+            flat = flat.fill_null("")
+        return flat, off - off[0]
+
+    return memo(table, "gen:cands_arrow", f)
+
+
+def _cands(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    def f() -> tuple[list[str], np.ndarray]:
+        flat, off = _cands_arrow(table)
+        return flat.to_pylist(), off
 
     return memo(table, "gen:cands", f)
 
@@ -84,7 +96,7 @@ def _answers(table: pa.Table, mode: str) -> list[str]:
         if all(r is None for r in refs):  # not an answer task (e.g. SFT prompts): nothing to extract
             return [INVALID] * len(flat)
         if mode == "strict":
-            return _strict_vectorised(flat, [r is not None for r in refs], off)
+            return _strict_vectorised(_cands_arrow(table)[0], [r is not None for r in refs], off)
         ex = EXTRACT[mode]
         if any(r is None for r in refs):
             keep = np.repeat(np.array([r is not None for r in refs]), np.diff(off))
@@ -94,10 +106,11 @@ def _answers(table: pa.Table, mode: str) -> list[str]:
     return memo(table, f"gen:answers:{mode}", f)
 
 
-def _strict_vectorised(flat: list[str], has_ref: list[bool], off: np.ndarray) -> list[str]:
+def _strict_vectorised(flat: list[str] | pa.Array, has_ref: list[bool], off: np.ndarray) -> list[str]:
     """``strict_extract`` over many candidates at once with Arrow's RE2. The pattern only involves ASCII
     classes and a literal prefix, where RE2 and Python's re find the same first match."""
-    res = pc.extract_regex(pa.array(flat, pa.string()), r"#### (?P<m>-?[0-9.,]+)")
+    arr = flat if isinstance(flat, pa.Array) else pa.array(flat, pa.string())
+    res = pc.extract_regex(arr, r"#### (?P<m>-?[0-9.,]+)")
     got = pc.if_else(res.is_valid(), res.field("m"), pa.scalar(None, pa.string())).to_pylist()  # field() drops nulls
     keep = np.repeat(np.array(has_ref, dtype=bool), np.diff(off)).tolist()
     return [g if (g is not None and k) else INVALID for g, k in zip(got, keep, strict=True)]
