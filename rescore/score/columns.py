@@ -120,23 +120,39 @@ def pylist(table: pa.Table, name: str) -> list[Any]:
     return memo(table, f"pylist:{name}", lambda: table.column(name).to_pylist())
 
 
+_META_CACHE: dict[str, dict[str, Any]] = {}
+_META_CACHE_MAX = 200_000
+
+
+def _parse_meta(s: str | None) -> dict[str, Any]:
+    if not s:
+        return {}
+    v = _META_CACHE.get(s)
+    if v is None:
+        try:
+            v = orjson.loads(s)
+        except orjson.JSONDecodeError:
+            v = {}
+        if not isinstance(v, dict):
+            v = {}
+        if len(_META_CACHE) >= _META_CACHE_MAX:
+            _META_CACHE.clear()
+        _META_CACHE[s] = v
+    return v
+
+
 def metas(table: pa.Table) -> list[dict[str, Any]]:
-    """The ``meta`` column parsed from canonical JSON, one dict per row (empty when null)."""
+    """The ``meta`` column parsed from canonical JSON, one dict per row (empty when null). Treat the dicts
+    as read-only: equal meta strings share one parsed dict (the same prompts recur across checkpoints
+    and seeds, so parsing is cached across units too)."""
 
     def parse() -> list[dict[str, Any]]:
         if "meta" not in table.column_names:
             return [{} for _ in range(table.num_rows)]
-        out = []
-        for s in table.column("meta").to_pylist():
-            if not s:
-                out.append({})
-                continue
-            try:
-                v = orjson.loads(s)
-            except orjson.JSONDecodeError:
-                v = {}
-            out.append(v if isinstance(v, dict) else {})
-        return out
+        enc = table.column("meta").combine_chunks().dictionary_encode()
+        parsed = [_parse_meta(s) for s in enc.dictionary.to_pylist()]
+        idx = enc.indices.to_pylist()
+        return [{} if i is None else parsed[i] for i in idx]
 
     return memo(table, "meta", parse)
 
