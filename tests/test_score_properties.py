@@ -111,7 +111,11 @@ def test_rolling_shards_aggregate_to_the_whole(rows, cut) -> None:
         agg = aggregators.get(spec.aggregator)
         whole = spec.compute(table, None)
         parts = [spec.compute(table.slice(0, cut), None), spec.compute(table.slice(cut), None)]
-        cols = lambda c: {k: np.asarray(v, dtype=np.float64) for k, v in c.items() if k in agg.needs}  # noqa: E731
+        needs = agg.needs
+
+        def cols(c, needs=needs):  # noqa: ANN001, ANN202
+            return {k: np.asarray(v, dtype=np.float64) for k, v in c.items() if k in needs}
+
         a = agg(cols(whole), spec.agg_kw)
         b = agg.combine([cols(p) for p in parts], spec.agg_kw)
         assert math.isclose(a.value, b.value, rel_tol=1e-9), name

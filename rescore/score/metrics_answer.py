@@ -24,8 +24,6 @@ The extraction used by maj/pass/bon is a parameter (``extract``: ``flexible`` (d
 from __future__ import annotations
 
 import importlib.util
-import math
-from collections import Counter
 from typing import Any
 
 import numpy as np
