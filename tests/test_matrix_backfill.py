@@ -9,8 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from rescore.artifacts.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
