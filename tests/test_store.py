@@ -159,6 +159,20 @@ def test_corrupt_parquet_is_reported_with_its_path(tmp_path, damage):
         Store(tmp_path).unit("ff").read_table(verify=False)
 
 
+def test_flipped_byte_in_the_middle_is_caught_on_read(tmp_path):
+    store = Store(tmp_path)
+    write_unit(store, "fa", mc_requests(300))
+    p = tmp_path / "gen" / "fa" / "rows.parquet"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, structure intact: only the page checksum can tell
+    p.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError, match=str(p)):
+        Store(tmp_path).unit("fa").read_table()
+    from rescore.verify import check_unit
+
+    assert [f.kind for f in check_unit(tmp_path / "gen" / "fa")] == ["corrupt"]
+
+
 def test_missing_parquet_of_complete_unit_is_an_error(tmp_path):
     store = Store(tmp_path)
     write_unit(store, "ab", mc_requests(3))

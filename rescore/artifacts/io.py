@@ -64,7 +64,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_write_table(path: str | Path, table: pa.Table, *, compression: str = "zstd") -> str:
     """Write ``table`` as Parquet atomically; returns the sha256 of the written file."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression=compression)
+    # page CRCs let every read verify exactly the pages it uses (see Unit.read_table)
+    pq.write_table(table, buf, compression=compression, write_page_checksum=True)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()

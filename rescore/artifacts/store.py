@@ -152,13 +152,21 @@ class Unit:
         _verified[key] = True
 
     def read_table(self, columns: Sequence[str] | None = None, *, verify: bool = True) -> pa.Table:
+        """The unit's rows (``columns`` only). With ``verify``, every page read is checked against its CRC
+        (units written with page checksums) or the whole file against the manifest's sha256 (older
+        units), so damaged data is an error naming the file, never partial data."""
         if not self.complete:
             raise StoreError(f"unit {self.run_id} is not complete (status {self.status})",
                              hint="finish it with `rescore gen` (it resumes) before reading it")
-        if verify:
+        pages = bool(self.manifest.get("page_checksums"))
+        if verify and not pages:
             self.verify()
+        if not self.parquet_path.is_file():
+            raise CorruptArtifactError(f"{self.parquet_path} is missing but the manifest says the unit is complete",
+                                       hint=f"delete {self.path} and regenerate the unit")
         try:
-            return pq.read_table(self.parquet_path, columns=list(columns) if columns is not None else None)
+            return pq.read_table(self.parquet_path, columns=list(columns) if columns is not None else None,
+                                 page_checksum_verification=verify and pages)
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptArtifactError(f"cannot read {self.parquet_path}: {e}",
                                        hint=f"delete {self.path} and regenerate the unit") from None
@@ -285,6 +293,7 @@ class UnitWriter:
         sha = atomic_write_table(self.dir / ROWS_PARQUET, table)
         self.manifest.update(
             status="complete", rows_done=table.num_rows, rows_total=len(want), rows_parquet_sha256=sha,
+            page_checksums=True,
             completed_at=now_iso(), **(extra_manifest or {}),
         )
         self.manifest.pop("pid", None)
