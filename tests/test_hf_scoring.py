@@ -202,3 +202,27 @@ def test_no_topk_columns_are_null(backends):
     rows = run_all(backends[True], mc_requests()[:1] + rolling_requests()[:1])
     assert rows["mc0"]["choice_topk_ids"] is None and rows["mc0"]["choice_topk_logprobs"] is None
     assert rows["doc0"]["topk_ids"] is None and rows["doc0"]["entropy"] is None
+
+
+def test_is_argmax_first_index_wins():
+    from rescore.gen.hf import _is_argmax
+
+    lp = torch.tensor([[0.0, 1.0, 1.0], [2.0, 0.0, 1.0], [0.0, 0.0, 3.0], [5.0, 5.0, 0.0]])
+    t = torch.tensor([1, 2, 2, 1])
+    chosen = lp.gather(1, t[:, None])[:, 0]
+    assert _is_argmax(lp, chosen, t).tolist() == (lp.argmax(-1) == t).tolist() == [True, False, True, False]
+
+
+def test_greedy_continuation_is_flagged(backends):
+    be = backends[True]
+    ctx = "The game began development in"
+    ids = be.tok_encode(ctx)
+    with torch.inference_mode():
+        for _ in range(3):
+            ids.append(int(be.model(torch.tensor([ids])).logits[0, -1].argmax()))
+    cont = be.tokenizer.decode(ids[len(be.tok_encode(ctx)) :])
+    r = Request(sample_id="g", task="t", request_type="loglikelihood", contexts=(ctx, ctx), continuations=(cont, " zzz"))
+    row = run_all(be, [r])["g"]
+    if row["choice_token_ids"][0] != ids[len(be.tok_encode(ctx)) :]:
+        pytest.skip("greedy tokens do not survive a decode/encode round trip with this tokenizer")
+    assert row["choice_is_greedy"] == [True, False]
