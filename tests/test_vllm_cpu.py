@@ -46,7 +46,8 @@ def worker(inp: Path, out: Path) -> None:
     job = pickle.loads(inp.read_bytes())
     res: dict[str, Any] = {"timings": {}}
     t0 = time.perf_counter()
-    be = make_backend(ModelConfig(name="tiny", path=job["model"], backend="vllm", max_length=MAX_LEN,
+    be = make_backend(ModelConfig(name="tiny", path=job["model"], backend="vllm", max_length=job.get("max_length", MAX_LEN),
+                                  precision=job.get("precision", "fp32"), device=job.get("device", "auto"),
                                   options=dict(ENGINE_OPTIONS, **job.get("options", {}))))
     res["timings"]["startup_s"] = time.perf_counter() - t0
     res["describe"] = be.describe()
