@@ -63,3 +63,26 @@ def test_compare_rows_counts():
     assert (n, mism, bad) == (2, 2, ["a"])
     roll = [{"sample_id": "d", "token_ids": [5, 6], "logprobs": [-0.5, -0.25]}]
     assert compare_rows("rolling", roll, [{"sample_id": "d", "token_ids": [5, 6], "logprobs": [-0.5, -0.2]}])[2] == pytest.approx(0.05)
+
+
+def test_cli_verify_determinism(generated, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rescore.cli import app
+    from rescore.gen.tiny import build_tiny_model
+
+    root, ids = generated
+    runner = CliRunner()
+    res = runner.invoke(app, ["verify", "determinism", ids["hellaswag"], "--store", str(root), "--rows", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout[res.stdout.index("{"):])
+    assert rep["ok"] and rep["rows"] == 2 and rep["token_mismatches"] == 0
+    other = build_tiny_model(tmp_path / "other", seed=3)
+    res = runner.invoke(app, ["verify", "determinism", ids["gsm8k_chat"], "--store", str(root), "--rows", "1",
+                              "--model-path", str(other)])
+    assert res.exit_code == 1, res.output
+    assert "NOT reproduced" in res.stdout and "DIFFERENT" in res.stdout
+    res = runner.invoke(app, ["verify", "determinism", "nosuchrun", "--store", str(root)])
+    assert res.exit_code != 0 and "Traceback" not in res.output

@@ -79,5 +79,43 @@ def verify(
         raise typer.Exit(1)
 
 
+@verify_app.command("determinism")
+@handle_errors
+def determinism(
+    run_id: Annotated[str, typer.Argument(help="Run id of a complete unit (see `rescore ls`).")],
+    store: StoreOpt = DEFAULT_STORE,
+    rows: Annotated[int, typer.Option("--rows", help="Regenerate this many rows (the unit's first, by sample id).")] = 20,
+    atol: Annotated[float, typer.Option("--atol", help="Largest per-token logprob difference still counted as equal.")] = 1e-4,
+    model_path: Annotated[str | None, typer.Option("--model-path", help="The model directory, if it moved since the run.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: as recorded).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: as recorded; results must not depend on it).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
+    direct: Annotated[bool, typer.Option("--direct", help="Load task data from its source when it is not prepared.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Regenerate the first ROWS rows of RUN_ID with the model, data and seed of its manifest; report token
+    mismatches and the max abs logprob difference. Exits 1 when tokens differ or a logprob differs by more
+    than --atol."""
+    import json
+
+    from rescore.gen.verify import verify_determinism
+
+    rep = verify_determinism(store, run_id, rows=rows, atol=atol, data_root=data_root, allow_direct=direct,
+                             model_path=model_path, device=device, batch_size=batch_size)
+    if json_out:
+        print(json.dumps(rep.to_dict(), indent=1))
+    else:
+        fp = {True: "same", False: "DIFFERENT", None: "unknown"}[rep.fingerprint_match]
+        print(f"unit {rep.run_id} ({rep.request_type}): regenerated {rep.rows} rows, {rep.sequences} sequences")
+        print(f"  model fingerprint: {fp}")
+        print(f"  token mismatches: {rep.token_mismatches}"
+              + (f" (samples: {', '.join(rep.mismatched_samples[:10])})" if rep.mismatched_samples else ""))
+        print(f"  max abs logprob diff: {rep.max_abs_logprob_diff:.3g}"
+              + (f" (sample {rep.worst_sample})" if rep.worst_sample else "") + f"; tolerance {rep.atol:g}")
+        print("  result: " + ("reproduced" if rep.ok else "NOT reproduced"))
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(verify_app, name="verify")
