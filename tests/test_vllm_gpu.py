@@ -121,6 +121,10 @@ def test_greedy_generations_identical_for_95_percent(vl, backends, job):
 
 
 def test_seeded_sampling_reproducible(vl):
+    """Each candidate has its own seeded generator; on a GPU the logits of a row can still differ in the last
+    bits between batch compositions (vLLM's default kernels are not batch-invariant), which may flip a
+    near-tie, so agreement is asserted for 95% of candidates (on CPU: all, see test_vllm_cpu.py)."""
     a, b = vl["sampled"], vl["sampled_reversed"]
-    for sid, row in a.items():
-        assert b[sid]["cand_token_ids"] == row["cand_token_ids"], sid
+    pairs = [(x, y) for sid, row in a.items() for x, y in zip(row["cand_token_ids"], b[sid]["cand_token_ids"], strict=True)]
+    same = sum(x == y for x, y in pairs)
+    assert same >= 0.95 * len(pairs), f"{same}/{len(pairs)}"
