@@ -82,7 +82,7 @@ def verify(
 @verify_app.command("determinism")
 @handle_errors
 def determinism(
-    run_id: Annotated[str, typer.Argument(help="Run id of a complete unit (see `rescore ls`).")],
+    run_id: Annotated[str | None, typer.Argument(help="Run id of a complete unit (see `rescore ls`).")] = None,
     store: StoreOpt = DEFAULT_STORE,
     rows: Annotated[int, typer.Option("--rows", help="Regenerate this many rows (the unit's first, by sample id).")] = 20,
     atol: Annotated[float, typer.Option("--atol", help="Largest per-token logprob difference still counted as equal.")] = 1e-4,
@@ -91,15 +91,35 @@ def determinism(
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: as recorded; results must not depend on it).")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Load task data from its source when it is not prepared.")] = False,
+    matrix: Annotated[Path | None, typer.Option(help="Instead of RUN_ID: check a sample of MATRIX's complete units.")] = None,
+    sample: Annotated[int, typer.Option(help="With --matrix: how many units to check.")] = 3,
+    sample_seed: Annotated[int, typer.Option(help="With --matrix: seed of the sample.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Regenerate the first ROWS rows of RUN_ID with the model, data and seed of its manifest; report token
     mismatches and the max abs logprob difference. Exits 1 when tokens differ or a logprob differs by more
-    than --atol."""
+    than --atol. With --matrix, does this for a seeded sample of the matrix's complete units."""
     import json
 
+    from rescore.errors import ConfigError
     from rescore.gen.verify import verify_determinism
 
+    if (run_id is None) == (matrix is None):
+        raise ConfigError("give a RUN_ID or --matrix MATRIX", hint="e.g. rescore verify determinism 3fa2c1 --rows 20")
+    if matrix is not None:
+        ids = sample_matrix_units(store, matrix, sample, sample_seed, data_root)
+        reports = [verify_determinism(store, rid, rows=rows, atol=atol, data_root=data_root, allow_direct=direct,
+                                      device=device, batch_size=batch_size) for rid in ids]
+        if json_out:
+            print(json.dumps([r.to_dict() for r in reports], indent=1))
+        else:
+            for r in reports:
+                print(f"{r.run_id[:12]} {r.request_type:13s} rows {r.rows:4d}  token mismatches {r.token_mismatches:3d}  "
+                      f"max |logprob diff| {r.max_abs_logprob_diff:.3g}  {'reproduced' if r.ok else 'NOT reproduced'}")
+            print(f"{sum(r.ok for r in reports)}/{len(reports)} sampled unit(s) reproduced")
+        if not all(r.ok for r in reports):
+            raise typer.Exit(1)
+        return
     rep = verify_determinism(store, run_id, rows=rows, atol=atol, data_root=data_root, allow_direct=direct,
                              model_path=model_path, device=device, batch_size=batch_size)
     if json_out:
@@ -115,6 +135,23 @@ def determinism(
         print("  result: " + ("reproduced" if rep.ok else "NOT reproduced"))
     if not rep.ok:
         raise typer.Exit(1)
+
+
+def sample_matrix_units(store: Path, matrix: Path, k: int, seed: int, data_root: Path | None) -> list[str]:
+    """Run ids of a seeded sample of the matrix's complete, generated (not imported) units."""
+    import random
+
+    from rescore.artifacts.store import Store
+    from rescore.backfill import plan_matrix
+    from rescore.errors import UserError
+    from rescore.matrix import load_matrix
+
+    st = Store(store)
+    units = plan_matrix(st, load_matrix(matrix), source=str(matrix), data_root=data_root, check_paths=False)
+    done = [u.plan.run_id for u in units if u.state == "complete" and "import" not in st.unit(u.plan.run_id).manifest]
+    if not done:
+        raise UserError(f"no complete units of {matrix} in {store}", hint="run `rescore backfill` first")
+    return sorted(random.Random(seed).sample(done, min(k, len(done))))
 
 
 def register(app: typer.Typer) -> None:

@@ -41,6 +41,7 @@ class UnitPlan:
     resolved: dict[str, Any]
     run_id: str
     data: Any = field(default=None, repr=False)  # rescore.tasks.data.TaskData
+    data_root: Path | None = None  # where the suite's local task files were found
 
     @property
     def label(self) -> str:
@@ -107,7 +108,7 @@ def plan_units(
                     "gen": gen.to_dict() if gen else None,
                 }
                 plans.append(UnitPlan(model, suite, task, seed, rt, data.data_fp, gen, resolved,
-                                      make_run_id(resolved), data))
+                                      make_run_id(resolved), data, data_root))
     return plans
 
 
@@ -161,6 +162,7 @@ def build_manifest(plan: UnitPlan, backend: Backend, command: str | None) -> dic
         "task": {"name": task.name, "family": task.family, "tier": task.tier, "config": task.model_dump(mode="json")},
         "data_fp": plan.data_fp,
         "data_meta": getattr(plan.data, "meta", None),
+        "data_root": str(plan.data_root.resolve()) if plan.data_root is not None else None,
         "seed": plan.seed,
         "gen": plan.gen.to_dict() if plan.gen else None,
         "resolved": plan.resolved,

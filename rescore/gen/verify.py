@@ -179,6 +179,8 @@ def _data_root(manifest: dict[str, Any], override: Path | None) -> Path | None:
         return override
     from rescore.tasks.suites import load_suite, suite_data_root
 
+    if manifest.get("data_root"):  # recorded by the runner: where the unit's local task files were
+        return Path(manifest["data_root"])
     try:
         return suite_data_root(load_suite(str(manifest.get("suite"))))
     except ConfigError:  # a suite file given by path that is not here: local paths resolve as they are
