@@ -32,11 +32,11 @@ from typing import Any
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rescore.artifacts.io import atomic_write_bytes
 from rescore.artifacts.store import Store
-from rescore.config import GenConfig, Tier
+from rescore.config import GenConfig, Strict, Tier, _name
 from rescore.core import canonical_json
 from rescore.errors import ConfigError
 from rescore.importers.common import (
@@ -52,21 +52,9 @@ from rescore.importers.common import (
     source_file,
     write_unit,
 )
-from rescore.registry import NAME_RE
 
 IMPORTS = "imports"
 RERANKER_FILE = "reranker_scores.jsonl"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _name(v: str) -> str:
-    """For validators: a ValueError, so pydantic reports the field that holds the bad name."""
-    if not NAME_RE.match(v) or ".." in v:
-        raise ValueError(f"{v!r} is not a valid name: use [a-z0-9_.-], starting with a letter or digit")
-    return v
 
 
 class ModelSpec(Strict):
