@@ -104,6 +104,9 @@ def test_injected_failure_then_resume(tmp_path, shared_data):
     (["gen", "demo", "--model", "fake", "--backend", "fakee"], 2, "did you mean 'fake'"),
     (["gen", "demo", "--model", "fake", "--precision", "fp12"], 2, "precision"),
     (["show", "deadbeef"], 1, "no unit"),
+    (["gen", "demo", "--model", "/nonexistent/model"], 1, "not a local directory"),
+    (["gen", "demo", "--model", "fake", "-t", "nosuch"], 2, "has no task 'nosuch'"),
+    (["score", "--metric", "acc_nrom"], 2, "did you mean 'acc_norm'"),
 ])
 def test_cli_errors_are_one_line_with_exit_code(tmp_path, args, code, message):
     out = subprocess.run([sys.executable, "-m", "rescore.cli", *args, "--store", str(tmp_path / "st")],

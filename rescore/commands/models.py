@@ -24,6 +24,10 @@ def resolve_models(model: str, *, backend: str | None, overrides: dict[str, Any]
     for m in models:
         if m.backend not in backends:
             raise backends.unknown(m.backend)
+        if m.backend in ("hf", "vllm"):
+            from rescore.gen.loading import _resolve_path
+
+            _resolve_path(m)  # a missing model directory is reported before anything is planned or loaded
     return models
 
 
