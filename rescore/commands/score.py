@@ -53,9 +53,6 @@ def register(app: typer.Typer) -> None:
         from rescore.score.engine import score_store, select_metrics
         from rescore.score.spec import metrics as registry
 
-        st = Store(store)
-        if not st.gen_dir.is_dir():
-            raise StoreError(f"no generation units in {store}", hint="run `rescore gen` first, or pass --store")
         added = _load_plugins(plugin)
         params: dict[str, dict[str, Any]] = {}
         if reranker is not None:
@@ -63,7 +60,10 @@ def register(app: typer.Typer) -> None:
         only = None
         if plugin and not metric:
             only = list(added) + ([registry.get("bon_reranker")] if reranker is not None else [])
-        specs = select_metrics(metric, params=params, only=only)
+        specs = select_metrics(metric, params=params, only=only)  # bad names fail before the store is read
+        st = Store(store)
+        if not st.gen_dir.is_dir():
+            raise StoreError(f"no generation units in {store}", hint="run `rescore gen` first, or pass --store")
         console = _console()
         with _Progress(console, progress) as prog:
             report = score_store(st, specs, force=force, jobs=jobs, progress=prog.update)
