@@ -122,6 +122,18 @@ def pylist(table: pa.Table, name: str) -> list[Any]:
 
 _META_CACHE: dict[str, dict[str, Any]] = {}
 _META_CACHE_MAX = 200_000
+_CLEARERS: list[Callable[[], None]] = [_META_CACHE.clear]
+
+
+def register_cache(clear: Callable[[], None]) -> None:
+    """Register a process-wide cache of per-text work (parsed meta, normalised answers, ...)."""
+    _CLEARERS.append(clear)
+
+
+def clear_caches() -> None:
+    """Empty every registered cache: the state of a fresh process (benchmarks time runs from it)."""
+    for clear in _CLEARERS:
+        clear()
 
 
 def _parse_meta(s: str | None) -> dict[str, Any]:

@@ -28,7 +28,10 @@ import string
 from functools import lru_cache
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from rescore.score.columns import register_cache
 from rescore.score.spec import Extractor, extractors
 
 INVALID = "[invalid]"
@@ -85,6 +88,34 @@ def exact_match_norm(s: str) -> str:
     return lm_eval_exact_match_norm(s, regexes_to_ignore=GSM8K_IGNORE, ignore_case=True)
 
 
+def exact_match_norm_arrow(arr: pa.Array) -> pa.Array:
+    """:func:`exact_match_norm` of every string of an Arrow array (nulls stay null), with Arrow's RE2.
+
+    Equal string by string: the patterns are literals, ``(?s).*#### `` (greedy, so up to the last
+    marker, in RE2 as in re) and ``\\.$``, which in Python also matches before a final newline, hence
+    ``\\.(\\n?)$`` here. Lower-casing runs in Arrow only for ASCII strings (where ``str.lower`` is ASCII
+    lower-casing); the others go through :func:`exact_match_norm`."""
+    arr = arr.cast(pa.string())
+    s = pc.replace_substring(pc.replace_substring(arr, ",", ""), "$", "")
+    s = pc.replace_substring_regex(pc.replace_substring_regex(s, r"(?s).*#### ", ""), r"\.(\n?)$", r"\1")
+    s = pc.utf8_rtrim(pc.ascii_lower(s), characters="\x00")
+    other = pc.invert(pc.string_is_ascii(arr)).fill_null(False)
+    if pc.any(other).as_py():
+        s = pc.replace_with_mask(s, other, pa.array([exact_match_norm(x) for x in arr.filter(other).to_pylist()],
+                                                    pa.string()))
+    return s
+
+
+def reverse_strings(arr: pa.Array) -> pa.Array:
+    """Every string reversed by code point (Python's ``[::-1]``); ASCII strings byte-wise (much faster)."""
+    ascii_ = pc.string_is_ascii(arr).fill_null(True)
+    rev = pc.binary_reverse(arr.view(pa.binary())).view(pa.string())
+    if not pc.all(ascii_).as_py():
+        other = pc.invert(ascii_)
+        rev = pc.replace_with_mask(rev, other, pc.utf8_reverse(arr.filter(other)))
+    return rev
+
+
 # -- other extractors ---------------------------------------------------------------------------------
 _LETTER_PATTERNS = (
     r"(?i:answer)\s*(?:is|:)?\s*[:\-]?\s*\(?\b([{L}])\b\)?",
@@ -123,12 +154,32 @@ def code_block(text: str, language: str | None = "python", fallback_whole: bool 
     return text if fallback_whole else None
 
 
+_PARSES: dict[str, bool] = {}
+_PARSES_CHARS = [0]
+
+
 def python_parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-        return False
-    return True
+    """``ast.parse`` succeeds. Cached per distinct code string (responses recur across seeds and
+    checkpoints, and parsing is most of the SFT checks' time); the cache holds at most ~16M characters."""
+    ok = _PARSES.get(code)
+    if ok is None:
+        try:
+            ast.parse(code)
+            ok = True
+        except MemoryError:
+            return False
+        except (SyntaxError, ValueError, RecursionError, OverflowError):
+            ok = False
+        if _PARSES_CHARS[0] + len(code) > 16_000_000:
+            _clear_parses()
+        _PARSES[code] = ok
+        _PARSES_CHARS[0] += len(code)
+    return ok
+
+
+def _clear_parses() -> None:
+    _PARSES.clear()
+    _PARSES_CHARS[0] = 0
 
 
 def json_block(text: str, strict: bool = False) -> str | None:
@@ -163,6 +214,9 @@ def parse_json(s: str) -> object:
     except orjson.JSONDecodeError:
         return _NOT_JSON
 
+
+register_cache(exact_match_norm.cache_clear)
+register_cache(_clear_parses)
 
 for _ex in (
     Extractor("gsm8k_strict", lambda t: strict_extract(t), "lm-eval GSM8K strict-match: first '#### N'"),

@@ -24,6 +24,7 @@ The extraction used by maj/pass/bon is a parameter (``extract``: ``flexible`` (d
 from __future__ import annotations
 
 import importlib.util
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rescore.core import derive_seed
-from rescore.score.columns import flat_list, memo, metas, pylist, segment_argmax
-from rescore.score.extract import INVALID, exact_match_norm, flexible_extract, strict_extract
+from rescore.score.columns import flat_list, memo, metas, pylist, register_cache, segment_argmax
+from rescore.score.extract import (
+    INVALID,
+    exact_match_norm,
+    exact_match_norm_arrow,
+    flexible_extract,
+    reverse_strings,
+    strict_extract,
+)
 from rescore.score.spec import Metric, UnitInfo, register_metric
 
 EXTRACT = {"strict": strict_extract, "flexible": flexible_extract}
@@ -62,56 +70,85 @@ def _cands(table: pa.Table) -> tuple[list[str], np.ndarray]:
     return memo(table, "gen:cands", f)
 
 
-def _refs(table: pa.Table) -> list[str | None]:
-    """Normalised reference answer per row (None: the row has no reference)."""
+def _refs(table: pa.Table) -> pa.Array:
+    """Normalised reference answer per row (null: the row has no reference)."""
 
-    def f() -> list[str | None]:
-        targets = pylist(table, "target") if "target" in table.column_names else [None] * table.num_rows
-        has_answer = None
-        if "meta" in table.column_names:
+    def f() -> pa.Array:
+        n = table.num_rows
+        if "target" in table.column_names:
+            target = table.column("target").combine_chunks().cast(pa.string())
+            out = exact_match_norm_arrow(target)
+            no_target = np.asarray(target.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        else:
+            out = pa.nulls(n, pa.string())
+            no_target = np.ones(n, dtype=bool)
+        if "meta" in table.column_names and no_target.any():  # meta only matters without a target
             hit = pc.match_substring(table.column("meta"), '"answer"').fill_null(False)
-            has_answer = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
-            has_answer &= np.array([t is None for t in targets], dtype=bool)  # meta only matters without a target
-        ms = metas(table) if has_answer is not None and has_answer.any() else None
-        out: list[str | None] = []
-        for i, t in enumerate(targets):
-            ans = ms[i].get("answer") if ms is not None and has_answer[i] else None  # type: ignore[index]
-            if ans is None and t is None:
-                out.append(None)
-            elif t is not None:
-                out.append(exact_match_norm(t))
-            else:
-                out.append(exact_match_norm(str(ans)))
+            rows = np.flatnonzero(np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool) & no_target)
+            if len(rows):
+                ms = metas(table)
+                vals = [ms[i].get("answer") for i in rows.tolist()]
+                mask = np.zeros(n, dtype=bool)
+                keep = np.array([v is not None for v in vals], dtype=bool)
+                mask[rows[keep]] = True
+                if mask.any():
+                    out = pc.replace_with_mask(out, pa.array(mask), pa.array(
+                        [exact_match_norm(str(v)) for v in vals if v is not None], pa.string()))
         return out
 
     return memo(table, "gen:refs", f)
 
 
-def _answers(table: pa.Table, mode: str) -> list[str]:
-    def f() -> list[str]:
-        flat, off = _cands(table)
-        refs = _refs(table)
-        if all(r is None for r in refs):  # not an answer task (e.g. SFT prompts): nothing to extract
-            return [INVALID] * len(flat)
-        if mode == "strict":
-            return _strict_vectorised(_cands_arrow(table)[0], [r is not None for r in refs], off)
-        ex = EXTRACT[mode]
-        if any(r is None for r in refs):
-            keep = np.repeat(np.array([r is not None for r in refs]), np.diff(off))
-            return [ex(t) if k else INVALID for t, k in zip(flat, keep.tolist(), strict=True)]
-        return [ex(t) for t in flat]
+_STRICT_RE2 = r"#### (?P<m>-?[0-9.,]+)"
+# flexible-extract's last match is the first match of the reversed pattern in the reversed text (see
+# rescore.score.extract); Arrow reverses by code point, as Python's [::-1]
+_FLEXIBLE_REV_RE2 = r"(?P<m>[$0-9.,]{2,}-?|[0-9]-?)"
 
-    return memo(table, f"gen:answers:{mode}", f)
+
+def extract_arrow(flat: pa.Array, mode: str) -> pa.Array:
+    """``strict_extract`` / ``flexible_extract`` of every text of an Arrow string array (no nulls) with
+    Arrow's RE2. The patterns only involve ASCII classes and literals, where RE2 and Python's re find the
+    same leftmost-first match."""
+    if mode == "strict":
+        got = pc.struct_field(pc.extract_regex(flat, _STRICT_RE2), "m")
+    elif mode == "flexible":
+        got = reverse_strings(pc.struct_field(pc.extract_regex(reverse_strings(flat), _FLEXIBLE_REV_RE2), "m"))
+    else:
+        raise KeyError(mode)
+    return got.fill_null(INVALID)
+
+
+def _has_ref(table: pa.Table) -> np.ndarray:
+    return memo(table, "gen:has_ref",
+                lambda: np.asarray(_refs(table).is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+
+
+def _answers_arrow(table: pa.Table, mode: str) -> pa.Array:
+    """The extracted answer of every candidate (``INVALID`` for rows without a reference)."""
+
+    def f() -> pa.Array:
+        flat, off = _cands_arrow(table)
+        has_ref = _has_ref(table)
+        if not has_ref.any():  # not an answer task (e.g. SFT prompts): nothing to extract
+            return pa.array(np.full(len(flat), INVALID, dtype=object), pa.string())
+        got = extract_arrow(flat, mode)
+        if not has_ref.all():
+            got = pc.if_else(pa.array(np.repeat(has_ref, np.diff(off))), got, INVALID)
+        return got
+
+    return memo(table, f"gen:answers_arrow:{mode}", f)
+
+
+def _answers(table: pa.Table, mode: str) -> list[str]:
+    return memo(table, f"gen:answers:{mode}", lambda: _answers_arrow(table, mode).to_pylist())
 
 
 def _strict_vectorised(flat: list[str] | pa.Array, has_ref: list[bool], off: np.ndarray) -> list[str]:
-    """``strict_extract`` over many candidates at once with Arrow's RE2. The pattern only involves ASCII
-    classes and a literal prefix, where RE2 and Python's re find the same first match."""
+    """``strict_extract`` over many candidates at once (``INVALID`` for rows without a reference)."""
     arr = flat if isinstance(flat, pa.Array) else pa.array(flat, pa.string())
-    res = pc.extract_regex(arr, r"#### (?P<m>-?[0-9.,]+)")
-    got = pc.if_else(res.is_valid(), res.field("m"), pa.scalar(None, pa.string())).to_pylist()  # field() drops nulls
+    got = extract_arrow(arr, "strict").to_pylist()
     keep = np.repeat(np.array(has_ref, dtype=bool), np.diff(off)).tolist()
-    return [g if (g is not None and k) else INVALID for g, k in zip(got, keep, strict=True)]
+    return [g if k else INVALID for g, k in zip(got, keep, strict=True)]
 
 
 def _ids(table: pa.Table, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,19 +158,16 @@ def _ids(table: pa.Table, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     normalisation. A candidate is valid (it votes) when the extractor found something."""
 
     def f() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        answers = _answers(table, mode)
-        # normalise each distinct answer once
-        enc = pa.array(answers, pa.string()).dictionary_encode()
-        uniq = enc.dictionary.to_pylist()
-        ids: dict[str, int] = {}
-        uniq_ids = np.fromiter((ids.setdefault(exact_match_norm(a), len(ids)) for a in uniq), dtype=np.int64,
-                               count=len(uniq))
+        answers = _answers_arrow(table, mode)
+        # normalise each distinct answer once; one dictionary over normalised answers and references
+        enc = answers.dictionary_encode()
+        k = len(enc.dictionary)
+        both = pa.concat_arrays([exact_match_norm_arrow(enc.dictionary), _refs(table)]).dictionary_encode()
+        both_ids = np.asarray(both.indices.fill_null(-2).to_numpy(zero_copy_only=False), dtype=np.int64)
         idx = np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        ans = uniq_ids[idx] if len(uniq) else np.zeros(0, dtype=np.int64)
-        ref = np.fromiter((-2 if r is None else ids.setdefault(r, len(ids)) for r in _refs(table)), dtype=np.int64,
-                          count=table.num_rows)
-        invalid = uniq.index(INVALID) if INVALID in uniq else -1
-        valid = idx != invalid
+        ans = both_ids[:k][idx] if k else np.zeros(0, dtype=np.int64)
+        ref = both_ids[k:]
+        valid = np.asarray(pc.not_equal(answers, INVALID).to_numpy(zero_copy_only=False), dtype=bool)
         return ans, ref, valid
 
     return memo(table, f"gen:ids:{mode}", f)
@@ -144,7 +178,7 @@ def _correct(table: pa.Table, mode: str) -> np.ndarray:
 
     def f() -> np.ndarray:
         ans, ref, _ = _ids(table, mode)
-        _, off = _cands(table)
+        _, off = _cands_arrow(table)
         rref = ref[np.repeat(np.arange(len(ref)), np.diff(off))]
         out = (ans == rref).astype(np.float64)
         out[rref == -2] = np.nan
@@ -154,7 +188,7 @@ def _correct(table: pa.Table, mode: str) -> np.ndarray:
 
 
 def _first(table: pa.Table, flat: np.ndarray) -> np.ndarray:
-    _, off = _cands(table)
+    _, off = _cands_arrow(table)
     n = np.diff(off)
     out = np.full(len(n), np.nan)
     ok = n > 0
@@ -164,9 +198,9 @@ def _first(table: pa.Table, flat: np.ndarray) -> np.ndarray:
 
 def _exact_match(table: pa.Table, mode: str) -> dict[str, Any]:
     corr = _correct(table, mode)
-    _, off = _cands(table)
-    answers = _answers(table, mode)
-    first_ans = [answers[off[i]] if off[i + 1] > off[i] else None for i in range(len(off) - 1)]
+    _, off = _cands_arrow(table)
+    first = off[:-1]
+    first_ans = _answers_arrow(table, mode).take(pa.array(first, mask=np.diff(off) == 0))
     per_cand = pa.ListArray.from_arrays(pa.array(off, pa.int32()), pa.array(corr, pa.float64(), from_pandas=True))
     return {"value": _first(table, corr), "answer": pa.array(first_ans, pa.string()), "per_candidate": per_cand}
 
@@ -185,7 +219,7 @@ def _vote(table: pa.Table, mode: str, k: int | None) -> tuple[np.ndarray, np.nda
     Votes are counted per (row, normalised answer) among the first k valid candidates; the winner is the
     answer with the most votes, ties going to the answer seen first (``Counter.most_common`` order)."""
     ans, ref, valid = _ids(table, mode)
-    _, off = _cands(table)
+    _, off = _cands_arrow(table)
     n = np.diff(off)
     rid = np.repeat(np.arange(len(n)), n)
     pos = np.arange(len(ans)) - np.repeat(off[:-1], n)
@@ -222,7 +256,7 @@ def pass_at_k_estimate(n: int, c: int, k: int) -> float:
 
 def pass_at_k(table: pa.Table, k: int = 1, extract: str = "flexible") -> dict[str, Any]:
     corr = _correct(table, extract)
-    _, off = _cands(table)
+    _, off = _cands_arrow(table)
     n = np.diff(off)
     value = np.full(len(n), np.nan)
     c = np.zeros(len(n))
@@ -245,7 +279,7 @@ def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
     def f() -> tuple[np.ndarray, np.ndarray]:
         outer = table.column("cand_logprobs").combine_chunks()
-        _, off = _cands(table)
+        _, off = _cands_arrow(table)
         if outer.null_count:
             outer = pc.fill_null(outer, pa.scalar([], type=outer.type))
         inner = outer.values.slice(outer.offsets[0].as_py(), outer.offsets[-1].as_py() - outer.offsets[0].as_py())
@@ -266,14 +300,24 @@ def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return memo(table, "gen:lpstats", f)
 
 
+@lru_cache(maxsize=1 << 18)
+def _sample_seed(seed: int, sample_id: str) -> int:
+    return derive_seed(seed, sample_id, 0)  # the same prompts recur across checkpoints and seeds
+
+
+register_cache(_sample_seed.cache_clear)
+
+
 def _random_index(table: pa.Table, seed: int) -> np.ndarray:
     def f() -> np.ndarray:
-        _, off = _cands(table)
+        _, off = _cands_arrow(table)
         n = np.diff(off)
-        has_ref = (_ids(table, "flexible")[1] != -2).tolist()
-        sids = pylist(table, "sample_id")
-        return np.fromiter((derive_seed(seed, sid, 0) % m if m and h else -1
-                            for sid, m, h in zip(sids, n.tolist(), has_ref, strict=True)), dtype=np.int64, count=len(n))
+        out = np.full(len(n), -1, dtype=np.int64)
+        rows = np.flatnonzero(_has_ref(table) & (n > 0))
+        sids = table.column("sample_id").take(pa.array(rows)).to_pylist()
+        seeds = np.fromiter((_sample_seed(seed, sid) for sid in sids), dtype=np.int64, count=len(rows))
+        out[rows] = seeds % n[rows]  # seeds are non-negative 63-bit integers
+        return out
 
     return memo(table, f"gen:random:{seed}", f)
 
@@ -282,12 +326,14 @@ def _select(table: pa.Table, strategy: str, extract: str, seed: int, scores: np.
     if strategy == "majority":
         value, chosen = _vote(table, extract, None)
         return {"value": value, "selected": chosen}
-    corr = _correct(table, extract)
-    _, off = _cands(table)
+    _, off = _cands_arrow(table)
     n = np.diff(off)
-    applies = (_ids(table, extract)[1] != -2) & (n > 0)
+    applies = _has_ref(table) & (n > 0)
     value = np.full(len(n), np.nan)
     chosen = np.full(len(n), -1, dtype=np.int64)
+    if not applies.any() and strategy in _BON:  # e.g. SFT prompts: no reference answers
+        return {"value": value, "selected": chosen}
+    corr = _correct(table, extract)
     if strategy == "oracle":
         if applies.any():
             best = np.maximum.reduceat(np.nan_to_num(corr), off[:-1][applies])
@@ -323,7 +369,7 @@ def best_of_n(table: pa.Table, strategy: str = "first", extract: str = "flexible
 
         if not file:
             raise ValueError("the reranker strategy needs a scores file (param 'file')")
-        scores = reranker_scores(file, table, _cands(table)[1], unit)
+        scores = reranker_scores(file, table, _cands_arrow(table)[1], unit)
     return _select(table, strategy, extract, seed, scores)
 
 
