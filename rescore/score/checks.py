@@ -24,6 +24,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from rescore.score.extract import _NOT_JSON, code_block, parse_json, python_parses
 
 FORMAT_CHECKS = frozenset({"bullets", "numbered", "json", "python_parses", "one_line", "lowercase", "uppercase"})
@@ -161,3 +165,62 @@ def run_checks(checks: Mapping[str, Any], text: str | None) -> dict[str, bool | 
 def chat_clean(text: str | None) -> bool:
     """A clean chat turn: non-empty and free of role markers / special tokens."""
     return bool((text or "").strip()) and no_role_leak(text or "")
+
+
+# -- many responses at once ---------------------------------------------------------------------------
+# Arrow (RE2) versions of the checks above for a whole column of responses, equal to them on every text:
+# the patterns use explicit character classes where RE2 and Python differ (whitespace is Python's
+# ``str.isspace`` set), lines are split on "\n" exactly as ``^`` with re.MULTILINE sees them, and checks
+# that lower-case the text run in Arrow only on ASCII texts (where ``str.lower`` is ASCII lower-casing);
+# other texts go through the Python functions.
+PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")  # str.isspace (a test checks it)
+_WS_CLASS = "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE)
+_WORD_RE2 = f"[^{_WS_CLASS}]+"
+_NONBLANK_RE2 = f"[^{_WS_CLASS}]"
+_BULLET_LINE_RE2 = r"^[ \t]*(?:- |\* |• )"
+_ROLE_RE2 = "|".join(re.escape(m) for m in ROLE_MARKERS)
+_REFUSAL_RE2 = "|".join(re.escape(m) for m in REFUSALS)
+
+
+def _np_bool(arr: pa.Array) -> np.ndarray:
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def bullet_counts(texts: pa.Array) -> np.ndarray:
+    """``len(_BULLET.findall(t))`` for every text of an Arrow string array (no nulls), as int64."""
+    if len(texts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    lines = pc.split_pattern(texts, "\n")
+    off = np.asarray(lines.offsets.to_numpy(), dtype=np.int64)
+    hit = _np_bool(pc.match_substring_regex(lines.values.slice(off[0], off[-1] - off[0]), _BULLET_LINE_RE2))
+    return np.add.reduceat(hit.astype(np.int64), off[:-1] - off[0])  # every text has at least one line
+
+
+def word_counts(texts: pa.Array) -> np.ndarray:
+    """``words(t)`` (``len(t.split())``) for every text of an Arrow string array (no nulls)."""
+    return np.asarray(pc.count_substring_regex(texts, _WORD_RE2).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def nonblank(texts: pa.Array) -> np.ndarray:
+    """``bool(t.strip())`` for every text."""
+    return _np_bool(pc.match_substring_regex(texts, _NONBLANK_RE2))
+
+
+def _lowered_search(texts: pa.Array, pattern: str, fallback: Callable[[str], bool]) -> np.ndarray:
+    ascii_ = _np_bool(pc.string_is_ascii(texts))
+    out = _np_bool(pc.match_substring_regex(pc.ascii_lower(texts), pattern))
+    if not ascii_.all():
+        rest = np.flatnonzero(~ascii_)
+        out[rest] = [fallback(t) for t in texts.take(pa.array(rest)).to_pylist()]
+    return out
+
+
+def role_leaks(texts: pa.Array) -> np.ndarray:
+    """``not no_role_leak(t)`` for every text."""
+    return _lowered_search(texts, _ROLE_RE2, lambda t: not no_role_leak(t))
+
+
+def refusals(texts: pa.Array) -> np.ndarray:
+    """``refusal(t, True)`` for every text."""
+    return _lowered_search(texts, _REFUSAL_RE2, lambda t: refusal(t, True))
