@@ -186,14 +186,27 @@ def is_current(meta: dict[str, Any] | None, spec: Metric, source_sha: str | None
 
 
 # -- computing one unit -------------------------------------------------------------------------------
-def subsets_of(table: pa.Table) -> dict[str, np.ndarray | None]:
+class Subsets(dict[str, "np.ndarray | None"]):
+    """Subset name -> boolean row mask (None: every row). ``order`` lists the rows grouped by category
+    (row order kept within each), ``bounds`` each category's slice of it, so a metric's rows of one
+    category are a slice instead of a pass over the whole unit."""
+
+    order: np.ndarray | None = None
+    bounds: dict[str, tuple[int, int]]
+
+
+def subsets_of(table: pa.Table) -> Subsets:
     """``{"all": None}`` plus one boolean row mask per category value."""
-    out: dict[str, np.ndarray | None] = {ALL: None}
+    out = Subsets({ALL: None})
+    out.bounds = {}
     if "category" in table.column_names and table.column("category").null_count < table.num_rows:
         enc = table.column("category").combine_chunks().dictionary_encode()
         idx = np.asarray(enc.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+        out.order = np.argsort(idx, kind="stable")
+        edges = np.searchsorted(idx[out.order], np.arange(len(enc.dictionary) + 1))
         for k, c in sorted(enumerate(enc.dictionary.to_pylist()), key=lambda x: str(x[1])):
             out[str(c)] = idx == k
+            out.bounds[str(c)] = (int(edges[k]), int(edges[k + 1]))
     return out
 
 
@@ -205,12 +218,24 @@ def aggregate_rows(spec: Metric, cols: dict[str, Any], subsets: dict[str, np.nda
     missing = [k for k in agg.needs if k not in needed]
     if missing:
         raise ValueError(f"aggregator {agg.name!r} needs per-row column(s) {missing}; metric returned {list(cols)}")
+    order = subsets.order if isinstance(subsets, Subsets) else None
+    if order is not None:
+        grouped = {k: v[order] for k, v in needed.items()}
+        grouped_applies = applies[order]
     out: dict[str, dict[str, Any]] = {}
     for name, mask in subsets.items():
-        sel = applies if mask is None else applies & mask
-        if not sel.any():
-            continue
-        res: Agg = agg({k: v[sel] for k, v in needed.items()}, spec.agg_kw)
+        if order is not None and name in subsets.bounds:  # the same rows in the same order, from a slice
+            a, b = subsets.bounds[name]
+            sel = grouped_applies[a:b]
+            if not sel.any():
+                continue
+            cols = {k: v[a:b][sel] for k, v in grouped.items()}
+        else:
+            sel = applies if mask is None else applies & mask
+            if not sel.any():
+                continue
+            cols = {k: v[sel] for k, v in needed.items()}
+        res: Agg = agg(cols, spec.agg_kw)
         out[name] = {k: _clean(v) for k, v in res.as_dict().items()}
     return out
 
