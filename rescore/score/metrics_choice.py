@@ -24,7 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rescore.score.columns import flat_list, memo, metas, row_ids, segment_argmax, segment_softmax, to_float
+from rescore.score.columns import (
+    flat_list,
+    memo,
+    metas,
+    row_ids,
+    segment_argmax,
+    segment_softmax,
+    to_float,
+    uniform_width,
+)
 from rescore.score.spec import Metric, UnitInfo, register_metric
 
 LL = "choice_sum_logprob"
@@ -84,9 +93,16 @@ def _choice_shape(table: pa.Table, unit: UnitInfo | None) -> tuple[np.ndarray | 
         nch = np.diff(coff)
         partial_rows = np.zeros(len(nch), dtype=bool)
         if len(flat) and (nch > 1).any():
-            first = np.repeat(coff[:-1], nch)
-            same = np.asarray(pc.equal(flat, flat.take(pa.array(first))).fill_null(True)
-                              .to_numpy(zero_copy_only=False), dtype=bool)
+            if flat.null_count == 0:
+                # all choices equal the row's first <=> each equals the one before it (no copy of the strings)
+                same = np.ones(len(flat), dtype=bool)
+                same[1:] = np.asarray(pc.equal(flat.slice(1), flat.slice(0, len(flat) - 1))
+                                      .to_numpy(zero_copy_only=False), dtype=bool)
+                same[coff[:-1][nch > 0]] = True
+            else:
+                first = np.repeat(coff[:-1], nch)
+                same = np.asarray(pc.equal(flat, flat.take(pa.array(first))).fill_null(True)
+                                  .to_numpy(zero_copy_only=False), dtype=bool)
             partial_rows[nch > 0] = np.logical_and.reduceat(same, coff[:-1][nch > 0])
             partial_rows &= nch > 1
         ctxs: dict[int, list[str]] = {}
@@ -192,9 +208,13 @@ def brier_score(table: pa.Table) -> np.ndarray:
     p = _probs(table)
     gold = _gold(table)
     n_choices = np.diff(off)
-    rid = row_ids(off)
-    pos = np.arange(lls.size) - np.repeat(off[:-1], n_choices)
-    onehot = (pos == gold[rid]).astype(np.float64)
+    k = uniform_width(off)
+    if k:  # every row has k choices: the one-hot matrix by broadcasting
+        onehot = (np.arange(k)[None, :] == gold[:, None]).astype(np.float64).reshape(-1)
+    else:
+        rid = row_ids(off)
+        pos = np.arange(lls.size) - np.repeat(off[:-1], n_choices)
+        onehot = (pos == gold[rid]).astype(np.float64)
     sq = (p - onehot) ** 2
     out = np.zeros(len(n_choices))
     ne = n_choices > 0
