@@ -147,3 +147,32 @@ def test_sft_metrics_match_run_checks_row_by_row(rows) -> None:
             continue
         got = np.asarray(metrics.get(name).compute(table, UnitInfo("p", {}))["value"], dtype=np.float64)
         np.testing.assert_array_equal(got, np.array(expected, dtype=np.float64), err_msg=name)
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(CHARS + ["true", "null", "-1", "1e5", " {}", "\ufeff", "nul", "[", "]"]), max_size=6)
+       .map("".join))
+def test_parse_json_rejects_exactly_what_orjson_rejects(s: str) -> None:
+    from rescore.score.extract import _NOT_JSON, parse_json
+
+    try:
+        want = orjson.loads(s) if s else _NOT_JSON
+    except orjson.JSONDecodeError:
+        want = _NOT_JSON
+    got = parse_json(s)
+    assert (got is _NOT_JSON) == (want is _NOT_JSON) and (got is _NOT_JSON or got == want)
+
+
+def test_check_details_with_many_check_names() -> None:
+    """Past ~30 distinct check names the per-row result keys no longer pack into one integer."""
+    many = {f"unknown_{i:02d}": True for i in range(35)}
+    rows = [(["- a\n- b"], {**many, "bullets": {"count": 2}}, None, False), (["x"], {"max_words": 1}, None, False),
+            (["- a"], {**many, "bullets": {"count": 2}}, "concise", False)]
+    schema = schema_for("generate")
+    table = pa.Table.from_pylist([{"sample_id": f"{i}", "candidates": c, "category": cat, "meta": orjson.dumps({"checks": ch}).decode()}
+                                  for i, (c, ch, cat, _) in enumerate(rows)],
+                                 schema=pa.schema([schema.field(n) for n in ("sample_id", "candidates", "category", "meta")]))
+    got = metrics.get("all_checks_pass_rate").compute(table, UnitInfo("p", {}))
+    want = _reference(rows)
+    assert got["checks"].to_pylist() == want["checks"]
+    np.testing.assert_array_equal(got["value"], np.array(want["all_checks_pass_rate"]))

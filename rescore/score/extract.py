@@ -203,11 +203,12 @@ def json_block(text: str, strict: bool = False) -> str | None:
 
 
 _NOT_JSON = object()
+_JSON_START = frozenset('{["-0123456789tfn \t\n\r')  # the characters a JSON text can start with
 
 
 def parse_json(s: str) -> object:
     """Strict JSON (RFC 8259: no NaN/Infinity, no trailing commas); ``_NOT_JSON`` when it does not parse."""
-    if not s:
+    if not s or s[0] not in _JSON_START:  # cheap rejection of prose (no exception raised and caught)
         return _NOT_JSON
     try:
         return orjson.loads(s)

@@ -130,7 +130,7 @@ def _answers_arrow(table: pa.Table, mode: str) -> pa.Array:
         flat, off = _cands_arrow(table)
         has_ref = _has_ref(table)
         if not has_ref.any():  # not an answer task (e.g. SFT prompts): nothing to extract
-            return pa.array(np.full(len(flat), INVALID, dtype=object), pa.string())
+            return pa.repeat(pa.scalar(INVALID, pa.string()), len(flat))
         got = extract_arrow(flat, mode)
         if not has_ref.all():
             got = pc.if_else(pa.array(np.repeat(has_ref, np.diff(off))), got, INVALID)
@@ -158,6 +158,9 @@ def _ids(table: pa.Table, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     normalisation. A candidate is valid (it votes) when the extractor found something."""
 
     def f() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not _has_ref(table).any():  # every answer is INVALID, no row has a reference
+            m = int(_cands_arrow(table)[1][-1])
+            return np.zeros(m, dtype=np.int64), np.full(table.num_rows, -2, dtype=np.int64), np.zeros(m, dtype=bool)
         answers = _answers_arrow(table, mode)
         # normalise each distinct answer once; one dictionary over normalised answers and references
         enc = answers.dictionary_encode()
@@ -218,6 +221,11 @@ def _vote(table: pa.Table, mode: str, k: int | None) -> tuple[np.ndarray, np.nda
 
     Votes are counted per (row, normalised answer) among the first k valid candidates; the winner is the
     answer with the most votes, ties going to the answer seen first (``Counter.most_common`` order)."""
+    value, chosen = memo(table, f"gen:vote:{mode}:{k}", lambda: _vote_arrays(table, mode, k))
+    return value.copy(), chosen.copy()
+
+
+def _vote_arrays(table: pa.Table, mode: str, k: int | None) -> tuple[np.ndarray, np.ndarray]:
     ans, ref, valid = _ids(table, mode)
     _, off = _cands_arrow(table)
     n = np.diff(off)
@@ -266,9 +274,10 @@ def pass_at_k(table: pa.Table, k: int = 1, extract: str = "flexible") -> dict[st
     has_ref = _ids(table, extract)[1] != -2
     rows = ok & has_ref & (n >= k)
     if rows.any():
-        pairs = np.stack([n[rows], c[rows].astype(np.int64)], axis=1)
-        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
-        est = np.array([pass_at_k_estimate(int(a), int(b), int(k)) for a, b in uniq])
+        nc = c[rows].astype(np.int64)
+        base = int(nc.max()) + 1
+        uniq, inv = np.unique(n[rows] * base + nc, return_inverse=True)  # one key per (n, c) pair
+        est = np.array([pass_at_k_estimate(int(u // base), int(u % base), int(k)) for u in uniq.tolist()])
         value[rows] = est[np.asarray(inv).reshape(-1)]
     return {"value": value, "n_correct": c, "n_candidates": n.astype(np.float64)}
 

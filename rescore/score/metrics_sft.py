@@ -208,12 +208,21 @@ def _details(c: Checked) -> pa.Array:
     out: list[str | None] = [None] * len(c.applies)
     if len(rows) == 0:
         return pa.array(out, pa.string())
-    key = np.concatenate([c.group[rows, None], c.codes[rows].astype(np.int64)], axis=1)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    k = len(c.names)
+    if 2 * k + len(c.dicts).bit_length() <= 62:  # (group, codes) packed into one integer, 2 bits a code
+        packed = c.group[rows] << (2 * k)
+        for j in range(k):
+            packed |= (c.codes[rows, j].astype(np.int64) + 1) << (2 * j)
+        uniq_packed, inv = np.unique(packed, return_inverse=True)
+        uniq = [[u >> (2 * k)] + [((u >> (2 * j)) & 3) - 1 for j in range(k)] for u in uniq_packed.tolist()]
+    else:
+        key = np.concatenate([c.group[rows, None], c.codes[rows].astype(np.int64)], axis=1)
+        uniq_rows, inv = np.unique(key, axis=0, return_inverse=True)
+        uniq = uniq_rows.tolist()
     col = {n: j for j, n in enumerate(c.names)}
     value = {ABSENT: None, FAILED: False, PASSED: True, NOT_EVALUATED: None}
     strings = []
-    for u in uniq.tolist():
+    for u in uniq:
         d = c.dicts[u[0]]
         strings.append(orjson.dumps({k: value[u[1 + col[k]]] for k in d if u[1 + col[k]] != ABSENT}).decode())
     idx = np.full(len(c.applies), -1, dtype=np.int64)
