@@ -36,7 +36,14 @@ for _mod in COMMAND_MODULES:
     importlib.import_module(_mod).register(app)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # type: ignore[no-untyped-def]
+    return f"warning: {message}\n"
+
+
 def main() -> None:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # users see "warning: ...", not a source location
     app()
 
 

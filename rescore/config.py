@@ -154,7 +154,8 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (value parsed as YAML; list indices allowed as numbers)."""
+    """Apply ``key.path=value`` overrides (value parsed as YAML). In a list, a path segment is an index or
+    the ``name`` of an element: ``tasks.gsm8k_chat.gen.n=8`` or ``tasks.4.gen.n=8``."""
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not key.path=value", hint="e.g. -O seeds=[0,1]")
@@ -163,16 +164,36 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        node: Any = data
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        node: Any = data
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
             if isinstance(node, list):
-                node = node[int(p)]
+                idx = _list_index(node, p, key)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = value
+                else:
+                    node = node.setdefault(p, {})
             else:
-                node = node.setdefault(p, {})
-        last = parts[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])!r} is a value, not a mapping or list",
+                                  hint="check the key path against the config file")
     return data
+
+
+def _list_index(node: list[Any], part: str, key: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if -len(node) <= idx < len(node):
+            return idx % len(node)
+        raise ConfigError(f"override {key!r}: index {idx} is out of range (the list has {len(node)} items)",
+                          hint="indices start at 0")
+    names = [x.get("name") for x in node if isinstance(x, dict)]
+    if part in names:
+        return names.index(part)
+    raise ConfigError(f"override {key!r}: no list item named {part!r}",
+                      hint=f"use an index or one of {[n for n in names if n]}")

@@ -207,7 +207,9 @@ def missing_checkpoints(m: MatrixConfig, checkpoints: list[Checkpoint]) -> list[
 def check_checkpoints(m: MatrixConfig, checkpoints: list[Checkpoint], source: str) -> None:
     missing = missing_checkpoints(m, checkpoints)
     if missing:
-        raise ConfigProblems(source, missing)
+        n = len(missing)
+        raise ConfigError(f"{source}: {n} checkpoint{'s' if n != 1 else ''} not found: " + "; ".join(missing),
+                          hint="fix the stages' path patterns or steps, or wait until the checkpoints are written")
 
 
 def suite_for(m: MatrixConfig, name: str) -> SuiteConfig:

@@ -46,6 +46,7 @@ class TornLineWarning(UserWarning):
 class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.corrupt: list[tuple[Path, str]] = []
 
     @property
     def gen_dir(self) -> Path:
@@ -70,12 +71,18 @@ class Store:
         return self.gen_dir / _checked(run_id)
 
     def units(self) -> list[Unit]:
+        """Every unit with a readable manifest. Units whose manifest cannot be read are left out and listed
+        in :attr:`corrupt` (path, message), so one damaged unit never blocks the rest of the store."""
+        self.corrupt: list[tuple[Path, str]] = []
         if not self.gen_dir.is_dir():
             return []
         out = []
         for d in sorted(self.gen_dir.iterdir()):
             if d.is_dir() and (d / MANIFEST).is_file():
-                out.append(Unit(d))
+                try:
+                    out.append(Unit(d))
+                except CorruptArtifactError as e:
+                    self.corrupt.append((d, e.message))
         return out
 
     def unit(self, run_id: str) -> Unit:

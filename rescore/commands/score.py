@@ -144,7 +144,9 @@ def register(app: typer.Typer) -> None:
 
         if fmt not in ("table", "csv", "json", "markdown"):
             raise ConfigError(f"unknown --format {fmt!r}", hint="choose table, csv, json or markdown")
-        rows = rep.filter_results(read_results(Store(store)), model=model, task=task, metric=metric,
+        table = read_results(Store(store))
+        rep.check_filters(table, model=model, task=task, metric=metric)
+        rows = rep.filter_results(table, model=model, task=task, metric=metric,
                                   seed=seed or ["agg"], subset=subset or ["all"])
         from rescore.report.compare import guard_result_rows
 

@@ -14,30 +14,61 @@ from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_err
 def unit_rows(store_path: Path) -> list[dict[str, Any]]:
     from rescore.artifacts.store import Store
 
+    store = Store(store_path)
     out = []
-    for u in Store(store_path).units():
+    for u in store.units():
         m = u.manifest
         out.append({
             "run_id": u.run_id, "model": m.get("model", {}).get("name"), "step": m.get("model", {}).get("step"),
             "task": m.get("task", {}).get("name"), "suite": m.get("suite"), "seed": m.get("seed"),
             "request_type": m.get("request_type"), "status": "complete" if u.complete else "partial",
             "rows_done": u.rows_done(), "rows_total": u.rows_total(),
-            "precision": m.get("model", {}).get("precision"), "created_at": m.get("created_at"),
+            "precision": m.get("model", {}).get("precision"), "path": m.get("model", {}).get("path"),
+            "created_at": m.get("created_at"),
         })
+    for path, message in store.corrupt:
+        out.append({"run_id": path.name, "model": "?", "step": None, "task": "?", "suite": None, "seed": "?",
+                    "request_type": None, "status": "corrupt", "rows_done": 0, "rows_total": None,
+                    "precision": None, "path": None, "created_at": None, "error": message})
+    return out
+
+
+def table_console():  # type: ignore[no-untyped-def]
+    """A console for tables: the terminal's width, or wide enough not to cut run ids when piped."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
+def model_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """A row label per unit that tells checkpoints apart: name, @step, and the precision or path when the
+    same name@step has several."""
+    base = [f"{r['model']}@{r['step']}" if r.get("step") is not None else str(r["model"]) for r in rows]
+    out = []
+    for b, r in zip(base, rows, strict=True):
+        peers = [x for bb, x in zip(base, rows, strict=True) if bb == b]
+        label = b
+        if len({x.get("precision") for x in peers}) > 1:
+            label += f" ({r.get('precision')})"
+        if len({x.get("path") for x in peers}) > 1:
+            label += f" [{r.get('path')}]"
+        out.append(label)
     return out
 
 
 def status_matrix(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """model -> task -> seed -> cell text."""
+    """model label -> task -> seed -> cell text (several units in one cell are joined with ' + ')."""
     matrix: dict[str, dict[str, dict[str, str]]] = {}
-    for r in rows:
-        if r["status"] == "complete":
-            cell = "complete"
-        elif r["status"] == "missing":
-            cell = "missing"
+    for label, r in zip(model_labels(rows), rows, strict=True):
+        if r["status"] in ("complete", "missing", "corrupt"):
+            cell = r["status"]
         else:
             cell = f"partial {r['rows_done']}/{r['rows_total'] if r['rows_total'] is not None else '?'}"
-        matrix.setdefault(r["model"], {}).setdefault(r["task"], {})[str(r["seed"])] = cell
+        cells = matrix.setdefault(label, {}).setdefault(r["task"], {})
+        seed = str(r["seed"])
+        cells[seed] = f"{cells[seed]} + {cell}" if seed in cells else cell
     return matrix
 
 
@@ -53,7 +84,6 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """The model x task x seed matrix: complete / partial (rows done/total) / missing."""
-        from rich.console import Console
         from rich.table import Table
 
         rows = unit_rows(store)
@@ -78,7 +108,7 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print(json.dumps({"units": rows, "matrix": matrix}, indent=2, default=str))
             return
-        console = Console()
+        console = table_console()
         if not rows:
             console.print(f"no units in {store} (run `rescore gen SUITE --model PATH` first)", highlight=False)
             return
@@ -94,19 +124,18 @@ def register(app: typer.Typer) -> None:
                 vals = []
                 for s in seeds:
                     c = cells.get(s, "")
-                    st = style.get(c, "yellow" if c.startswith("partial") else "")
+                    st = style.get(c, "yellow" if c.startswith("partial") else ("red" if "corrupt" in c else ""))
                     vals.append(f"[{st}]{c}[/{st}]" if st else c)
                 t.add_row(m, task, *vals)
         console.print(t)
-        n = {k: sum(1 for r in rows if r["status"] == k) for k in ("complete", "partial", "missing")}
-        console.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing",
-                      highlight=False)
+        n = {k: sum(1 for r in rows if r["status"] == k) for k in ("complete", "partial", "missing", "corrupt")}
+        console.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing"
+                      + (f", {n['corrupt']} corrupt (see `rescore verify`)" if n["corrupt"] else ""), highlight=False)
 
     @app.command("ls")
     @handle_errors
     def ls_cmd(store: StoreOpt = DEFAULT_STORE, json_out: JsonOpt = False) -> None:
         """List the generation units in the store."""
-        from rich.console import Console
         from rich.table import Table
 
         rows = unit_rows(store)
@@ -120,7 +149,7 @@ def register(app: typer.Typer) -> None:
             t.add_row(r["run_id"], str(r["model"]), str(r["step"] if r["step"] is not None else "-"), str(r["task"]),
                       str(r["seed"]), str(r["request_type"]), r["status"], f"{r['rows_done']}/{r['rows_total']}",
                       str(r["precision"]), str(r["created_at"]))
-        Console().print(t)
+        table_console().print(t)
 
     @app.command()
     @handle_errors

@@ -22,6 +22,8 @@ def verify(
     against: Annotated[Path | None, typer.Option(help="An earlier results file (results.parquet or `results --format json`): "
                                                       "rescoring the store must reproduce it.")] = None,
     tolerance: Annotated[float, typer.Option(help="With --against: allowed difference, relative to max(1, |old|).")] = 1e-9,
+    plugin: Annotated[list[str] | None, typer.Option("--plugin", help="With --against: metric plugin file or module "
+                                                     "the results were scored with. Repeatable.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Without a subcommand: check every unit's checksum and schema and list corrupt or orphaned files.
@@ -39,6 +41,9 @@ def verify(
     st = Store(store)
     console = Console()
     if against is not None:
+        from rescore.commands.score import _load_plugins
+
+        _load_plugins(plugin)
         old = load_results_file(against)
         diffs = compare_results(old, rescore_into_temp(st), tolerance)
         bad = [d for d in diffs if d.status in ("diff", "missing")]

@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from rescore.artifacts.ids import run_id as make_run_id
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions, now_iso
 from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
 from rescore.core import GenParams, Request, RequestType
-from rescore.errors import StoreError
+from rescore.errors import ConfigError, StoreError, UserError
 from rescore.gen.base import Backend, RunContext, make_backend
 
 # ModelConfig.options that change how a run behaves but not what it produces
@@ -48,10 +49,18 @@ class UnitPlan:
         return f"{self.model.name} · {self.task.name} · seed {self.seed}"
 
 
+def canonical_model_path(path: str) -> str:
+    """A local checkpoint's absolute, symlink-free path (so ``step_100`` typed in two directories are two
+    models, and three spellings of one directory are one); hub ids and ``fake`` stay as written."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
+
+
 def model_identity(model: ModelConfig) -> dict[str, Any]:
     """The parts of a model config that decide what it generates (batch sizes and devices do not)."""
     return {
-        "name": model.name, "path": model.path, "backend": model.backend, "precision": model.precision,
+        "name": model.name, "path": canonical_model_path(model.path), "backend": model.backend,
+        "precision": model.precision,
         "step": model.step, "stage": model.stage, "trust_remote_code": model.trust_remote_code,
         "max_length": model.max_length,
         "options": {k: v for k, v in sorted(model.options.items()) if k not in RUNTIME_OPTIONS},
@@ -64,8 +73,10 @@ def task_gen_params(suite: SuiteConfig, task: TaskConfig, request_type: RequestT
     return (task.gen or suite.gen or GenConfig()).to_params()
 
 
-def task_seeds(suite: SuiteConfig, task: TaskConfig, request_type: RequestType, gen: GenParams | None) -> tuple[int, ...]:
-    seeds = tuple(task.seeds or suite.seeds)
+def task_seeds(suite: SuiteConfig, task: TaskConfig, request_type: RequestType, gen: GenParams | None,
+               override: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The seeds a task runs under: all of them for sampled generation, the first only otherwise."""
+    seeds = tuple(override) if override is not None else tuple(task.seeds or suite.seeds)
     if request_type != "generate" or (gen is not None and gen.greedy):
         return seeds[:1]
     return seeds
@@ -96,9 +107,10 @@ def plan_units(
     plans: list[UnitPlan] = []
     for task in chosen:
         rt = task_api.request_type(task)
-        data = get_task_data(store.root, task, data_root=data_root, allow_direct=allow_direct, suite=suite.name)
+        with task_data_errors(task):
+            data = get_task_data(store.root, task, data_root=data_root, allow_direct=allow_direct, suite=suite.name)
         gen = task_gen_params(suite, task, rt)
-        for seed in seeds if seeds is not None else task_seeds(suite, task, rt, gen):
+        for seed in task_seeds(suite, task, rt, gen, override=seeds):
             for model in models:
                 resolved = {
                     "model": model_identity(model),
@@ -110,6 +122,22 @@ def plan_units(
                 plans.append(UnitPlan(model, suite, task, seed, rt, data.data_fp, gen, resolved,
                                       make_run_id(resolved), data, data_root))
     return plans
+
+
+@contextmanager
+def task_data_errors(task: TaskConfig) -> Iterator[None]:
+    """A task's data that does not have the fields its family expects is a user error naming the task and
+    its source, not a traceback."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+        src = task.source.path or task.source.hf if task.source else "built-in data"
+        raise ConfigError(f"task {task.name!r}: its data ({src}) does not fit family {task.family!r}: "
+                          f"{type(e).__name__}: {e}",
+                          hint="check the file (one JSON object per line), the task's source.format and "
+                               "params (e.g. params.schema names the fields)") from None
 
 
 def unit_state(store: Store, run_id: str) -> tuple[str, int, int | None]:
@@ -205,7 +233,8 @@ def run_units(
                 backends[key] = backend_factory(plan.model)
             backend = backends[key]
             t0 = time.perf_counter()
-            requests = task_api.build_requests(plan.task, plan.data, backend.tokenizer)
+            with task_data_errors(plan.task):
+                requests = task_api.build_requests(plan.task, plan.data, backend.tokenizer)
             results.append(_run_one(store, plan, backend, requests, progress, i, len(todo), command, t0))
     finally:
         for b in backends.values():

@@ -692,4 +692,8 @@ def guard_result_rows(store: Store, rows: Sequence[dict[str, Any]], *, allow_mix
     except UserError:
         return []
     ckpts = [c for c in cat.checkpoints if (c.name, c.step) in shown]
-    return guard_mixed(cat, ckpts, allow_mixed=allow_mixed)
+    try:
+        return guard_mixed(cat, ckpts, allow_mixed=allow_mixed)
+    except MixedRunsError as e:
+        raise MixedRunsError(e.message, hint="select runs that agree with --model or --task, "
+                                             "or pass --allow-mixed to show them side by side anyway") from None

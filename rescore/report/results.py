@@ -39,6 +39,25 @@ def filter_results(table: pa.Table, *, model: Sequence[str] | None = None, task:
     return out
 
 
+def check_filters(table: pa.Table, **patterns: Sequence[str] | None) -> None:
+    """Every --model/--task/--metric pattern must match something in the results; a typo is an error
+    with the closest names, not an empty table."""
+    import difflib
+
+    from rescore.errors import ConfigError
+
+    for column, pats in patterns.items():
+        if not pats or column not in table.column_names:
+            continue
+        values = sorted({str(v) for v in table.column(column).to_pylist() if v is not None})
+        for p in pats:
+            if not any(fnmatch.fnmatchcase(v, p) for v in values):
+                close = difflib.get_close_matches(p, values, n=3, cutoff=0.5)
+                hint = (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
+                    f"{column}s in the results: {', '.join(values[:20])}{' ...' if len(values) > 20 else ''}"
+                raise ConfigError(f"--{column} {p!r} matches no results", hint=hint)
+
+
 def fmt(v: Any) -> str:
     if v is None:
         return "—"

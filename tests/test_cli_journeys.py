@@ -1,0 +1,107 @@
+"""What a user meets on the command line: model identity, seeds, overrides, bad data, filters, damaged units."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from rescore.artifacts.store import Store
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def one_line_error(out: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert out.returncode == code, (out.returncode, out.stderr)
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_checkpoints_are_identified_by_absolute_path(tmp_path):
+    for d in ("a/step_1", "b/step_1"):
+        (tmp_path / d).mkdir(parents=True)
+    store = str(tmp_path / "st")
+    args = ["gen", "demo", "--backend", "fake", "--model", "step_1", "--store", store, "-t", "arc_easy"]
+    first = cli(*args, cwd=tmp_path / "a")
+    assert first.returncode == 0 and "1 generated" in first.stdout
+    other = cli(*args, cwd=tmp_path / "b")  # another directory with the same name is another model
+    assert other.returncode == 0 and "1 generated" in other.stdout
+    same = cli("gen", "demo", "--backend", "fake", "--model", str(tmp_path / "a" / "step_1"), "--name", "step_1",
+               "--store", store, "-t", "arc_easy")
+    assert same.returncode == 0 and "1 already complete" in same.stdout
+    paths = {u.manifest["model"]["path"] for u in Store(store).units()}
+    assert paths == {str((tmp_path / "a" / "step_1").resolve()), str((tmp_path / "b" / "step_1").resolve())}
+    status = cli("status", "--store", store, "--json")
+    assert len(json.loads(status.stdout)["matrix"]) == 2  # two rows, not one merged cell
+
+
+def test_seeds_override_keeps_deterministic_tasks_to_one_unit(tmp_path):
+    store = str(tmp_path / "st")
+    out = cli("gen", "demo", "--model", "fake", "--store", store, "-t", "arc_easy", "-t", "gsm8k_chat",
+              "--seeds", "0,1,2")
+    assert out.returncode == 0, out.stderr
+    seeds = sorted((u.manifest["task"]["name"], u.manifest["seed"]) for u in Store(store).units())
+    assert seeds == [("arc_easy", 0), ("gsm8k_chat", 0), ("gsm8k_chat", 1), ("gsm8k_chat", 2)]
+
+
+def test_overrides_address_tasks_by_name_and_bad_paths_are_one_line(tmp_path):
+    store = str(tmp_path / "st")
+    out = cli("gen", "demo", "--model", "fake", "--store", store, "-t", "gsm8k_chat", "--seeds", "0",
+              "-O", "tasks.gsm8k_chat.gen.n=3")
+    assert out.returncode == 0, out.stderr
+    (unit,) = Store(store).units()
+    assert unit.manifest["gen"]["n"] == 3
+    one_line_error(cli("gen", "demo", "--model", "fake", "--store", store, "-O", "tasks.99.gen.n=3"), 2, "out of range")
+    one_line_error(cli("gen", "demo", "--model", "fake", "--store", store, "-O", "tasks.nosuch.gen.n=3"), 2,
+                   "no list item named 'nosuch'")
+
+
+def test_task_data_that_does_not_fit_is_a_one_line_error(tmp_path, shared_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (shared_data / "arc_easy" / "arc_easy.jsonl").read_text().splitlines()[:5]
+    (data / "broken.jsonl").write_text("\n".join(rows[:2] + ["{not json"] + rows[2:]) + "\n")
+    (data / "nogold.jsonl").write_text("\n".join(json.dumps({k: v for k, v in json.loads(r).items() if k != "gold"})
+                                                 for r in rows) + "\n")
+    for name in ("broken", "nogold"):
+        suite = tmp_path / f"{name}.yaml"
+        suite.write_text(textwrap.dedent(f"""
+            name: s{name}
+            data_root: {data}
+            tasks:
+              - name: arc
+                family: multiple_choice
+                source: {{path: {name}.jsonl}}
+                params: {{prompt: arc, schema: llm_foundry}}
+        """))
+        out = cli("gen", str(suite), "--model", "fake", "--store", str(tmp_path / "st"))
+        assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert f"{name}.jsonl" in out.stderr
+
+
+def test_results_filters_that_match_nothing_say_so(tmp_path):
+    store = str(tmp_path / "st")
+    assert cli("gen", "demo", "--model", "fake", "--store", store, "-t", "arc_easy").returncode == 0
+    assert cli("score", "--store", store).returncode == 0
+    one_line_error(cli("results", "--store", store, "--metric", "acc_nrom"), 2, "did you mean 'acc_norm'")
+    one_line_error(cli("results", "--store", store, "--task", "mmlu*"), 2, "matches no results")
+    assert cli("results", "--store", store, "--metric", "acc*", "--format", "csv").returncode == 0
+
+
+def test_a_damaged_manifest_does_not_block_the_store(tmp_path):
+    store = tmp_path / "st"
+    assert cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy", "-t",
+               "hellaswag").returncode == 0
+    bad = sorted((store / "gen").iterdir())[0] / "manifest.json"
+    bad.write_text(bad.read_text()[:40])
+    status = cli("status", "--store", str(store))
+    assert status.returncode == 0 and "1 corrupt" in status.stdout
+    assert cli("ls", "--store", str(store)).returncode == 0
+    verify = cli("verify", "--store", str(store), "--json")
+    assert verify.returncode == 1
+    assert [f["kind"] for f in json.loads(verify.stdout)["findings"]] == ["corrupt"]
