@@ -176,3 +176,21 @@ def test_check_details_with_many_check_names() -> None:
     want = _reference(rows)
     assert got["checks"].to_pylist() == want["checks"]
     np.testing.assert_array_equal(got["value"], np.array(want["all_checks_pass_rate"]))
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["x", "print", "value", "_", "match", "case", "type", "not", "is", "in", "if", "else",
+                                 "lambda", "await", "yield", "None", "True", "A1", "f", "rb", "a_b", "(", ")", ":",
+                                 "=", "\n", "  ", "'s'", "1"]), max_size=6).map(" ".join))
+def test_python_parses_matches_ast_parse(code: str) -> None:
+    import ast
+
+    from rescore.score.extract import _clear_parses, python_parses
+
+    try:
+        ast.parse(code)
+        want = True
+    except SyntaxError:
+        want = False
+    _clear_parses()
+    assert python_parses(code) is want

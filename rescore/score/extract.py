@@ -23,6 +23,7 @@ arrays, which drop them.
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 import string
 from functools import lru_cache
@@ -154,6 +155,8 @@ def code_block(text: str, language: str | None = "python", fallback_whole: bool 
     return text if fallback_whole else None
 
 
+_NAMES_ONLY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z_][A-Za-z0-9_]*)+")
+_KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist)
 _PARSES: dict[str, bool] = {}
 _PARSES_CHARS = [0]
 
@@ -162,6 +165,10 @@ def python_parses(code: str) -> bool:
     """``ast.parse`` succeeds. Cached per distinct code string (responses recur across seeds and
     checkpoints, and parsing is most of the SFT checks' time); the cache holds at most ~16M characters."""
     ok = _PARSES.get(code)
+    if ok is None and _NAMES_ONLY.fullmatch(code) and _KEYWORDS.isdisjoint(code.split(" ")):
+        # two or more plain names side by side (prose such as "the answer follows"): no rule
+        # of Python's grammar puts a name right after a name unless one of them is a (soft) keyword
+        return False
     if ok is None:
         try:
             ast.parse(code)
