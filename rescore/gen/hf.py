@@ -100,6 +100,30 @@ def lm_eval_n_words(text: str) -> int:
     return len(re.split(r"\s+", text))
 
 
+def rolling_row(r: Request, target: list[int], parts: list[SpanResult], tok: Any, *, topk: int,
+                entropy: bool) -> dict[str, Any]:
+    """The artifact row of a rolling request from its scored spans (in order); shared with the vLLM backend."""
+    lps = np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32)
+    text = r.text if r.token_ids is None else None
+    scored_text = text if text is not None else tok.decode(target)
+    row = r.base_row()
+    row.update(
+        prompt=text,
+        prompt_token_ids=list(r.token_ids) if r.token_ids is not None else None,
+        token_ids=target,
+        logprobs=lps.tolist(),
+        sum_logprob=float(lps.astype(np.float64).sum()),
+        n_tokens=len(target),
+        n_bytes=r.n_bytes if r.n_bytes is not None else len(scored_text.encode("utf-8")),
+        n_words=r.n_words if r.n_words is not None else lm_eval_n_words(scored_text),
+        topk_ids=[t for p in parts for t in (p.topk_ids or [])] if topk else None,
+        topk_logprobs=[t for p in parts for t in (p.topk_logprobs or [])] if topk else None,
+        entropy=[e for p in parts for e in (p.entropy or [])] if entropy else None,
+        per_token_available=True,
+    )
+    return row
+
+
 class HFBackend:
     name = "hf"
 
@@ -314,27 +338,8 @@ class HFBackend:
         want_entropy = ctx.topk > 0
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
-            r = reqs[i]
-            parts = [res[w] for w in sorted(res)]
-            lps = np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32)
-            text = r.text if r.token_ids is None else None
-            scored_text = text if text is not None else self._tok.decode(targets[i])
-            row = r.base_row()
-            row.update(
-                prompt=text,
-                prompt_token_ids=list(r.token_ids) if r.token_ids is not None else None,
-                token_ids=targets[i],
-                logprobs=lps.tolist(),
-                sum_logprob=float(lps.astype(np.float64).sum()),
-                n_tokens=len(targets[i]),
-                n_bytes=r.n_bytes if r.n_bytes is not None else len(scored_text.encode("utf-8")),
-                n_words=r.n_words if r.n_words is not None else lm_eval_n_words(scored_text),
-                topk_ids=[t for p in parts for t in (p.topk_ids or [])] if ctx.topk else None,
-                topk_logprobs=[t for p in parts for t in (p.topk_logprobs or [])] if ctx.topk else None,
-                entropy=[e for p in parts for e in (p.entropy or [])] if want_entropy else None,
-                per_token_available=True,
-            )
-            return row
+            return rolling_row(reqs[i], targets[i], [res[w] for w in sorted(res)], self._tok, topk=ctx.topk,
+                               entropy=want_entropy)
 
         yield from self._score(units, len(reqs), ctx, make_row, entropy=want_entropy, greedy=False)
 

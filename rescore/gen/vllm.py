@@ -90,7 +90,7 @@ from rescore.config import ModelConfig
 from rescore.core import GenParams, Request, derive_seed
 from rescore.errors import BackendError, ConfigError
 from rescore.gen.base import RunContext
-from rescore.gen.hf import HFBackend, Span, SpanResult, Unit, lm_eval_n_words
+from rescore.gen.hf import HFBackend, Span, SpanResult, Unit, rolling_row
 from rescore.gen.loading import (
     _resolve_path,
     chat_template_hash,
@@ -524,27 +524,9 @@ class VLLMBackend:
             targets.append(tg)
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
-            r = reqs[i]
-            parts = [res[w] for w in sorted(res)]
-            lps = np.concatenate([p.logprobs for p in parts]) if parts else np.zeros(0, np.float32)
-            text = r.text if r.token_ids is None else None
-            scored_text = text if text is not None else self._tok.decode(targets[i])
-            row = r.base_row()
-            row.update(
-                prompt=text,
-                prompt_token_ids=list(r.token_ids) if r.token_ids is not None else None,
-                token_ids=targets[i],
-                logprobs=lps.tolist(),
-                sum_logprob=float(lps.astype(np.float64).sum()),
-                n_tokens=len(targets[i]),
-                n_bytes=r.n_bytes if r.n_bytes is not None else len(scored_text.encode("utf-8")),
-                n_words=r.n_words if r.n_words is not None else lm_eval_n_words(scored_text),
-                topk_ids=[t for p in parts for t in (p.topk_ids or [])] if ctx.topk else None,
-                topk_logprobs=[t for p in parts for t in (p.topk_logprobs or [])] if ctx.topk else None,
-                entropy=None,  # needs the full distribution per position, which vLLM does not return
-                per_token_available=True,
-            )
-            return row
+            # no entropy: it needs the full distribution per position, which vLLM does not return
+            return rolling_row(reqs[i], targets[i], [res[w] for w in sorted(res)], self._tok, topk=ctx.topk,
+                               entropy=False)
 
         yield from self._score(units, len(reqs), ctx, make_row, {})
 
