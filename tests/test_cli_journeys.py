@@ -105,3 +105,17 @@ def test_a_damaged_manifest_does_not_block_the_store(tmp_path):
     verify = cli("verify", "--store", str(store), "--json")
     assert verify.returncode == 1
     assert [f["kind"] for f in json.loads(verify.stdout)["findings"]] == ["corrupt"]
+
+
+def test_one_damaged_unit_does_not_stop_scoring_the_others(tmp_path):
+    store = tmp_path / "st"
+    assert cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy", "-t",
+               "hellaswag").returncode == 0
+    units = sorted(Store(store).units(), key=lambda u: u.manifest["task"]["name"])
+    damaged = units[0].parquet_path
+    damaged.write_bytes(damaged.read_bytes()[:-20])
+    out = cli("score", "--store", str(store))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert units[0].run_id[:12] in out.stderr and "not scored" in out.stderr
+    scored = {p.parent.name for p in (store / "scores").glob("*/*.parquet")}
+    assert units[1].run_id in scored and units[0].run_id not in scored

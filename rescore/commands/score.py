@@ -73,7 +73,10 @@ def register(app: typer.Typer) -> None:
                 "up_to_date": report.up_to_date, "partial_units": report.partial_units,
                 "units_complete": report.units_complete, "unavailable": report.unavailable,
                 "skipped": report.skipped, "results_rows": report.results_rows, "seconds": round(report.seconds, 3),
+                "corrupt_units": [{"run_id": r, "error": m} for r, m in report.corrupt_units],
             }, indent=2))
+            if report.corrupt_units:
+                raise typer.Exit(1)
             return
         n_metrics = len({m for _, m, _ in report.computed})
         console.print(f"scored {report.units_scored} of {report.units_complete} complete units: computed "
@@ -88,6 +91,10 @@ def register(app: typer.Typer) -> None:
         for s in report.skipped:
             console.print(f"skipped {s}", highlight=False)
         console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
+        if report.corrupt_units:
+            for run_id, message in report.corrupt_units:
+                print(f"error: unit {run_id[:12]} not scored: {message}", file=sys.stderr)
+            raise typer.Exit(1)
 
     @app.command("metrics")
     @handle_errors

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from rescore.artifacts.io import atomic_write_table
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
-from rescore.errors import ConfigError, UserError
+from rescore.errors import ConfigError, CorruptArtifactError, UserError
 from rescore.score.aggregate import seed_aggregate
 from rescore.score.registry import load_builtin
 from rescore.score.spec import Agg, Metric, UnitInfo, aggregators, metrics
@@ -73,6 +73,7 @@ class ScoreReport:
     units_complete: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # "metric on unit: why"
+    corrupt_units: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message): left unscored
     results_rows: int = 0
     seconds: float = 0.0
 
@@ -495,7 +496,10 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
             with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=ctx) as pool:
                 futs = [(u, pool.submit(_score_unit_job, i)) for i, (u, _) in enumerate(work)]
                 for i, (u, fut) in enumerate(futs):
-                    _record(report, u, fut.result())
+                    try:
+                        _record(report, u, fut.result())
+                    except CorruptArtifactError as e:
+                        report.corrupt_units.append((u.run_id, e.render()))
                     if progress:
                         progress(u.describe(), i + 1, total)
         finally:
@@ -505,10 +509,15 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rescore-io") as io_pool:
             nxt = io_pool.submit(load_unit, *work[0])
             for i, (u, todo) in enumerate(work):
-                loaded = nxt.result()
+                try:
+                    loaded = nxt.result()
+                except CorruptArtifactError as e:  # one damaged unit never stops the others
+                    loaded = None
+                    report.corrupt_units.append((u.run_id, e.render()))
                 if i + 1 < total:
                     nxt = io_pool.submit(load_unit, *work[i + 1])
-                _record(report, u, score_unit(store, u, todo, loaded, writer=io_pool))
+                if loaded is not None:
+                    _record(report, u, score_unit(store, u, todo, loaded, writer=io_pool))
                 del loaded
                 if progress:
                     progress(u.describe(), i + 1, total)
