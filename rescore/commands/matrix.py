@@ -172,6 +172,9 @@ def register(app: typer.Typer) -> None:
             if direct:
                 extra.append("--direct")
             code = run_workers(matrix, Path(store), max_parallel, extra)
+            after, _ = _units(store, matrix, None, None, data_root, direct, check_paths=False)
+            done = sum(1 for u in after if u.state == "complete")
+            print(f"{max_parallel} workers finished: {done}/{len(after)} units of the matrix complete")
             if code:
                 raise typer.Exit(code)
             return
