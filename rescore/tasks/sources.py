@@ -11,6 +11,7 @@ import bz2
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,11 @@ def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Ite
         raise MissingDataError(
             f"could not load Hugging Face dataset {source.hf!r} (config {source.config_name!r}, split {split!r}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            hint="check the id/config/split and that you are online (run `rescore prepare` where the network is)",
+            hint=("the Hugging Face libraries are set offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): unset them on a "
+                  "machine with network access, or point the task's source.path at a local copy"
+                  if any(os.environ.get(k) in ("1", "true", "True") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+                  else "check the dataset id, config and split, and the network; or point the task's source.path at "
+                       "a local copy (relative paths resolve against --data-root)"),
         ) from None
     yield from ds
 
