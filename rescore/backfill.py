@@ -53,7 +53,7 @@ def plan_matrix(store: Store, m: MatrixConfig, *, source: str, data_root: Path |
     for c in checkpoints:
         for sname in c.suites:
             suite = suites.setdefault(sname, suite_for(m, sname))
-            for p in plan_units(store, suite, [c.model], data_root=root, allow_direct=allow_direct):
+            for p in plan_units(store, suite, [c.model], data_root=root, allow_direct=allow_direct, seeds=m.seeds):
                 if p.run_id in seen:
                     continue
                 seen.add(p.run_id)
@@ -131,7 +131,9 @@ def run_workers(matrix_path: Path, store: Path, n: int, extra: Sequence[str] = (
         cmd = [sys.executable, "-m", "rescore.cli", "backfill", str(matrix_path), "--store", str(store),
                "--executor", "local", "--shard", f"{k}/{n}", "--no-progress", *extra]
         procs.append(subprocess.Popen(cmd))
-    return max(p.wait() for p in procs)
+    codes = [p.wait() for p in procs]
+    bad = [c for c in codes if c != 0]  # a worker killed by a signal has a negative code
+    return (bad[0] if bad[0] > 0 else 128 - bad[0]) if bad else 0
 
 
 # -- Slurm ---------------------------------------------------------------------------------------------------

@@ -40,10 +40,16 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
     return f"warning: {message}\n"
 
 
+def _sigterm(signum, frame) -> None:  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
     import warnings
 
     warnings.formatwarning = _one_line_warning  # users see "warning: ...", not a source location
+    signal.signal(signal.SIGTERM, _sigterm)  # Slurm's time limit: stop like Ctrl-C, releasing unit locks
     app()
 
 

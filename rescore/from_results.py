@@ -159,11 +159,11 @@ def plan_from_results(store: Store, pattern: str, mapping_path: Path, *, data_ro
         if not tasks:
             raise UserError(f"{f}: none of its tasks {names} is in the mapping",
                             hint=f"add them under 'tasks:' in {mapping_path}")
-        seeds = suite.seeds
+        seeds = None  # the suite's (and its tasks') own seeds, unless the results file names the seed it used
         if mapping.seed_key and config.get(mapping.seed_key) is not None:
             seeds = (int(config[mapping.seed_key]),)
-        sub = suite.model_copy(update={"tasks": tuple(tasks), "seeds": seeds})
-        for p in plan_units(store, sub, [model], data_root=data_root, allow_direct=allow_direct):
+        sub = suite.model_copy(update={"tasks": tuple(tasks)})
+        for p in plan_units(store, sub, [model], data_root=data_root, allow_direct=allow_direct, seeds=seeds):
             if p.run_id not in seen:
                 seen.add(p.run_id)
                 state, done, total = unit_state(store, p.run_id)

@@ -8,7 +8,6 @@ temporary files left by an interrupted atomic write, and locks of dead processes
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rescore.artifacts.io import read_json, sha256_file
-from rescore.artifacts.lock import _pid_alive
+from rescore.artifacts.lock import is_stale
 from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
 from rescore.artifacts.store import LOCK, MANIFEST, ROWS_JSONL, ROWS_PARQUET, Store, scan_jsonl
 from rescore.errors import UserError
@@ -78,12 +77,7 @@ def check_unit(d: Path) -> list[Finding]:
                                                   f"{SCHEMA_VERSION})"))
     lock = d / LOCK
     if lock.exists():
-        try:
-            owner = orjson.loads(lock.read_bytes())
-            stale = owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
-        except (OSError, orjson.JSONDecodeError, ValueError):
-            stale = True
-        if stale:
+        if is_stale(lock):
             out.append(Finding("stale-lock", str(lock), "lock of a process that is gone (reclaimed by the next gen)"))
     if m.get("status") != "complete":
         try:

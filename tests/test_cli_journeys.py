@@ -119,3 +119,39 @@ def test_one_damaged_unit_does_not_stop_scoring_the_others(tmp_path):
     assert units[0].run_id[:12] in out.stderr and "not scored" in out.stderr
     scored = {p.parent.name for p in (store / "scores").glob("*/*.parquet")}
     assert units[1].run_id in scored and units[0].run_id not in scored
+
+
+def test_sigterm_stops_like_ctrl_c_and_releases_the_lock(tmp_path):
+    import os
+    import signal
+    import time
+
+    store = tmp_path / "st"
+    proc = subprocess.Popen([sys.executable, "-m", "rescore.cli", "gen", "demo", "--model", "fake", "--store", str(store),
+                             "-t", "arc_easy", "--fake-rows-per-s", "2", "--batch-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and not list((store / "gen").glob("*/.lock")):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGTERM)  # what Slurm sends at the time limit
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert not list((store / "gen").glob("*/.lock"))
+    (unit,) = Store(store).units()
+    assert not unit.complete and unit.rows_done() >= 1
+    again = cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy")
+    assert again.returncode == 0 and "1 resumed" in again.stdout
+
+
+def test_report_labels_do_not_change_run_ids(tmp_path):
+    store = str(tmp_path / "st")
+    assert cli("gen", "demo", "--model", "fake", "--store", store, "-t", "arc_easy").returncode == 0
+    out = cli("gen", "demo", "--model", "fake", "--store", store, "-t", "arc_easy", "-O", "tasks.arc_easy.tier=tier2")
+    assert out.returncode == 0 and "1 already complete" in out.stdout
+
+
+def test_store_path_that_is_a_file_is_a_one_line_error(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    one_line_error(cli("gen", "demo", "--model", "fake", "--store", str(f), "-t", "arc_easy"), 1, "afile")

@@ -45,6 +45,10 @@ def suite(tmp: Path, shared: Path) -> Path:
     return p
 
 
+def written_lines(store: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in store.glob("gen/*/rows.jsonl"))
+
+
 def flat(col) -> np.ndarray:
     arr = col.combine_chunks()
     while pa.types.is_list(arr.type):
@@ -67,14 +71,17 @@ def test_kill_9_and_resume_on_the_tiny_model_gives_the_same_rows(tmp_path, tiny_
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "rescore.cli", *base, "--store", str(killed), "--batch-size", "2"]
     kills = 0
-    for delay in (6.0, 8.0, 10.0):  # after the model has loaded, while batches are being written
+    for _ in range(3):  # kill each run as soon as it has written a new batch, then resume
+        before = written_lines(killed)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and written_lines(killed) <= before:
+            time.sleep(0.02)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 1
+    assert kills >= 2
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = tables(ref), tables(killed)

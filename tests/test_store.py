@@ -249,3 +249,78 @@ def test_warnings_not_raised_on_clean_resume(tmp_path):
         warnings.simplefilter("error")
         with UnitWriter(store, "ba", manifest()) as w:
             assert len(w.done_ids) == 3
+
+
+def test_non_finite_values_are_null_whether_or_not_the_unit_was_resumed(tmp_path):
+    reqs = mc_requests(4)
+    rows = [r for b in fake_rows(reqs) for r in b]
+    rows[1]["choice_sum_logprob"] = [float("-inf"), 0.5, float("nan")]
+    rows[2]["choice_logprobs"] = [[float("-inf")], [-1.0], [-2.0]]
+
+    whole = Store(tmp_path / "a")
+    with UnitWriter(whole, "aa", manifest()) as w:
+        w.append(rows)
+        w.finish([r.sample_id for r in reqs])
+    resumed = Store(tmp_path / "b")
+    with UnitWriter(resumed, "aa", manifest()) as w:
+        w.append(rows[:2])
+    with UnitWriter(resumed, "aa", manifest()) as w:
+        w.append(rows[2:])
+        w.finish([r.sample_id for r in reqs])
+    a, b = whole.unit("aa").read_table(), resumed.unit("aa").read_table()
+    assert a.equals(b)
+    assert a.column("choice_sum_logprob")[1].as_py() == [None, 0.5, None]
+    assert a.column("choice_logprobs")[2].as_py()[0] == [None]
+
+
+def test_lock_of_another_host_is_stale_only_after_it_stops_being_refreshed(tmp_path):
+    import time as _time
+
+    from rescore.artifacts import lock as lockmod
+
+    path = tmp_path / ".lock"
+    path.write_bytes(orjson.dumps({"pid": 1, "host": "some-other-node", "token": "x"}))
+    with pytest.raises(LockedError):
+        UnitLock(path, "unit").acquire()
+    old = _time.time() - lockmod.STALE_AFTER_S - 5
+    os.utime(path, (old, old))  # a job killed on that node long ago
+    lk = UnitLock(path, "unit")
+    lk.acquire()
+    assert orjson.loads(path.read_bytes())["token"] == lk.token
+    lk.release()
+    assert not path.exists()
+
+
+def test_release_never_removes_a_lock_that_is_not_ours(tmp_path):
+    path = tmp_path / ".lock"
+    lk = UnitLock(path, "unit")
+    lk.acquire()
+    path.write_bytes(orjson.dumps({"pid": 2, "host": "h", "token": "someone-else"}))  # taken over meanwhile
+    lk.release()
+    assert path.exists()
+
+
+def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    path = tmp_path / ".lock"
+    path.write_bytes(orjson.dumps({"pid": dead.pid, "host": socket.gethostname(), "token": "dead"}))
+    code = (
+        "import sys, time; from pathlib import Path; from rescore.artifacts.lock import UnitLock\n"
+        "from rescore.errors import LockedError\n"
+        f"lk = UnitLock(Path({str(path)!r}), 'u')\n"
+        "try:\n    lk.acquire(); print('won', flush=True); time.sleep(2)\n"
+        "except LockedError:\n    print('lost', flush=True)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate()[0].strip() for p in procs]
+    assert sorted(outs) == ["lost", "lost", "lost", "won"], outs
+
+
+def test_store_files_are_readable_by_the_group(tmp_path):
+    write_unit(Store(tmp_path), "ab12", mc_requests(2))
+    for name in ("manifest.json", "rows.parquet"):
+        mode = (tmp_path / "gen" / "ab12" / name).stat().st_mode & 0o777
+        assert mode & 0o044 == 0o044 & ~os.umask(os.umask(0)), oct(mode)

@@ -34,11 +34,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# read once, at import (os.umask is process-wide and not thread-safe to probe later)
+FILE_MODE = 0o666 & ~_read_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a shared store must be readable by the team
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

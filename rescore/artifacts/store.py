@@ -67,6 +67,15 @@ class Store:
     def exists(self) -> bool:
         return self.root.is_dir()
 
+    def check_writable(self) -> Store:
+        """Fail early (before any model loads) when the store cannot be written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"--store {self.root} is a file, not a directory", hint="pass a directory path")
+        probe = self.root if self.root.exists() else next((p for p in self.root.parents if p.exists()), Path("."))
+        if not os.access(probe, os.W_OK):
+            raise StoreError(f"cannot write to {probe}", hint="pass a --store directory you can write to")
+        return self
+
     def unit_dir(self, run_id: str) -> Path:
         return self.gen_dir / _checked(run_id)
 
@@ -206,6 +215,7 @@ class UnitWriter:
         # rows appended by this process, already converted (compaction needs no re-parse of them)
         self._batches: list[pa.RecordBatch] = []
         self._resume_bytes = 0
+        self.previous_manifest: dict[str, Any] | None = None  # the manifest of an earlier, interrupted run
         self._t0 = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -234,6 +244,7 @@ class UnitWriter:
         mpath = self.dir / MANIFEST
         if mpath.is_file():
             old = read_json(mpath)
+            self.previous_manifest = old
             if old.get("status") == "complete":
                 return
             self.manifest["created_at"] = old.get("created_at", now_iso())
@@ -259,7 +270,7 @@ class UnitWriter:
         if not self._checked_keys:
             self._check_keys(rows[0])
         try:
-            batch = pa.RecordBatch.from_pylist(rows, schema=self.schema)
+            batch = nonfinite_to_null(pa.RecordBatch.from_pylist(rows, schema=self.schema))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
             raise StoreError(f"backend produced rows that do not match the {self.manifest['request_type']} schema: {e}",
                              hint="this is a backend bug; the row schema is rescore.artifacts.schema") from None
@@ -268,6 +279,7 @@ class UnitWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._batches.append(batch)
+        self.lock.heartbeat()
         for r in rows:
             self.done_ids.add(r["sample_id"])
         return len(rows)
@@ -314,6 +326,28 @@ class UnitWriter:
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(fields)
         atomic_write_json(self.dir / MANIFEST, self.manifest)
+
+
+def _finite_or_null(arr: pa.Array) -> pa.Array:
+    t = arr.type
+    if pa.types.is_floating(t):
+        bad = pc.invert(pc.is_finite(arr))
+        return pc.if_else(bad, pa.scalar(None, t), arr) if pc.any(bad).as_py() else arr
+    if pa.types.is_list(t):
+        values = _finite_or_null(arr.values)
+        if values is arr.values:
+            return arr
+        return pa.ListArray.from_arrays(arr.offsets, values, type=t, mask=arr.is_null() if arr.null_count else None)
+    return arr
+
+
+def nonfinite_to_null(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """NaN and infinities become null ("missing is null"): JSON, and so rows.jsonl, cannot hold them, and a
+    resumed unit must equal an uninterrupted one."""
+    cols = [_finite_or_null(c) for c in batch.columns]
+    if all(a is b for a, b in zip(cols, batch.columns, strict=True)):
+        return batch
+    return pa.RecordBatch.from_arrays(cols, schema=batch.schema)
 
 
 def scan_jsonl(path: Path, *, repair: bool) -> set[str]:

@@ -48,6 +48,11 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("RESCORE_DEBUG"):
                 raise
             fail(e.render(), e.exit_code)
+        except OSError as e:  # a full disk, a permission problem, a store path that is a file
+            if os.environ.get("RESCORE_DEBUG"):
+                raise
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            fail(f"{e.strerror or e}{where}", 1)
         except KeyboardInterrupt:
             fail("interrupted; finished batches are saved, run the same command again to resume", 130)
 

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         models = resolve_models(model, backend=backend, overrides=fields)
         if options:
             models = [m.model_copy(update={"options": {**m.options, **options}}) for m in models]
-        st = Store(store)
+        st = Store(store).check_writable()
         plans = plan_units(st, suite_cfg, models, data_root=data_root, allow_direct=direct, tasks=task,
                            seeds=parse_seeds(seeds))
         with RichProgress(enabled=progress) as prog:

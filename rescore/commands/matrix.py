@@ -131,6 +131,7 @@ def register(app: typer.Typer) -> None:
 
         if executor not in ("local", "slurm"):
             raise ConfigError(f"unknown executor {executor!r}", hint="use --executor local or --executor slurm")
+        Store(store).check_writable()
         units, m = _units(store, matrix, from_results, mapping, data_root, direct)
         cfg = m.slurm if m is not None else SlurmConfig()
         upd = {k: v for k, v in {"partition": partition, "gres": gres, "cpus_per_task": cpus, "time": time,

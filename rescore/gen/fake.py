@@ -30,7 +30,6 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _WORDS = ("the", "model", "answer", "is", "a", "number", "we", "add", "then", "so", "first", "next",
           "total", "each", "result", "value", "python", "list", "item", "json", "ok", "done")
-RUNTIME_OPTIONS = ("rows_per_s", "fail_after")
 
 
 def _key(key: str) -> int:

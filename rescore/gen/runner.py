@@ -23,7 +23,7 @@ from rescore.artifacts.ids import run_id as make_run_id
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions, now_iso
 from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
 from rescore.core import GenParams, Request, RequestType
-from rescore.errors import ConfigError, StoreError, UserError
+from rescore.errors import ConfigError, LockedError, StoreError, UserError
 from rescore.gen.base import Backend, RunContext, make_backend
 
 # ModelConfig.options that change how a run behaves but not what it produces
@@ -114,7 +114,9 @@ def plan_units(
             for model in models:
                 resolved = {
                     "model": model_identity(model),
-                    "task": task.model_dump(mode="json", exclude={"seeds"}),
+                    # what the rows depend on: not the seeds list, the tier (a report label) or the task's
+                    # own gen section (the effective sampling parameters are under "gen")
+                    "task": task.model_dump(mode="json", exclude={"seeds", "tier", "gen"}),
                     "data_fp": data.data_fp,
                     "seed": seed,
                     "gen": gen.to_dict() if gen else None,
@@ -218,9 +220,9 @@ def run_units(
     progress = progress or Progress()
     results: list[UnitResult] = []
     todo = [p for p in plans if unit_state(store, p.run_id)[0] != "complete"]
-    for p in plans:
-        if p not in todo:
-            results.append(UnitResult(p, "skipped", 0, 0, 0.0))
+    todo_ids = {p.run_id for p in todo}
+    results += [UnitResult(p, "skipped", 0, 0, 0.0) for p in plans if p.run_id not in todo_ids]
+    locked: list[str] = []
     backends: dict[str, Backend] = {}
     try:
         for i, plan in enumerate(todo):
@@ -235,13 +237,38 @@ def run_units(
             t0 = time.perf_counter()
             with task_data_errors(plan.task):
                 requests = task_api.build_requests(plan.task, plan.data, backend.tokenizer)
-            results.append(_run_one(store, plan, backend, requests, progress, i, len(todo), command, t0))
+            try:
+                results.append(_run_one(store, plan, backend, requests, progress, i, len(todo), command, t0))
+            except LockedError as e:  # another process writes this unit: go on with the others
+                progress.message(f"skipping {plan.label}: {e.message}")
+                locked.append(f"{plan.run_id[:12]} ({plan.label})")
+                results.append(UnitResult(plan, "locked", 0, 0, 0.0))
     finally:
         for b in backends.values():
             b.close()
+    if locked:
+        order = {p.run_id: k for k, p in enumerate(plans)}
+        results.sort(key=lambda r: order[r.plan.run_id])
+        raise LockedError(f"{len(locked)} unit(s) are being written by other processes and were skipped: "
+                          + ", ".join(locked[:5]),
+                          hint="the others are done; run again when those writers have finished")
     order = {p.run_id: k for k, p in enumerate(plans)}
     results.sort(key=lambda r: order[r.plan.run_id])
     return results
+
+
+def check_same_model(previous: dict[str, Any] | None, manifest: dict[str, Any], plan: UnitPlan) -> None:
+    """A unit resumes only with the weights and tokenizer it was started with (a checkpoint overwritten
+    at the same path would otherwise mix rows of two models)."""
+    if not previous:
+        return
+    old, new = previous.get("model") or {}, manifest.get("model") or {}
+    for key in ("fingerprint", "tokenizer_hash"):
+        if old.get(key) and new.get(key) and old[key] != new[key]:
+            raise StoreError(
+                f"unit {plan.run_id} ({plan.label}) was started with a model whose {key} was {old[key][:16]}, "
+                f"now it is {new[key][:16]}: the checkpoint at {new.get('path')} changed",
+                hint=f"delete {plan.run_id} from the store's gen/ to regenerate it with the new weights")
 
 
 def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,
@@ -254,6 +281,7 @@ def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Requ
     with UnitWriter(store, plan.run_id, manifest) as w:
         if w.already_complete:
             return UnitResult(plan, "skipped", 0, len(requests), 0.0)
+        check_same_model(w.previous_manifest, manifest, plan)
         resumed = bool(w.done_ids)
         pending = [r for r in requests if r.sample_id not in w.done_ids]
         progress.start_unit(index, count, plan, len(requests), len(requests) - len(pending))

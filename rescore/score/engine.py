@@ -35,7 +35,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import atomic_write_table
+from rescore.artifacts.io import FILE_MODE, atomic_write_table
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, CorruptArtifactError, UserError
@@ -277,6 +277,7 @@ def _write_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
