@@ -155,3 +155,14 @@ def test_store_path_that_is_a_file_is_a_one_line_error(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
     one_line_error(cli("gen", "demo", "--model", "fake", "--store", str(f), "-t", "arc_easy"), 1, "afile")
+
+
+def test_status_with_a_suite_lists_missing_units_beside_complete_ones(tmp_path):
+    store = str(tmp_path / "st")
+    assert cli("gen", "demo", "--model", "fake", "--store", store, "-t", "arc_easy").returncode == 0
+    out = cli("status", "--store", store, "--suite", "demo", "--model", "fake", "--json")
+    assert out.returncode == 0, out.stderr
+    matrix = json.loads(out.stdout)["matrix"]
+    assert list(matrix) == ["fake"]  # one row per checkpoint, planned and generated units together
+    assert matrix["fake"]["arc_easy"] == {"0": "complete"}
+    assert matrix["fake"]["gsm8k_chat"] == {"0": "missing", "1": "missing"}

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             from rescore.artifacts.store import Store
             from rescore.commands.models import resolve_models
             from rescore.errors import ConfigError
-            from rescore.gen.runner import plan_units, unit_state
+            from rescore.gen.runner import model_identity, plan_units, unit_state
             from rescore.tasks.suites import load_suite
 
             if not model:
@@ -102,8 +102,10 @@ def register(app: typer.Typer) -> None:
             for p in plans:
                 if p.run_id not in known:
                     state, done, total = unit_state(Store(store), p.run_id)
-                    rows.append({"run_id": p.run_id, "model": p.model.name, "task": p.task.name, "seed": p.seed,
-                                 "status": state, "rows_done": done, "rows_total": total})
+                    ident = model_identity(p.model)
+                    rows.append({"run_id": p.run_id, "model": p.model.name, "step": p.model.step, "task": p.task.name,
+                                 "seed": p.seed, "status": state, "rows_done": done, "rows_total": total,
+                                 "precision": ident["precision"], "path": ident["path"]})
         matrix = status_matrix(rows)
         if json_out:
             print(json.dumps({"units": rows, "matrix": matrix}, indent=2, default=str))
