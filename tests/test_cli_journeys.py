@@ -166,3 +166,12 @@ def test_status_with_a_suite_lists_missing_units_beside_complete_ones(tmp_path):
     assert list(matrix) == ["fake"]  # one row per checkpoint, planned and generated units together
     assert matrix["fake"]["arc_easy"] == {"0": "complete"}
     assert matrix["fake"]["gsm8k_chat"] == {"0": "missing", "1": "missing"}
+
+
+def test_a_metric_asked_for_that_applies_nowhere_says_so(tmp_path):
+    store = str(tmp_path / "st")
+    assert cli("gen", "demo", "--model", "fake", "--store", store, "-t", "gsm8k_chat").returncode == 0
+    out = cli("score", "--store", store, "--metric", "pass_at_k:k=8")  # the demo samples 2 candidates
+    assert out.returncode == 0 and "pass_at_8 applies to no row" in out.stdout
+    ok = cli("score", "--store", store, "--metric", "pass_at_k:k=2")
+    assert ok.returncode == 0 and "applies to no row" not in ok.stdout

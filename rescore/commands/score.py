@@ -90,6 +90,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"metric {name} not computed: {why}", highlight=False)
         for s in report.skipped:
             console.print(f"skipped {s}", highlight=False)
+        for name in sorted({m for _, m, _ in report.computed} - report.applied):
+            if metric:  # asked for by name: say that it found nothing to measure
+                console.print(f"note: {name} applies to no row of the scored units (e.g. pass@k needs at least "
+                              f"k candidates per prompt)", highlight=False)
         console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
         if report.corrupt_units:
             for run_id, message in report.corrupt_units:

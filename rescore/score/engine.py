@@ -74,6 +74,7 @@ class ScoreReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # "metric on unit: why"
     corrupt_units: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message): left unscored
+    applied: set[str] = field(default_factory=set)  # metrics that had a value on at least one row
     results_rows: int = 0
     seconds: float = 0.0
 
@@ -534,6 +535,8 @@ def _record(report: ScoreReport, unit: Unit, written: list[tuple[str, dict[str, 
     report.units_scored += 1
     for _, meta in written:
         report.computed.append((unit.run_id, meta["metric"], meta["version"]))
+        if meta.get("applies"):
+            report.applied.add(meta["metric"])
 
 
 def _registered_current() -> dict[str, Metric]:
