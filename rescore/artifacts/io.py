@@ -44,7 +44,9 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically. ``sync=False`` skips the fsyncs, for cache files that the
+    caller flushes in bulk (the scorer syncs a unit's score files once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,8 +54,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a shared store must be readable by the team
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -61,7 +64,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if sync:
+        fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

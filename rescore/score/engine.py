@@ -35,7 +35,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import FILE_MODE, atomic_write_table
+from rescore.artifacts.io import atomic_write_bytes, atomic_write_table
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, CorruptArtifactError, UserError
@@ -177,7 +177,7 @@ def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
 
 def _write_index(d: Path, index: dict[str, Any]) -> None:
     try:  # not fsynced: a lost or torn index only means footers are read again
-        _write_atomic(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS))
+        atomic_write_bytes(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS), sync=False)
     except OSError:
         pass  # the index is only a cache
 
@@ -269,25 +269,7 @@ def write_score_file(path: Path, table: pa.Table) -> None:
     # on numeric columns zstd alone is both faster and smaller; nothing filters on column statistics
     strings = [f.name for f in table.schema if f.name != "sample_id" and pa.types.is_string(f.type)]
     pq.write_table(table, buf, compression="zstd", use_dictionary=strings or False, write_statistics=False)
-    _write_atomic(path, buf.getbuffer())
-
-
-def _write_atomic(path: Path, data: Any) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, buf.getbuffer(), sync=False)
 
 
 def sync_scores(d: Path, names: Sequence[str]) -> None:
