@@ -100,6 +100,30 @@ def lm_eval_n_words(text: str) -> int:
     return len(re.split(r"\s+", text))
 
 
+def loglikelihood_row(r: Request, conts: list[list[int]], shared: list[int] | None, out: list[SpanResult], *,
+                      topk: int) -> dict[str, Any]:
+    """The artifact row of a loglikelihood request from its choices' scored spans; shared with vLLM."""
+    same_ctx = all(c == r.contexts[0] for c in r.contexts)
+    row = r.base_row()
+    row.update(
+        prompt=r.contexts[0] if same_ctx and r.contexts else None,
+        prompt_token_ids=shared,
+        contexts=list(r.contexts),
+        choices=list(r.continuations),
+        choice_token_ids=conts,
+        choice_logprobs=[o.logprobs.tolist() for o in out],
+        choice_sum_logprob=[float(o.logprobs.astype(np.float64).sum()) for o in out],
+        choice_is_greedy=[o.greedy for o in out],
+        choice_n_tokens=[len(c) for c in conts],
+        choice_n_chars=[len(c) for c in r.continuations],
+        choice_n_bytes=[len(c.encode("utf-8")) for c in r.continuations],
+        choice_topk_ids=[o.topk_ids for o in out] if topk else None,
+        choice_topk_logprobs=[o.topk_logprobs for o in out] if topk else None,
+        per_token_available=True,
+    )
+    return row
+
+
 def rolling_row(r: Request, target: list[int], parts: list[SpanResult], tok: Any, *, topk: int,
                 entropy: bool) -> dict[str, Any]:
     """The artifact row of a rolling request from its scored spans (in order); shared with the vLLM backend."""
@@ -276,29 +300,9 @@ class HFBackend:
             meta.append((conts, shared))
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
-            r = reqs[i]
             conts, shared = meta[i]
-            k = len(r.continuations)
-            out = [res[j] for j in range(k)]
-            row = r.base_row()
-            same_ctx = all(c == r.contexts[0] for c in r.contexts)
-            row.update(
-                prompt=r.contexts[0] if same_ctx and r.contexts else None,
-                prompt_token_ids=shared,
-                contexts=list(r.contexts),
-                choices=list(r.continuations),
-                choice_token_ids=conts,
-                choice_logprobs=[o.logprobs.tolist() for o in out],
-                choice_sum_logprob=[float(o.logprobs.astype(np.float64).sum()) for o in out],
-                choice_is_greedy=[o.greedy for o in out],
-                choice_n_tokens=[len(c) for c in conts],
-                choice_n_chars=[len(c) for c in r.continuations],
-                choice_n_bytes=[len(c.encode("utf-8")) for c in r.continuations],
-                choice_topk_ids=[o.topk_ids for o in out] if ctx.topk else None,
-                choice_topk_logprobs=[o.topk_logprobs for o in out] if ctx.topk else None,
-                per_token_available=True,
-            )
-            return row
+            return loglikelihood_row(reqs[i], conts, shared, [res[j] for j in range(len(reqs[i].continuations))],
+                                     topk=ctx.topk)
 
         yield from self._score(units, len(reqs), ctx, make_row, entropy=False, greedy=True)
 

@@ -90,7 +90,7 @@ from rescore.config import ModelConfig
 from rescore.core import GenParams, Request, derive_seed
 from rescore.errors import BackendError, ConfigError
 from rescore.gen.base import RunContext
-from rescore.gen.hf import HFBackend, Span, SpanResult, Unit, rolling_row
+from rescore.gen.hf import HFBackend, Span, SpanResult, Unit, loglikelihood_row, rolling_row
 from rescore.gen.loading import (
     _resolve_path,
     chat_template_hash,
@@ -487,28 +487,9 @@ class VLLMBackend:
                     warm[i] = shared[:-1]  # cached blocks then end before the first scored position
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
-            r = reqs[i]
             conts, shared = meta[i]
-            out = [res[j] for j in range(len(r.continuations))]
-            same_ctx = all(c == r.contexts[0] for c in r.contexts)
-            row = r.base_row()
-            row.update(
-                prompt=r.contexts[0] if same_ctx and r.contexts else None,
-                prompt_token_ids=shared,
-                contexts=list(r.contexts),
-                choices=list(r.continuations),
-                choice_token_ids=conts,
-                choice_logprobs=[o.logprobs.tolist() for o in out],
-                choice_sum_logprob=[float(o.logprobs.astype(np.float64).sum()) for o in out],
-                choice_is_greedy=[o.greedy for o in out],
-                choice_n_tokens=[len(c) for c in conts],
-                choice_n_chars=[len(c) for c in r.continuations],
-                choice_n_bytes=[len(c.encode("utf-8")) for c in r.continuations],
-                choice_topk_ids=[o.topk_ids for o in out] if ctx.topk else None,
-                choice_topk_logprobs=[o.topk_logprobs for o in out] if ctx.topk else None,
-                per_token_available=True,
-            )
-            return row
+            return loglikelihood_row(reqs[i], conts, shared, [res[j] for j in range(len(reqs[i].continuations))],
+                                     topk=ctx.topk)
 
         yield from self._score(units, len(reqs), ctx, make_row, warm)
 
