@@ -117,7 +117,7 @@ def test_one_damaged_unit_does_not_stop_scoring_the_others(tmp_path):
     out = cli("score", "--store", str(store))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert units[0].run_id[:12] in out.stderr and "not scored" in out.stderr
-    scored = {p.parent.name for p in (store / "scores").glob("*/*.parquet")}
+    scored = {p.parent.name for p in (store / "scores").glob("*/*.arrow")}
     assert units[1].run_id in scored and units[0].run_id not in scored
 
 

@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 from rescore.artifacts.io import atomic_write_json, atomic_write_table
 from rescore.artifacts.store import Store
 from rescore.cli import app
-from rescore.score.engine import RESULTS_SCHEMA, read_results, read_scores, score_store, select_metrics
+from rescore.score.engine import (
+    RESULTS_SCHEMA,
+    read_results,
+    read_score_file,
+    read_scores,
+    score_store,
+    select_metrics,
+)
 from rescore.score.registry import load_builtin
 from rescore.score.spec import metrics
 
@@ -159,10 +166,32 @@ def test_bumping_a_version_recomputes_only_that_metric(store: Path, monkeypatch:
     mc_units = [u for u in st.units() if u.request_type == "loglikelihood"]
     assert len(report.computed) == len(mc_units)
     for u in mc_units:  # the old version's file stays (a cache); results use the new one
-        assert (st.scores_dir / u.run_id / "acc@1.parquet").is_file()
-        assert (st.scores_dir / u.run_id / "acc@2.parquet").is_file()
+        assert (st.scores_dir / u.run_id / "acc@1.arrow").is_file()
+        assert (st.scores_dir / u.run_id / "acc@2.arrow").is_file()
     t = read_results(st)
     assert set(pc.unique(t.filter(pc.equal(t["metric"], "acc"))["metric_version"]).to_pylist()) == {2}
+
+
+def test_score_files_of_the_earlier_parquet_format_are_read_then_replaced(store: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    before = read_results(st).to_pylist()
+    unit = next(u for u in st.units() if u.request_type == "loglikelihood")
+    arrow = st.scores_dir / unit.run_id / "acc@1.arrow"
+    legacy = arrow.with_suffix(".parquet")
+    table = read_score_file(arrow)
+    assert table.column_names[:2] == ["sample_id", "value"] and table.num_rows == unit.manifest["rows_done"]
+    pq.write_table(table, legacy)  # the schema metadata (spec identity, aggregates) goes to the Parquet footer
+    arrow.unlink()
+    # results, per-row reads and compare still see the Parquet file
+    assert score_store(st, [], rebuild=True).computed == []
+    assert read_results(st).to_pylist() == before
+    assert read_scores(st, unit.run_id, "acc").column("value").equals(table.column("value"))
+    # the next score of that metric writes the current format and removes the old file
+    report = score_store(st, select_metrics(["acc"]))
+    assert (unit.run_id, "acc", 1) in report.computed
+    assert arrow.is_file() and not legacy.exists()
+    assert read_results(st).to_pylist() == before
 
 
 def test_force_and_metric_filter(store: Path) -> None:
@@ -258,11 +287,11 @@ def test_crash_mid_score_keeps_earlier_scores(store: Path, tmp_path: Path) -> No
     assert r.returncode == 3
     st = Store(store)
     mc = [u for u in st.units() if u.request_type == "loglikelihood"]
-    done = [u for u in mc if (st.scores_dir / u.run_id / "zz_crash@1.parquet").is_file()]
+    done = [u for u in mc if (st.scores_dir / u.run_id / "zz_crash@1.arrow").is_file()]
     assert len(done) == 1
     for u in mc:  # every file that exists is complete and readable; no temp files are left as scores
-        for p in (st.scores_dir / u.run_id).glob("*.parquet"):
-            assert pq.read_table(p).num_rows == u.manifest["rows_done"]
+        for p in (st.scores_dir / u.run_id).glob("*.arrow"):
+            assert read_score_file(p).num_rows == u.manifest["rows_done"]
     # the rerun computes only what is missing and finishes
     r = cli("score", "--store", str(store), "--plugin", str(plugin), "--metric", "acc", "--metric", "zz_crash", "--json")
     assert r.returncode == 0, r.stderr

@@ -46,11 +46,12 @@ def test_corrupt_orphaned_and_leftover_files_are_listed(scored_store):
 
 
 def test_rescoring_reproduces_an_earlier_results_file(scored_store, tmp_path):
-    before = {p: p.stat().st_mtime_ns for p in (scored_store / "scores").rglob("*.parquet")}
+    before = {p: p.stat().st_mtime_ns for p in (scored_store / "scores").rglob("*.arrow")}
+    assert before
     ok = cli("verify", "--store", str(scored_store), "--against", str(scored_store / "results.parquet"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "0 differ" in ok.stdout and "0 missing" in ok.stdout
-    after = {p: p.stat().st_mtime_ns for p in (scored_store / "scores").rglob("*.parquet")}
+    after = {p: p.stat().st_mtime_ns for p in (scored_store / "scores").rglob("*.arrow")}
     assert before == after, "verify must not touch the store's score cache"
 
     import pyarrow.parquet as pq

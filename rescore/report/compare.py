@@ -33,14 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from rescore.artifacts.store import Store, Unit
 from rescore.core import content_hash
 from rescore.errors import ConfigError, UserError
 from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
 from rescore.report.policy import Policy, evaluate
-from rescore.score.engine import choose_files, infer_tier, scan_scores, scores_dir, select_metrics
+from rescore.score.engine import (
+    choose_files,
+    infer_tier,
+    read_score_file,
+    scan_scores,
+    score_file_path,
+    select_metrics,
+)
 
 GUARDED = ("precision", "dtype", "tokenizer_hash", "chat_template_hash")
 
@@ -253,9 +259,8 @@ def unit_metrics(store: Store, unit: Unit) -> dict[str, dict[str, Any]]:
 
 def read_rows(store: Store, unit: Unit, meta: dict[str, Any], columns: Sequence[str]) -> dict[str, np.ndarray]:
     """sample ids (object array) and the numeric columns of rows where the metric applies (value not null)."""
-    path = scores_dir(store, unit.run_id) / f"{meta['metric']}@{meta['version']}.parquet"
     cols = ["sample_id", *dict.fromkeys(["value", *columns])]
-    t = pq.read_table(path, columns=cols)
+    t = read_score_file(score_file_path(store, unit.run_id, meta), cols)
     out = {"sample_id": np.asarray(t.column("sample_id").to_pylist(), dtype=object)}
     for c in cols[1:]:
         out[c] = np.asarray(t.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)

@@ -6,11 +6,13 @@ parameter hash and the checksum of the rows it was computed from (``rows_parquet
 changed version, parameter or regenerated unit counts as missing. Each file is written atomically, so a
 crash leaves every earlier file intact. Partial units are skipped and reported.
 
-Score file ``scores/<run_id>/<metric>@<version>.parquet``: ``sample_id``, ``value`` (float64, null where
-the metric does not apply) and the metric's auxiliary columns, one row per unit row (no rows at all when
-the metric applies to none, e.g. SFT rates on a GSM8K unit); its Parquet key-value metadata
-``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each ``category``), so
-:func:`build_results` never rereads per-row values. ``scores/<run_id>/_index.json`` caches those footers
+Score file ``scores/<run_id>/<metric>@<version>.arrow``, an Arrow IPC file (zstd-compressed buffers;
+``pyarrow.ipc.open_file``, ``pandas.read_feather`` and ``polars.read_ipc`` read it): ``sample_id``,
+``value`` (float64, null where the metric does not apply) and the metric's auxiliary columns, one row per
+unit row (no rows at all when the metric applies to none, e.g. SFT rates on a GSM8K unit); its schema
+metadata ``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each
+``category``), so :func:`build_results` never rereads per-row values. Score files written as Parquet
+(``<metric>@<version>.parquet``, the earlier format) are still read. ``scores/<run_id>/_index.json`` caches those footers
 (keyed by file size and mtime); it is only a cache.
 
 ``results.parquet`` is rebuilt from the score files after every run: one row per unit (seed) and one
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from rescore.artifacts.io import atomic_write_bytes, atomic_write_table
@@ -130,13 +133,29 @@ def scores_dir(store: Store, run_id: str) -> Path:
     return store.scores_dir / run_id
 
 
+SCORE_SUFFIXES = (".arrow", ".parquet")  # written as Arrow IPC; Parquet score files of earlier versions are read
+
+
 def read_score_meta(path: Path) -> dict[str, Any] | None:
     try:
-        md = pq.read_schema(path).metadata or {}
+        if path.suffix == ".parquet":
+            md = pq.read_schema(path).metadata or {}
+        else:
+            with pa.OSFile(str(path), "rb") as f:
+                md = ipc.open_file(f).schema.metadata or {}
         raw = md.get(META_KEY)
         return orjson.loads(raw) if raw else None
     except (pa.ArrowInvalid, OSError, orjson.JSONDecodeError):
         return None
+
+
+def read_score_file(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The per-row scores of one score file (either format)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    with pa.OSFile(str(path), "rb") as f:
+        table = ipc.open_file(f).read_all()
+    return table.select(list(columns)) if columns is not None else table
 
 
 def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
@@ -151,7 +170,7 @@ def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     changed = False
     for name in os.listdir(d):
-        if not name.endswith(".parquet") or name.startswith("."):
+        if not name.endswith(SCORE_SUFFIXES) or name.startswith("."):
             continue
         p = d / name
         try:
@@ -257,19 +276,22 @@ def _clean(v: Any) -> Any:
     return v
 
 
+_IPC_OPTIONS = ipc.IpcWriteOptions(compression="zstd")
+
+
 def write_score_file(path: Path, table: pa.Table) -> None:
     """Atomic (tmp + ``os.replace``) but not yet durable: :func:`sync_scores` makes a whole unit's files
     durable at once. Score files are a cache that is checked when read (an unreadable file counts as
     missing and is recomputed), so one sync per unit keeps crash safety at a fraction of the cost of an
-    fsync per file."""
-    import io
-
-    buf = io.BytesIO()
-    # dictionaries only for repeated strings (extracted answers, check details): sample ids are unique, and
-    # on numeric columns zstd alone is both faster and smaller; nothing filters on column statistics
-    strings = [f.name for f in table.schema if f.name != "sample_id" and pa.types.is_string(f.type)]
-    pq.write_table(table, buf, compression="zstd", use_dictionary=strings or False, write_statistics=False)
-    atomic_write_bytes(path, buf.getbuffer(), sync=False)
+    fsync per file. Arrow IPC with zstd buffers: an order of magnitude cheaper to write than Parquet (whose
+    encoding of the unique sample ids dominated the cost) and read without decoding."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as w:
+        w.write_table(table)
+    atomic_write_bytes(path, sink.getvalue(), sync=False)
+    legacy = path.with_suffix(".parquet")
+    if path.suffix != ".parquet" and legacy.exists():  # the same metric and version in the earlier format
+        legacy.unlink(missing_ok=True)
 
 
 def sync_scores(d: Path, names: Sequence[str]) -> None:
@@ -532,7 +554,7 @@ def _registered_current() -> dict[str, Metric]:
 
 
 # -- results ------------------------------------------------------------------------------------------
-_FILE_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_.-]*)@(?P<version>\d+)\.parquet$")
+_FILE_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_.-]*)@(?P<version>\d+)\.(?:arrow|parquet)$")
 
 
 def choose_files(have: dict[str, dict[str, Any]], source_sha: str | None,
@@ -691,7 +713,14 @@ def read_scores(store: Store, run_id: str, metric: str) -> pa.Table | None:
     meta = chosen.get(metric)
     if meta is None:
         return None
-    return pq.read_table(scores_dir(store, unit.run_id) / f"{metric}@{meta['version']}.parquet")
+    return read_score_file(score_file_path(store, unit.run_id, meta))
+
+
+def score_file_path(store: Store, run_id: str, meta: dict[str, Any]) -> Path:
+    """The file holding the per-row scores that ``meta`` (from :func:`scan_scores`) describes."""
+    stem = scores_dir(store, run_id) / f"{meta['metric']}@{meta['version']}"
+    arrow = stem.with_name(stem.name + ".arrow")
+    return arrow if arrow.exists() else stem.with_name(stem.name + ".parquet")
 
 
 __all__ = ["score_store", "select_metrics", "build_results", "read_results", "read_scores", "ScoreReport",

@@ -206,7 +206,7 @@ class Metric:
 
     @property
     def file_name(self) -> str:
-        return f"{self.name}@{self.version}.parquet"
+        return f"{self.name}@{self.version}.arrow"
 
     # -- computing --
     def compute(self, table: pa.Table, unit: UnitInfo | None = None) -> dict[str, np.ndarray | pa.Array]:
