@@ -179,9 +179,14 @@ def test_score_files_of_the_earlier_parquet_format_are_read_then_replaced(store:
     unit = next(u for u in st.units() if u.request_type == "loglikelihood")
     arrow = st.scores_dir / unit.run_id / "acc@1.arrow"
     legacy = arrow.with_suffix(".parquet")
-    table = read_score_file(arrow)
-    assert table.column_names[:2] == ["sample_id", "value"] and table.num_rows == unit.manifest["rows_done"]
-    pq.write_table(table, legacy)  # the schema metadata (spec identity, aggregates) goes to the Parquet footer
+    stored = read_score_file(arrow)
+    assert "sample_id" not in stored.column_names and stored.num_rows == unit.manifest["rows_done"]
+    table = read_scores(st, unit.run_id, "acc")  # sample ids from the unit's rows, in the file's row order
+    assert table.column_names[:2] == ["sample_id", "value"]
+    assert table.column("sample_id").equals(unit.read_table(columns=["sample_id"]).column("sample_id"))
+    # the earlier format: Parquet with its own sample_id column; the schema metadata (spec identity,
+    # aggregates) goes to the Parquet footer
+    pq.write_table(table.replace_schema_metadata(stored.schema.metadata), legacy)
     arrow.unlink()
     # results, per-row reads and compare still see the Parquet file
     assert score_store(st, [], rebuild=True).computed == []

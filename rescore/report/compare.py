@@ -42,7 +42,7 @@ from rescore.report.policy import Policy, evaluate
 from rescore.score.engine import (
     choose_files,
     infer_tier,
-    read_score_file,
+    read_unit_scores,
     scan_scores,
     score_file_path,
     select_metrics,
@@ -260,7 +260,7 @@ def unit_metrics(store: Store, unit: Unit) -> dict[str, dict[str, Any]]:
 def read_rows(store: Store, unit: Unit, meta: dict[str, Any], columns: Sequence[str]) -> dict[str, np.ndarray]:
     """sample ids (object array) and the numeric columns of rows where the metric applies (value not null)."""
     cols = ["sample_id", *dict.fromkeys(["value", *columns])]
-    t = read_score_file(score_file_path(store, unit.run_id, meta), cols)
+    t = read_unit_scores(unit, score_file_path(store, unit.run_id, meta), cols)
     out = {"sample_id": np.asarray(t.column("sample_id").to_pylist(), dtype=object)}
     for c in cols[1:]:
         out[c] = np.asarray(t.column(c).to_numpy(zero_copy_only=False), dtype=np.float64)

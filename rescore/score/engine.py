@@ -7,13 +7,15 @@ changed version, parameter or regenerated unit counts as missing. Each file is w
 crash leaves every earlier file intact. Partial units are skipped and reported.
 
 Score file ``scores/<run_id>/<metric>@<version>.arrow``, an Arrow IPC file (zstd-compressed buffers;
-``pyarrow.ipc.open_file``, ``pandas.read_feather`` and ``polars.read_ipc`` read it): ``sample_id``,
-``value`` (float64, null where the metric does not apply) and the metric's auxiliary columns, one row per
-unit row (no rows at all when the metric applies to none, e.g. SFT rates on a GSM8K unit); its schema
-metadata ``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each
-``category``), so :func:`build_results` never rereads per-row values. Score files written as Parquet
-(``<metric>@<version>.parquet``, the earlier format) are still read. ``scores/<run_id>/_index.json`` caches those footers
-(keyed by file size and mtime); it is only a cache.
+``pyarrow.ipc.open_file``, ``pandas.read_feather`` and ``polars.read_ipc`` read it): ``value`` (float64,
+null where the metric does not apply) and the metric's auxiliary columns, row ``i`` scoring row ``i`` of
+the unit's ``rows.parquet`` (which the metadata's ``source_sha256`` pins), so the sample ids are stored once
+per unit and not once per metric: :func:`read_scores` returns them as the first column. A metric that
+applies to no row of the unit (SFT rates on a GSM8K unit) stores no rows at all. The schema metadata
+``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each ``category``), so
+:func:`build_results` never rereads per-row values. Score files of the earlier format (Parquet, with a
+``sample_id`` column: ``<metric>@<version>.parquet``) are still read. ``scores/<run_id>/_index.json``
+caches those footers (keyed by file size and mtime); it is only a cache.
 
 ``results.parquet`` is rebuilt from the score files after every run: one row per unit (seed) and one
 ``seed="agg"`` row per group of units that differ only in their seed. See :data:`RESULTS_SCHEMA`.
@@ -150,12 +152,29 @@ def read_score_meta(path: Path) -> dict[str, Any] | None:
 
 
 def read_score_file(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """The per-row scores of one score file (either format)."""
+    """The columns stored in one score file, either format (no ``sample_id`` in the current one: see
+    :func:`read_unit_scores`)."""
     if path.suffix == ".parquet":
-        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+        have = pq.read_schema(path).names
+        return pq.read_table(path, columns=[c for c in columns if c in have] if columns is not None else None)
     with pa.OSFile(str(path), "rb") as f:
         table = ipc.open_file(f).read_all()
-    return table.select(list(columns)) if columns is not None else table
+    return table.select([c for c in columns if c in table.column_names]) if columns is not None else table
+
+
+def read_unit_scores(unit: Unit, path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A unit's per-row scores from one score file, ``sample_id`` first (taken from the unit's rows, which
+    the file's rows follow one to one)."""
+    want = None if columns is None else [c for c in columns if c != "sample_id"]
+    table = read_score_file(path, None if want is None else ["sample_id", *want])
+    if "sample_id" not in table.column_names:
+        ids = unit.read_table(columns=["sample_id"]).column("sample_id") if table.num_rows else \
+            pa.chunked_array([], pa.string())
+        if len(ids) != table.num_rows:
+            raise CorruptArtifactError(f"{path} holds {table.num_rows} rows for a unit of {len(ids)}",
+                                       hint="run `rescore score --force` to recompute it")
+        table = table.add_column(0, "sample_id", ids)
+    return table
 
 
 def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
@@ -331,7 +350,7 @@ def _syncfs(d: Path) -> bool:
 
 
 def score_table(spec: Metric, table: pa.Table, cols: dict[str, Any], meta: dict[str, Any]) -> pa.Table:
-    arrays: dict[str, pa.Array] = {"sample_id": table.column("sample_id").combine_chunks()}
+    arrays: dict[str, pa.Array] = {}  # no sample_id: row i is the unit's row i
     for k, v in cols.items():
         if isinstance(v, pa.Array):
             arrays[k] = v
@@ -496,6 +515,8 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         # forked workers inherit the registered metrics (plugins included) and the work list, so specs
         # (closures, lambdas) never need pickling; each worker gets an index
         global _FORK_WORK
+        # largest units first, so the last unit to finish is a small one (rows.parquet size tracks the cost)
+        work.sort(key=lambda w: -_size(w[0]))
         _FORK_WORK = (store, work)
         try:
             ctx = multiprocessing.get_context("fork")
@@ -533,6 +554,13 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         report.results_rows = table.num_rows
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _size(unit: Unit) -> int:
+    try:
+        return unit.parquet_path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _record(report: ScoreReport, unit: Unit, written: list[tuple[str, dict[str, Any]]]) -> None:
@@ -706,14 +734,14 @@ def read_results(store: Store) -> pa.Table:
 
 
 def read_scores(store: Store, run_id: str, metric: str) -> pa.Table | None:
-    """The current per-row scores of one metric on one unit (None when not computed)."""
+    """The current per-row scores of one metric on one unit, ``sample_id`` first (None when not computed)."""
     unit = store.unit(run_id)
     chosen = choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"),
                           _registered_current())
     meta = chosen.get(metric)
     if meta is None:
         return None
-    return read_score_file(score_file_path(store, unit.run_id, meta))
+    return read_unit_scores(unit, score_file_path(store, unit.run_id, meta))
 
 
 def score_file_path(store: Store, run_id: str, meta: dict[str, Any]) -> Path:

@@ -221,7 +221,8 @@ class Metric:
         norm: dict[str, np.ndarray | pa.Array] = {}
         for k, v in cols.items():
             if k == "sample_id":
-                raise ValueError(f"metric {self.name!r}: 'sample_id' is added by the scorer, do not return it")
+                raise ValueError(f"metric {self.name!r}: 'sample_id' is reserved (score rows follow the unit's rows, "
+                                 "which hold the sample ids); do not return it")
             norm[k] = _as_column(v, k == "value")
             if len(norm[k]) != table.num_rows:
                 raise ValueError(f"metric {self.name!r} returned {len(norm[k])} values for column {k!r}, "
