@@ -20,7 +20,10 @@ Then measures (best of --repeats runs, page cache warm):
 
 Targets: full rescore <= 3x the bare read; one new metric <= 1/3 of the full rescore.
 
-    python bench/rescore_scale.py [--store DIR] [--mc-rows 1000000] [--gen-rows 200000] [--jobs 1]
+    python bench/rescore_scale.py [--store DIR] [--mc-rows 1000000] [--gen-rows 200000] [--jobs N]
+
+``--jobs`` defaults to what ``rescore score`` does without it (one process per CPU, up to 8, for a store
+this size); ``--jobs 1`` measures the single-process path (a compute thread and a read/write thread).
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ def main() -> None:
     ap.add_argument("--mc-rows", type=int, default=1_000_000)
     ap.add_argument("--gen-rows", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=1, help="processes for score_store")
+    ap.add_argument("--jobs", type=int, default=None, help="processes for score_store (default: rescore's own choice)")
     args = ap.parse_args()
     tmp = None
     root = args.store
@@ -256,7 +259,10 @@ def main() -> None:
         t_reads = best_of(args.repeats, reads_only)
         t_compute = best_of(args.repeats, compute_only)
         print()
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; jobs={args.jobs}")
+        from rescore.score.engine import auto_jobs
+
+        jobs = args.jobs if args.jobs is not None else f"auto ({auto_jobs([(u, specs) for u in units])})"
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; jobs={jobs}")
         print(f"  phases alone: the scorer's reads (page checksums verified) {t_reads:.3f} s, metric functions + "
               f"aggregates {t_compute:.3f} s (reads and score-file writes overlap them in a full rescore)")
         print(f"bare pyarrow read of the metrics' columns    {t_read:8.3f} s")

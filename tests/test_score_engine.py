@@ -471,6 +471,26 @@ def test_parallel_jobs_give_the_same_results(store: Path, tmp_path: Path) -> Non
     shutil.copytree(store, other)
     score_store(Store(store), jobs=1)
     report = score_store(Store(other), jobs=2)
-    assert report.computed
+    assert report.computed and report.jobs == 2
     a, b = read_results(Store(store)), read_results(Store(other))
     assert a.equals(b)
+
+
+def test_default_jobs_use_processes_only_for_large_stores(store: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from rescore.score import engine
+
+    monkeypatch.setattr(engine, "usable_cpus", lambda: 2)
+    small = score_store(Store(store))  # a few hundred rows: one process
+    assert small.jobs == 1
+    other = tmp_path / "other"
+    shutil.copytree(store, other)
+    for p in (other / "scores").iterdir():
+        shutil.rmtree(p)
+    monkeypatch.setattr(engine, "AUTO_JOBS_MIN_ROWS", 10)  # as if the store were large
+    r = cli("score", "--store", str(other), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["jobs"] == 1  # the CLI runs in its own process: real CPUs, real threshold
+    big = score_store(Store(other), force=True)
+    assert big.jobs == 2 and big.computed
+    assert read_results(Store(store)).equals(read_results(Store(other)))

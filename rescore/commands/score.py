@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Recompute even scores that are up to date.")] = False,
         plugin: PluginOpt = None,
         reranker: Annotated[Path | None, typer.Option("--reranker", help="CSV/JSONL of sample_id, candidate, score for bon_reranker.")] = None,
-        jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Units scored in parallel (processes).")] = 1,
+        jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Units scored in parallel (processes). Default: one per CPU (up to 8) when there are 200,000+ rows to score, else 1.")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar (default: when a terminal).")] = None,  # type: ignore[assignment]
         json_out: JsonOpt = False,
     ) -> None:
@@ -73,6 +73,7 @@ def register(app: typer.Typer) -> None:
                 "up_to_date": report.up_to_date, "partial_units": report.partial_units,
                 "units_complete": report.units_complete, "unavailable": report.unavailable,
                 "skipped": report.skipped, "results_rows": report.results_rows, "seconds": round(report.seconds, 3),
+                "jobs": report.jobs,
                 "corrupt_units": [{"run_id": r, "error": m} for r, m in report.corrupt_units],
             }, indent=2))
             if report.corrupt_units:
@@ -81,7 +82,8 @@ def register(app: typer.Typer) -> None:
         n_metrics = len({m for _, m, _ in report.computed})
         console.print(f"scored {report.units_scored} of {report.units_complete} complete units: computed "
                       f"{len(report.computed)} scores ({n_metrics} metrics), {report.up_to_date} already up to date "
-                      f"({report.seconds:.1f}s)", highlight=False)
+                      f"({report.seconds:.1f}s" + (f", {report.jobs} processes" if report.jobs > 1 else "") + ")",
+                      highlight=False)
         if report.partial_units:
             console.print(f"skipped {len(report.partial_units)} partial unit(s) (still generating or interrupted): "
                           + ", ".join(r[:12] for r in report.partial_units)

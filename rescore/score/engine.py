@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class ScoreReport:
     applied: set[str] = field(default_factory=set)  # metrics that had a value on at least one row
     results_rows: int = 0
     seconds: float = 0.0
+    jobs: int = 1  # processes that scored (1: this process)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -490,10 +492,30 @@ def plan_unit(store: Store, unit: Unit, specs: Sequence[Metric], force: bool,
     return todo
 
 
-def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: bool = False, jobs: int = 1,
-                progress: ProgressFn | None = None, rebuild: bool = True) -> ScoreReport:
+AUTO_JOBS_MIN_ROWS = 200_000  # below this many rows to score, worker processes cost more than they save
+AUTO_JOBS_MAX = 8
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_jobs(work: Sequence[tuple[Unit, Sequence[Metric]]]) -> int:
+    """Processes for ``jobs=None``: one per usable CPU (at most 8, at most one per unit) when there are at
+    least ``AUTO_JOBS_MIN_ROWS`` rows to score; else 1 (a compute thread and an I/O thread)."""
+    rows = sum(int(u.manifest.get("rows_done") or 0) for u, _ in work)
+    if rows < AUTO_JOBS_MIN_ROWS:
+        return 1
+    return max(1, min(usable_cpus(), AUTO_JOBS_MAX, len(work)))
+
+
+def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: bool = False,
+                jobs: int | None = None, progress: ProgressFn | None = None, rebuild: bool = True) -> ScoreReport:
     """Score every complete unit of ``store`` with ``specs`` (default: all runnable registered metrics),
-    then rebuild ``results.parquet``."""
+    then rebuild ``results.parquet``. ``jobs``: worker processes (None: :func:`auto_jobs`)."""
     t0 = time.perf_counter()
     specs = list(specs) if specs is not None else select_metrics()
     report = ScoreReport()
@@ -507,9 +529,12 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         if todo:
             work.append((unit, todo))
     total = len(work)
+    if jobs is None:
+        jobs = auto_jobs(work)
     if progress:
         progress("scoring", 0, total)
     if jobs > 1 and total > 1 and _can_fork():
+        report.jobs = min(jobs, total)
         import multiprocessing
 
         # forked workers inherit the registered metrics (plugins included) and the work list, so specs
@@ -520,7 +545,10 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         _FORK_WORK = (store, work)
         try:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=ctx) as pool:
+            with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=ctx) as pool:
+                # Python >= 3.12 warns about fork() in a process with threads (Arrow's idle pools here);
+                # the workers only score and write their own files
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
                 futs = [(u, pool.submit(_score_unit_job, i)) for i, (u, _) in enumerate(work)]
                 for i, (u, fut) in enumerate(futs):
                     try:
