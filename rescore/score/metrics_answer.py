@@ -297,8 +297,7 @@ def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         s = np.zeros(len(n))
         ne = n > 0
         if ne.any():
-            # cast first: reduceat with dtype= casts through small buffers and is several times slower
-            s[ne] = np.add.reduceat(vals.astype(np.float64), ioff[:-1][ne])
+            s[ne] = np.add.reduceat(vals, ioff[:-1][ne], dtype=np.float64)  # casts in small buffers: no big copy
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(ne, s / np.maximum(n, 1), -np.inf)
         s[inull] = np.nan
