@@ -187,3 +187,10 @@ def to_float(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A numeric column as float64 with NaN for nulls."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     return np.asarray(arr.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def float_array(values: np.ndarray) -> pa.Array:
+    """float64 Arrow array with NaN as null (what ``from_pandas=True`` does, without importing pandas)."""
+    v = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(v)
+    return pa.array(v, pa.float64(), mask=nan if nan.any() else None)

@@ -46,6 +46,7 @@ from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, CorruptArtifactError, UserError
 from rescore.score.aggregate import seed_aggregate
+from rescore.score.columns import float_array
 from rescore.score.registry import load_builtin
 from rescore.score.spec import Agg, Metric, UnitInfo, aggregators, metrics
 
@@ -359,7 +360,7 @@ def score_table(spec: Metric, table: pa.Table, cols: dict[str, Any], meta: dict[
         else:
             arr = np.asarray(v)
             if arr.dtype.kind == "f":
-                arrays[k] = pa.array(arr, pa.float64(), from_pandas=True)
+                arrays[k] = float_array(arr)
             else:
                 arrays[k] = pa.array(arr)
     t = pa.table(arrays)

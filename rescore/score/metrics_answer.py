@@ -32,7 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rescore.core import derive_seed
-from rescore.score.columns import flat_list, memo, metas, pylist, register_cache, segment_argmax
+from rescore.score.columns import (
+    flat_list,
+    float_array,
+    memo,
+    metas,
+    pylist,
+    register_cache,
+    segment_argmax,
+)
 from rescore.score.extract import (
     INVALID,
     exact_match_norm,
@@ -204,7 +212,7 @@ def _exact_match(table: pa.Table, mode: str) -> dict[str, Any]:
     _, off = _cands_arrow(table)
     first = off[:-1]
     first_ans = _answers_arrow(table, mode).take(pa.array(first, mask=np.diff(off) == 0))
-    per_cand = pa.ListArray.from_arrays(pa.array(off, pa.int32()), pa.array(corr, pa.float64(), from_pandas=True))
+    per_cand = pa.ListArray.from_arrays(pa.array(off, pa.int32()), float_array(corr))
     return {"value": _first(table, corr), "answer": pa.array(first_ans, pa.string()), "per_candidate": per_cand}
 
 
