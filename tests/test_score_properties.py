@@ -259,6 +259,37 @@ def test_segment_argmax_and_softmax_match_numpy_per_row(rows, uniform) -> None:
 
 
 @SETTINGS
+@given(st.lists(st.lists(st.floats(-50, 0, width=32), max_size=9), max_size=30), st.integers(1, 12))
+def test_segment_sums_equal_reduceat_in_float64_for_any_block_size(rows, block) -> None:
+    from rescore.score.columns import segment_sums
+
+    off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    flat = np.array([x for r in rows for x in r], dtype=np.float32)
+    got = segment_sums(flat, off, block=block)
+    want = np.array([float(np.add.reduce(np.array(r, dtype=np.float64))) if r else 0.0 for r in rows])
+    assert got.dtype == np.float64 and np.array_equal(got, want)  # same summation order: same bits
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.lists(st.floats(-30, 0), min_size=1, max_size=5), st.integers(-1, 5)), min_size=1,
+                max_size=20))
+def test_brier_score_is_the_per_row_sum_of_squares(rows) -> None:
+    schema = schema_for("loglikelihood")
+    table = pa.Table.from_pylist([{"sample_id": f"{i:04d}", "choice_sum_logprob": lls, "gold": g}
+                                  for i, (lls, g) in enumerate(rows)],
+                                 schema=pa.schema([schema.field(n) for n in ("sample_id", "choice_sum_logprob", "gold")]))
+    got = np.asarray(metrics.get("brier_score").compute(table, UnitInfo("p", {}))["value"])
+    for i, (lls, g) in enumerate(rows):
+        if not 0 <= g < len(lls):
+            assert np.isnan(got[i])
+            continue
+        x = np.array(lls)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        assert math.isclose(got[i], float(((p - (np.arange(len(lls)) == g)) ** 2).sum()), rel_tol=1e-12, abs_tol=1e-15)
+
+
+@SETTINGS
 @given(st.lists(st.tuples(gsm_text, st.text(alphabet=st.sampled_from(list("0123456789,.$-# \nAbÉ")), max_size=20)),
                 min_size=1, max_size=15))
 def test_exact_match_matches_lm_eval(pairs) -> None:

@@ -93,6 +93,34 @@ def uniform_width(offsets: np.ndarray) -> int:
     return k
 
 
+def segment_sums(vals: np.ndarray, offsets: np.ndarray, block: int = 1 << 18) -> np.ndarray:
+    """Sum of every row segment in float64, each summed left to right like ``np.add.reduceat`` (same
+    bits); empty rows give 0. The values are cast block by block into one small reused buffer: casting
+    millions of float32 token logprobs at once allocates a float64 copy of them all, whose first touch
+    costs many times the sum itself."""
+    n = len(offsets) - 1
+    out = np.zeros(max(n, 0))
+    if n <= 0 or offsets[-1] == offsets[0]:
+        return out
+    lens = np.diff(offsets)
+    buf = np.empty(block, dtype=np.float64)
+    r = 0
+    while r < n:
+        a = int(offsets[r])
+        e = int(np.searchsorted(offsets, a + block, side="right")) - 1  # rows r..e-1 end within the block
+        if e <= r:  # row r alone is longer than a block
+            e = r + 1
+            seg = np.asarray(vals[a : offsets[e]], dtype=np.float64)
+        else:
+            seg = buf[: offsets[e] - a]
+            np.copyto(seg, vals[a : offsets[e]], casting="unsafe")
+        ne = lens[r:e] > 0
+        if ne.any():
+            out[r:e][ne] = np.add.reduceat(seg, offsets[r:e][ne] - a)
+        r = e
+    return out
+
+
 def row_reduce(m: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
     """``ufunc.reduce(m, axis=1)`` of an (n, k) matrix. For k <= 8 it combines whole columns, left to right:
     the same order (and bits) as numpy's row reduction, which for a few choices per row spends most of its

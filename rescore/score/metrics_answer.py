@@ -40,6 +40,7 @@ from rescore.score.columns import (
     pylist,
     register_cache,
     segment_argmax,
+    segment_sums,
 )
 from rescore.score.extract import (
     INVALID,
@@ -302,10 +303,8 @@ def _cand_logprob_stats(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         inner = outer.values.slice(outer.offsets[0].as_py(), outer.offsets[-1].as_py() - outer.offsets[0].as_py())
         vals, ioff, inull = flat_list(inner, dtype=None)
         n = np.diff(ioff)
-        s = np.zeros(len(n))
+        s = segment_sums(vals, ioff)
         ne = n > 0
-        if ne.any():
-            s[ne] = np.add.reduceat(vals, ioff[:-1][ne], dtype=np.float64)  # casts in small buffers: no big copy
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(ne, s / np.maximum(n, 1), -np.inf)
         s[inull] = np.nan
