@@ -28,6 +28,7 @@ import re
 import string
 from functools import lru_cache
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,13 +99,22 @@ def exact_match_norm_arrow(arr: pa.Array) -> pa.Array:
     lower-casing); the others go through :func:`exact_match_norm`."""
     arr = arr.cast(pa.string())
     s = pc.replace_substring(pc.replace_substring(arr, ",", ""), "$", "")
-    s = pc.replace_substring_regex(pc.replace_substring_regex(s, r"(?s).*#### ", ""), r"\.(\n?)$", r"\1")
+    s = pc.replace_substring_regex(after_last(s, "#### "), r"\.(\n?)$", r"\1")
     s = pc.utf8_rtrim(pc.ascii_lower(s), characters="\x00")
     other = pc.invert(pc.string_is_ascii(arr)).fill_null(False)
     if pc.any(other).as_py():
         s = pc.replace_with_mask(s, other, pa.array([exact_match_norm(x) for x in arr.filter(other).to_pylist()],
                                                     pa.string()))
     return s
+
+
+def after_last(arr: pa.Array, sep: str) -> pa.Array:
+    """Every string from just after the last ``sep`` on (the whole string when it has none; nulls stay
+    null): ``re.sub("(?s).*" + re.escape(sep), "", s)``, by one split from the right instead of a regex."""
+    parts = pc.split_pattern(arr, sep, max_splits=1, reverse=True)
+    last = np.asarray(parts.offsets.to_numpy(), dtype=np.int64)[1:] - 1
+    null = np.asarray(parts.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return parts.values.take(pa.array(last, mask=null if null.any() else None))
 
 
 def reverse_strings(arr: pa.Array) -> pa.Array:
