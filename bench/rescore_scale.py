@@ -9,7 +9,7 @@ runner's write path without the task/suite planning layer:
 - GSM8K-style generation: 2 models x 2 seeds x 25,000 prompts, 4 sampled candidates each;
 - SFT-native generation: 2 models x 2 seeds x 25,000 prompts with checks, 1 candidate each.
 
-Then measures (best of --repeats runs, page cache warm):
+Then measures (best of --repeats runs, 5 by default, page cache warm):
 
 - bare read: ``pq.read_table(rows.parquet, columns=...)`` of exactly the columns the metrics need;
 - full rescore: ``score_store(force=True)`` with every built-in metric, Parquet page checksums verified
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=None, help="store directory (kept; reused when it matches)")
     ap.add_argument("--mc-rows", type=int, default=1_000_000)
     ap.add_argument("--gen-rows", type=int, default=200_000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="runs of each measurement; the best is reported")
     ap.add_argument("--jobs", type=int, default=None, help="processes for score_store (default: rescore's own choice)")
     args = ap.parse_args()
     tmp = None
