@@ -347,6 +347,7 @@ def test_reranker_table(store: Path, tmp_path: Path) -> None:
     f.write_text("\n".join(lines) + "\n")
     r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f)])
     assert r.exit_code == 0, r.output
+    assert "reranker file scores no candidate" not in r.output  # it covers every sample
     t = read_results(st).filter(pc.and_(pc.equal(read_results(st)["task"], "gsm"), pc.equal(read_results(st)["seed"], "agg")))
     vals = {(r["model"], r["metric"]): r["value"] for r in t.to_pylist() if r["subset"] == "all"}
     for m in ("ckpt-a", "ckpt-b"):
@@ -357,6 +358,17 @@ def test_reranker_table(store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker"])
     n_gen = len([u for u in st.units() if u.request_type == "generate"])
     assert r.exit_code == 0 and f"computed {n_gen} scores" in r.output
+    # a file that misses some samples: scoring says how many do not count
+    first_sid = lines[1].split(",")[0]
+    dropped = [ln for ln in lines[1:] if ln.split(",")[0] == first_sid]
+    f.write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ln not in dropped]) + "\n")
+    r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker"])
+    units_with_it = len({ln.split(",")[3] for ln in dropped})
+    assert r.exit_code == 0, r.output
+    total = sum(int(x["n"]) for x in read_results(st).to_pylist() if x["metric"] == "bon_first" and x["subset"] == "all"
+                and x["seed"] != "agg")
+    assert (f"reranker file scores no candidate of {units_with_it} of {total} samples with a reference "
+            f"({units_with_it} unit(s))") in " ".join(r.output.split())
 
 
 def test_results_formats(store: Path) -> None:

@@ -31,6 +31,28 @@ def _load_plugins(plugins: list[str] | None) -> list[Any]:
     return added
 
 
+def reranker_coverage(st: Any, report: Any) -> tuple[int, int, int] | None:
+    """(samples the reranker file left unscored, samples it could score, units) over the units where this
+    run computed bon_reranker; None when it covered them all. A sample it could score is one that bon_first
+    scores (it has a reference and a candidate)."""
+    from rescore.score.engine import ALL, choose_files, scan_scores
+
+    def n(meta: dict[str, Any] | None) -> int:
+        return int((((meta or {}).get("aggregates") or {}).get(ALL) or {}).get("n") or 0)
+
+    missing = total = units = 0
+    for run_id in sorted({r for r, m, _ in report.computed if m == "bon_reranker"}):
+        chosen = choose_files(scan_scores(st, run_id), st.unit(run_id).manifest.get("rows_parquet_sha256"), {})
+        if "bon_reranker" not in chosen or "bon_first" not in chosen:
+            continue
+        could, did = n(chosen["bon_first"]), n(chosen["bon_reranker"])
+        total += could
+        if could > did:
+            missing += could - did
+            units += 1
+    return (missing, total, units) if missing else None
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
@@ -96,6 +118,12 @@ def register(app: typer.Typer) -> None:
             if metric:  # asked for by name: say that it found nothing to measure
                 console.print(f"note: {name} applies to no row of the scored units (e.g. pass@k needs at least "
                               f"k candidates per prompt)", highlight=False)
+        uncovered = reranker_coverage(st, report)
+        if uncovered:
+            missing, total, units = uncovered
+            console.print(f"note: the reranker file scores no candidate of {missing:,} of {total:,} samples with a "
+                          f"reference ({units} unit(s)); bon_reranker leaves them out. Check the file's sample_id "
+                          "and run_id/model/task/seed columns, or add scores for them", highlight=False)
         console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
         if report.corrupt_units:
             for run_id, message in report.corrupt_units:
