@@ -154,6 +154,34 @@ def test_offline_hf_load_is_a_missing_data_error(monkeypatch: pytest.MonkeyPatch
         prepare_task(tmp_path, hf_task())
 
 
+def test_unreachable_hub_reads_only_the_local_cache_and_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """An offline compute node without HF_HUB_OFFLINE: one quick probe instead of the Hub client's retries."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    from rescore.tasks import sources
+
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", *sources._PROXY_VARS):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
+    monkeypatch.setattr(sources, "_hub_probe", {})
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    seen = []
+
+    def load(*a, **k):
+        seen.append(hub.HF_HUB_OFFLINE)
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    with pytest.raises(MissingDataError) as e:
+        prepare_task(tmp_path, hf_task())
+    assert seen == [True] and hub.HF_HUB_OFFLINE is False  # the local cache only, for that call only
+    assert "unreachable from this machine (127.0.0.1:9:" in e.value.hint and "where the network is" in e.value.hint
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # behind a proxy: no probe, the client decides
+    monkeypatch.setattr(sources, "_hub_probe", {})
+    assert sources.hub_unreachable() is None
+
+
 def test_fingerprint_follows_the_fewshot_pool_not_the_shot_count(shared_data: Path, tmp_path: Path):
     src = {"path": "arc_easy/arc_easy.jsonl", "fewshot_path": "arc_challenge/arc_challenge.jsonl"}
     fps = {k: get_task_data(tmp_path, arc_task(source=src, num_fewshot=k), data_root=shared_data).data_fp for k in (0, 3, 5)}

@@ -12,9 +12,12 @@ import csv
 import io
 import json
 import os
+import socket
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from rescore.config import SourceConfig
 from rescore.errors import ConfigError, MissingDataError
@@ -131,28 +134,76 @@ def _read_file(path: Path, fmt: str) -> list[Any]:
     raise ConfigError(f"unknown source format {fmt!r}")
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_hub_probe: dict[str, str | None] = {}
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here (None: it can, or a proxy decides). Probed
+    once per process with a plain TCP connection, so an offline compute node learns it in at most
+    ``timeout`` seconds instead of through the Hub client's retries (about half a minute per dataset)."""
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
+    key = f"{host}:{port}"
+    if key not in _hub_probe:
+        reason = None
+        if not any(os.environ.get(k) for k in _PROXY_VARS):
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+            except OSError as e:
+                reason = f"{key}: {e.strerror or e}"
+        _hub_probe[key] = reason
+    return _hub_probe[key]
+
+
+def _env_offline() -> bool:
+    return any(os.environ.get(k, "").upper() in ("1", "TRUE", "YES", "ON") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@contextmanager
+def _offline_hub() -> Iterator[None]:
+    """The Hugging Face libraries in offline mode (local cache only) for the duration."""
+    import datasets.config as dcfg
+    import huggingface_hub.constants as hcfg
+
+    saved = (hcfg.HF_HUB_OFFLINE, dcfg.HF_HUB_OFFLINE, dcfg.HF_DATASETS_OFFLINE)
+    hcfg.HF_HUB_OFFLINE = dcfg.HF_HUB_OFFLINE = dcfg.HF_DATASETS_OFFLINE = True
+    try:
+        yield
+    finally:
+        hcfg.HF_HUB_OFFLINE, dcfg.HF_HUB_OFFLINE, dcfg.HF_DATASETS_OFFLINE = saved
+
+
 def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Iterator[dict[str, Any]]:
-    """Rows of a Hugging Face dataset split (needs ``datasets`` and, unless cached, the network)."""
+    """Rows of a Hugging Face dataset split (needs ``datasets`` and, unless cached, the network). When
+    the Hub cannot be reached, only the local Hugging Face cache is tried."""
     try:
         import datasets
     except ImportError:
         raise MissingDataError(
             f"loading {source.hf!r} needs the 'datasets' package", hint="pip install 'rescore[data]'"
         ) from None
+    unreachable = None if _env_offline() else hub_unreachable()
     try:
-        ds = datasets.load_dataset(
-            source.hf, source.config_name, split=split, revision=source.revision, streaming=streaming
-        )
+        with _offline_hub() if unreachable else nullcontext():
+            ds = datasets.load_dataset(
+                source.hf, source.config_name, split=split, revision=source.revision, streaming=streaming
+            )
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (offline, missing config, auth)
+        if unreachable:
+            hint = (f"the Hugging Face Hub is unreachable from this machine ({unreachable}) and the dataset is not in "
+                    "its local cache: run `rescore prepare` where the network is available (the store keeps the "
+                    "rows), or point the task's source.path at a local copy")
+        elif _env_offline():
+            hint = ("the Hugging Face libraries are set offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): unset them on a "
+                    "machine with network access, or point the task's source.path at a local copy")
+        else:
+            hint = ("check the dataset id, config and split, and the network; or point the task's source.path at "
+                    "a local copy (relative paths resolve against --data-root)")
         raise MissingDataError(
             f"could not load Hugging Face dataset {source.hf!r} (config {source.config_name!r}, split {split!r}): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-            hint=("the Hugging Face libraries are set offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): unset them on a "
-                  "machine with network access, or point the task's source.path at a local copy"
-                  if any(os.environ.get(k) in ("1", "true", "True") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-                  else "check the dataset id, config and split, and the network; or point the task's source.path at "
-                       "a local copy (relative paths resolve against --data-root)"),
-        ) from None
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", hint=hint) from None
     yield from ds
 
 
@@ -160,6 +211,8 @@ def hf_revision(source: SourceConfig) -> str | None:
     """The revision recorded in meta.json: the configured one, else the resolved commit when known."""
     if source.revision:
         return source.revision
+    if _env_offline() or hub_unreachable():
+        return None
     try:
         from huggingface_hub import HfApi
 
