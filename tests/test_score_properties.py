@@ -139,6 +139,34 @@ def test_mean_shards_aggregate_to_the_whole(values, cut) -> None:
 
 
 @SETTINGS
+@given(st.lists(st.booleans(), min_size=2, max_size=60), st.integers(min_value=1, max_value=59))
+def test_accuracy_confidence_interval_is_wilson_within_0_and_1(values, cut) -> None:
+    cut = min(cut, len(values) - 1)
+    v = np.asarray(values, dtype=np.float64)
+    agg = aggregators.get("mean")
+    whole = agg({"value": v})
+    shards = agg.combine([{"value": v[:cut]}, {"value": v[cut:]}])
+    p, n, z = v.mean(), len(v), 1.959963984540054
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    for a in (whole, shards):
+        assert 0.0 <= a.ci_low <= a.value <= a.ci_high <= 1.0
+        assert math.isclose(a.ci_low, max(center - half, 0.0), abs_tol=1e-12)
+        assert math.isclose(a.ci_high, min(center + half, 1.0), abs_tol=1e-12)
+        assert (a.ci_low == 0.0) == (p == 0.0) and (a.ci_high == 1.0) == (p == 1.0)
+    # one non-0/1 value anywhere: the normal interval again
+    w = np.append(v, 0.5)
+    b = agg.combine([{"value": w[:cut]}, {"value": w[cut:]}])
+    assert math.isclose(b.ci_low, b.value - z * b.stderr, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_accuracy_interval_near_zero_does_not_go_below_it() -> None:
+    a = aggregators.get("mean")({"value": np.array([1.0] + [0.0] * 19)})
+    assert a.value == 0.05 and a.value - 1.959963984540054 * a.stderr < 0  # the normal interval would
+    assert (round(a.ci_low, 4), round(a.ci_high, 4)) == (0.0089, 0.2361)
+
+
+@SETTINGS
 @given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=2, max_size=40), st.integers(1, 39))
 def test_ece_shards_and_range(rows, cut) -> None:
     cut = min(cut, len(rows) - 1)

@@ -7,7 +7,9 @@ Standard errors: ``mean`` uses lm-evaluation-harness's ``mean_stderr`` (sample s
 ratio metrics (perplexities, bits per byte, instruction-level rates) use the delta method for a ratio
 estimator sum(num)/sum(den); ECE uses the delta method with the bin signs held fixed; ``bootstrap``
 resamples rows (seeded; rows are sorted first so the result does not depend on row order).
-Confidence intervals are value +/- 1.96 stderr unless the aggregator bootstraps percentiles.
+Confidence intervals are value +/- 1.96 stderr, except for means of 0/1 values (accuracies, pass rates),
+which get the Wilson score interval (it stays within [0, 1] and keeps its coverage near 0 and 1), and
+aggregators that bootstrap percentiles.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _mean_stats(cols: Cols, p: Mapping[str, Any]) -> Stats:
     if n == 0:
         return {"n": 0, "mean": 0.0, "m2": 0.0}
     m = float(v.mean())
-    return {"n": n, "mean": m, "m2": float(((v - m) ** 2).sum())}
+    return {"n": n, "mean": m, "m2": float(((v - m) ** 2).sum()), "binary": bool(((v == 0) | (v == 1)).all())}
 
 
 def _mean_merge(a: Stats, b: Stats) -> Stats:
@@ -55,7 +57,16 @@ def _mean_merge(a: Stats, b: Stats) -> Stats:
         return dict(a)
     n = na + nb
     d = b["mean"] - a["mean"]
-    return {"n": n, "mean": a["mean"] + d * nb / n, "m2": a["m2"] + b["m2"] + d * d * na * nb / n}
+    return {"n": n, "mean": a["mean"] + d * nb / n, "m2": a["m2"] + b["m2"] + d * d * na * nb / n,
+            "binary": bool(a.get("binary")) and bool(b.get("binary"))}
+
+
+def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed over ``n`` trials."""
+    z2n = z * z / n
+    center = (p + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z2n / (4 * n)) / (1 + z2n)
+    return min(max(center - half, 0.0), p), max(min(center + half, 1.0), p)  # exact at p = 0 and p = 1
 
 
 def _mean_finish(s: Stats, p: Mapping[str, Any]) -> Agg:
@@ -64,12 +75,13 @@ def _mean_finish(s: Stats, p: Mapping[str, Any]) -> Agg:
         return Agg(None, None, 0)
     value = s["mean"]
     se = math.sqrt(max(s["m2"], 0.0) / (n - 1)) / math.sqrt(n) if n > 1 else None
-    lo, hi = _ci(value, se)
+    lo, hi = wilson(value, n) if s.get("binary") and n > 1 else _ci(value, se)
     return Agg(value, se, n, lo, hi)
 
 
 aggregators.register("mean", Aggregator(
-    "mean", "mean of per-row values; stderr = sample std (ddof=1) / sqrt(n), as lm-eval's mean_stderr",
+    "mean", "mean of per-row values; stderr = sample std (ddof=1) / sqrt(n), as lm-eval's mean_stderr; "
+    "95% CI: Wilson score interval for 0/1 values, else value +/- 1.96 stderr",
     stats=_mean_stats, merge=_mean_merge, finish=_mean_finish))
 
 
