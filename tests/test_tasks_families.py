@@ -79,6 +79,41 @@ def test_family_builds_requests_from_real_data(spec: dict, shared_data: Path, tm
             assert (r.text is not None) != (r.token_ids is not None) and r.n_bytes and r.n_words
 
 
+def test_few_shot_winogrande_acc_norm_divides_by_the_option_context_without_the_examples(shared_data: Path,
+                                                                                      tmp_path: Path):
+    import pyarrow as pa
+
+    from rescore.artifacts.schema import schema_for
+    from rescore.core import GenParams
+    from rescore.gen.base import RunContext
+    from rescore.gen.fake import FakeBackend
+    from rescore.score.metrics_choice import _norm_lengths
+    from rescore.score.spec import UnitInfo
+
+    task = TaskConfig(name="winogrande", family="multiple_choice", subset_size=6, num_fewshot=2,
+                      source={"path": "winogrande/winogrande.jsonl", "fewshot_path": "winogrande/winogrande.jsonl"},
+                      params={"prompt": "winogrande", "schema": "llm_foundry"})
+    reqs = rescore.tasks.build_requests(task, prepare_task(tmp_path, task, data_root=shared_data), ByteTok())
+    rows = [row for batch in FakeBackend(ModelConfig(name="f", path="fake", backend="fake")).run(
+        reqs, RunContext(seed=0, params=GenParams(), batch_size=8)) for row in batch]
+    schema = schema_for("loglikelihood")
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    got_chars = _norm_lengths(table, UnitInfo("x", {}), "chars")
+    got_bytes = _norm_lengths(table, UnitInfo("x", {}), "bytes")
+    # lm-eval's choice strings: the sentence up to the blank with each option, i.e. the zero-shot contexts
+    zero = TaskConfig(**{**task.model_dump(), "num_fewshot": 0})
+    options = {r.sample_id: r.contexts for r in rescore.tasks.build_requests(
+        zero, prepare_task(tmp_path, zero, data_root=shared_data), ByteTok())}
+    for i, r in enumerate(reqs):
+        assert len(r.meta["fewshot_idx"]) == 2 and all(c.endswith(o) and c != o for c, o in
+                                                       zip(r.contexts, options[r.sample_id], strict=True))
+        assert list(got_chars[2 * i : 2 * i + 2]) == [len(o) for o in options[r.sample_id]]
+        assert list(got_bytes[2 * i : 2 * i + 2]) == [len(o.encode("utf-8")) for o in options[r.sample_id]]
+    # zero-shot rows pin nothing: their contexts are the choice strings already
+    assert all("choice_chars" not in (r.meta or {}) for r in rescore.tasks.build_requests(
+        zero, prepare_task(tmp_path, zero, data_root=shared_data), ByteTok()))
+
+
 def test_mmlu_all_subjects_from_the_local_copy(shared_data: Path):
     task = TaskConfig(name="mmlu", family="multiple_choice", source={"path": "mmlu/test", "fewshot_path": "mmlu/dev"},
                       num_fewshot=5, subset_size=300, params={"prompt": "mmlu", "schema": "mmlu_csv"})

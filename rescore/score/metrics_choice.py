@@ -5,9 +5,10 @@
 - ``acc_norm``: ``argmax(lls / completion_len) == gold`` where ``completion_len`` is the *character* length
   of lm-eval's choice string (``doc_to_choice``), which is the continuation without the target delimiter
   (the task's ``params.target_delimiter``, default ``" "``). For partial scoring (winogrande: one context
-  per choice, one shared continuation) lm-eval's choice string is the per-choice context, so its length
-  is used (exact for zero-shot; with few-shot examples the context includes them). A row's meta may pin
-  the lengths with ``choice_chars``.
+  per choice, one shared continuation) lm-eval's choice string is the per-choice context without the
+  few-shot examples: zero-shot rows use their contexts' lengths, few-shot rows the lengths the task pinned
+  in their meta (``choice_chars`` / ``choice_bytes``; rows generated before the pin fall back to the whole
+  context). Any row's meta may pin the lengths that way.
 - ``acc_bytes``: the same with UTF-8 byte lengths (lm-eval's ``acc_bytes``).
 - ``acc_norm_tokens``: normalised by the continuation's token count.
 - ``brier_score``: sum over choices of (softmax(lls) - one_hot(gold))^2, mean over rows (lm-eval).
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rescore.score.columns import (
+    _parse_meta,
     flat_list,
     memo,
     metas,
@@ -78,11 +80,12 @@ def _delimiter(unit: UnitInfo | None) -> str:
     return d if isinstance(d, str) else " "
 
 
-def _choice_shape(table: pa.Table, unit: UnitInfo | None) -> tuple[np.ndarray | None, np.ndarray, dict[int, list[str]]]:
+def _choice_shape(table: pa.Table, unit: UnitInfo | None) -> tuple[np.ndarray | None, np.ndarray, dict[int, Any]]:
     """(choice starts with the target delimiter, per flat choice; choice offsets; row -> per-choice
-    contexts of partial-scoring rows). Shared by acc_norm and acc_bytes."""
+    contexts of partial-scoring rows, or their meta's pinned lengths when the row has them). Shared by
+    acc_norm and acc_bytes."""
 
-    def f() -> tuple[np.ndarray | None, np.ndarray, dict[int, list[str]]]:
+    def f() -> tuple[np.ndarray | None, np.ndarray, dict[int, Any]]:
         flat, coff = _flat_strings(table, "choices")
         if flat is None:
             return None, coff, {}
@@ -105,12 +108,16 @@ def _choice_shape(table: pa.Table, unit: UnitInfo | None) -> tuple[np.ndarray | 
                                   .to_numpy(zero_copy_only=False), dtype=bool)
             partial_rows[nch > 0] = np.logical_and.reduceat(same, coff[:-1][nch > 0])
             partial_rows &= nch > 1
-        ctxs: dict[int, list[str]] = {}
+        ctxs: dict[int, Any] = {}
         if partial_rows.any():
             rows = np.flatnonzero(partial_rows)
-            got = _contexts(table, unit, rows)
-            for r, cs in zip(rows.tolist(), got or [], strict=False):
-                if cs is not None and len(cs) == coff[r + 1] - coff[r]:
+            got, pins = _contexts(table, unit, rows)
+            for r, cs, pin in zip(rows.tolist(), got if got is not None else [None] * len(rows), pins, strict=True):
+                k = coff[r + 1] - coff[r]
+                if pin is not None and all(isinstance(pin.get(x), list) and len(pin[x]) == k
+                                           for x in ("choice_chars", "choice_bytes")):
+                    ctxs[r] = pin  # few-shot rows: the lengths without the examples in front (lm-eval's choices)
+                elif cs is not None and len(cs) == k:
                     ctxs[r] = [c or "" for c in cs]
         return starts, coff, ctxs
 
@@ -128,7 +135,10 @@ def _norm_lengths(table: pa.Table, unit: UnitInfo | None, by: str) -> np.ndarray
     if starts is not None and dlen:
         lens[starts] -= dlen
     for r, cs in ctxs.items():
-        lens[coff[r] : coff[r + 1]] = [len(c) if by == "chars" else len(c.encode("utf-8")) for c in cs]
+        if isinstance(cs, dict):
+            lens[coff[r] : coff[r + 1]] = cs["choice_chars" if by == "chars" else "choice_bytes"]
+        else:
+            lens[coff[r] : coff[r + 1]] = [len(c) if by == "chars" else len(c.encode("utf-8")) for c in cs]
     pinned = _pinned(table, "choice_chars" if by == "chars" else "choice_bytes")
     if pinned is not None:
         off = _lls(table)[1]
@@ -150,15 +160,26 @@ def _flat_strings(table: pa.Table, name: str) -> tuple[pa.Array | None, np.ndarr
     return flat, off - off[0]
 
 
-def _contexts(table: pa.Table, unit: UnitInfo | None, rows: np.ndarray) -> list[list[str] | None] | None:
-    """The per-choice contexts of ``rows`` (null for rows whose choices share the prompt)."""
-    if "contexts" in table.column_names:
-        col = table.column("contexts")
-    elif unit is not None and unit.read is not None:
-        col = unit.read(["contexts"]).column("contexts")
-    else:
-        return None
-    return col.take(pa.array(rows)).to_pylist()
+def _contexts(table: pa.Table, unit: UnitInfo | None,
+              rows: np.ndarray) -> tuple[list[list[str] | None] | None, list[dict[str, Any] | None]]:
+    """The per-choice contexts of ``rows`` (null for rows whose choices share the prompt), and the rows'
+    parsed meta where it pins choice lengths (``choice_chars`` / ``choice_bytes``), else None."""
+    take = pa.array(rows)
+    extra = [c for c in ("contexts", "meta") if c not in table.column_names]
+    more = unit.read(extra) if extra and unit is not None and unit.read is not None else None
+
+    def column(name: str) -> pa.ChunkedArray | None:
+        if name in table.column_names:
+            return table.column(name)
+        return more.column(name) if more is not None and name in more.column_names else None
+
+    ctx, meta = column("contexts"), column("meta")
+    pins: list[dict[str, Any] | None] = [None] * len(rows)
+    if meta is not None:
+        for i, s in enumerate(meta.take(take).to_pylist()):
+            if s and '"choice_chars"' in s:
+                pins[i] = _parse_meta(s)
+    return (ctx.take(take).to_pylist() if ctx is not None else None), pins
 
 
 def _pinned(table: pa.Table, key: str) -> dict[int, list[float]] | None:

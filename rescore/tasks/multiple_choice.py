@@ -250,12 +250,18 @@ class MultipleChoice:
                                  exclude=row if same_split else None)
             contexts, conts = render(doc, [fmt(s) for s in shots], description=p.get("description", doc.description),
                                      target_delimiter=tdel, fewshot_delimiter=fdel)
+            meta: dict[str, Any] = {"source_idx": int(row[IDX])}
+            if shots:
+                meta["fewshot_idx"] = [int(s[IDX]) for s in shots]
+                if doc.contexts is not None:
+                    # partial scoring: lm-eval's acc_norm divides by the length of the choice string (the
+                    # option's context without the few-shot examples in front of it); pin it for the scorer
+                    meta["choice_chars"] = [len(c) for c in doc.contexts]
+                    meta["choice_bytes"] = [len(c.encode("utf-8")) for c in doc.contexts]
             out.append(Request(
                 sample_id=sid, task=task.name, request_type="loglikelihood",
                 target=doc.choices[0] if doc.contexts is not None else doc.choices[doc.gold],
-                gold=doc.gold, category=doc.category, contexts=contexts, continuations=conts,
-                meta={"source_idx": int(row[IDX]), "fewshot_idx": [int(s[IDX]) for s in shots]} if shots
-                else {"source_idx": int(row[IDX])},
+                gold=doc.gold, category=doc.category, contexts=contexts, continuations=conts, meta=meta,
             ))
         return out
 
