@@ -3,6 +3,7 @@
 ``check_store`` reads every manifest, verifies each complete unit's rows.parquet against the sha256 in
 its manifest and against the Arrow schema of its request type, scans partial units' rows.jsonl, and lists
 what does not belong: unit directories without a manifest, score directories whose unit is gone,
+damaged score files,
 temporary files left by an interrupted atomic write, and locks of dead processes.
 """
 
@@ -52,10 +53,25 @@ def check_store(store: Store) -> tuple[list[Finding], int]:
         for d in sorted(base.iterdir()) if base.is_dir() else []:
             if d.is_dir() and d.name not in units:
                 out.append(Finding("orphaned", str(d), "scores of a unit that is not in gen/"))
+            elif d.is_dir():
+                out += check_scores(d)
     for p in sorted(store.root.rglob(".*.tmp")):
         out.append(Finding("leftover", str(p), "temporary file of an interrupted write (safe to delete)"))
     out += check_prepared(store)
     return out, n
+
+
+def check_scores(d: Path) -> list[Finding]:
+    """Every score file of a unit read whole (they are a cache: a damaged one is recomputed by `score`)."""
+    from rescore.score.engine import SCORE_SUFFIXES, check_score_file
+
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.name.endswith(SCORE_SUFFIXES) and not p.name.startswith("."):
+            meta, why = check_score_file(p)
+            if meta is None:
+                out.append(Finding("corrupt", str(p), f"score file {why}; `rescore score` recomputes it"))
+    return out
 
 
 def check_unit(d: Path) -> list[Finding]:

@@ -506,3 +506,72 @@ def test_default_jobs_use_processes_only_for_large_stores(store: Path, tmp_path:
     big = score_store(Store(other), force=True)
     assert big.jobs == 2 and big.computed
     assert read_results(Store(store)).equals(read_results(Store(other)))
+
+
+def _damage(path: Path, how: str) -> None:
+    import pyarrow.ipc as ipc
+
+    from rescore.score.engine import write_score_file
+
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "garbage":
+        path.write_bytes(b"hello")
+    elif how in ("short", "empty"):  # a well-formed file with too few rows for its metadata
+        t = read_score_file(path).replace_schema_metadata(ipc.open_file(str(path)).schema.metadata)
+        write_score_file(path, t.slice(0, 0 if how == "empty" else t.num_rows - 1))
+    elif how == "flipped":  # same size, bytes inverted in the middle of the file
+        a, b = len(data) * 2 // 5, len(data) * 3 // 5
+        path.write_bytes(data[:a] + bytes(x ^ 0xFF for x in data[a:b]) + data[b:])
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "short", "empty", "flipped"])
+def test_a_damaged_score_file_is_reported_left_out_and_recomputed(store: Path, how: str) -> None:
+    st = Store(store)
+    score_store(st)
+    before = read_results(st).to_pylist()
+    unit = next(u for u in st.units() if u.request_type == "loglikelihood")
+    path = st.scores_dir / unit.run_id / "acc@1.arrow"
+    _damage(path, how)
+    # verify names it
+    r = cli("verify", "--store", str(store), "--json")
+    assert r.returncode == 1 and [f["path"] for f in json.loads(r.stdout)["findings"]] == [str(path)], r.stdout
+    # a run that does not recompute acc leaves it out of the results and says so
+    r = cli("score", "--store", str(store), "--metric", "acc_norm", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [d["path"] for d in json.loads(r.stdout)["damaged_score_files"]] == [str(path)]
+    got = read_results(st).to_pylist()
+    assert not any(x["run_id"] == unit.run_id and x["metric"] == "acc" for x in got)
+    assert read_scores(st, unit.run_id, "acc") is None
+    # a plain `score` recomputes it: the results are whole again
+    r = cli("score", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"run_id": unit.run_id, "metric": "acc", "version": 1} in out["computed"] and not out["damaged_score_files"]
+    assert read_results(st).to_pylist() == before
+
+
+def test_damaged_baseline_scores_are_a_missing_row_not_a_silent_pass(store: Path, tmp_path: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    base = next(u for u in st.units() if u.manifest["task"]["name"] == "arc" and u.manifest["model"]["name"] == "ckpt-a")
+    _damage(st.scores_dir / base.run_id / "acc@1.arrow", "garbage")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("missing: fail\nrules:\n  - metric: acc\n    max_regression: 1.0\n")
+    r = cli("compare", "--store", str(store), "--baseline", "ckpt-a", "--models", "ckpt-b", "-t", "arc", "-M", "acc",
+            "--policy", str(policy))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the baseline ckpt-a@100 has no acc scores on arc" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("index", [b"[]", b'{"acc@1.arrow": 5}', b'{"acc@1.arrow": {"size": "x"}}', b"\x00"])
+def test_a_malformed_score_index_is_ignored(store: Path, index: bytes) -> None:
+    st = Store(store)
+    score_store(st)
+    before = read_results(st).to_pylist()
+    for u in st.units():
+        (st.scores_dir / u.run_id / "_index.json").write_bytes(index)
+    r = cli("score", "--store", str(store))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "0 scores" in r.stdout + r.stderr and read_results(st).to_pylist() == before

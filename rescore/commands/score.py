@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
                 "skipped": report.skipped, "results_rows": report.results_rows, "seconds": round(report.seconds, 3),
                 "jobs": report.jobs,
                 "corrupt_units": [{"run_id": r, "error": m} for r, m in report.corrupt_units],
+                "damaged_score_files": [{"path": p, "why": w} for p, w in report.damaged],
             }, indent=2))
             if report.corrupt_units:
                 raise typer.Exit(1)
@@ -124,6 +125,11 @@ def register(app: typer.Typer) -> None:
             console.print(f"note: the reranker file scores no candidate of {missing:,} of {total:,} samples with a "
                           f"reference ({units} unit(s)); bon_reranker leaves them out. Check the file's sample_id "
                           "and run_id/model/task/seed columns, or add scores for them", highlight=False)
+        if report.damaged:
+            path, why = report.damaged[0]
+            more = f" and {len(report.damaged) - 1} more" if len(report.damaged) > 1 else ""
+            console.print(f"warning: {len(report.damaged)} damaged score file(s) left out of the results ({path}: "
+                          f"{why}{more}); a plain `rescore score` recomputes them", highlight=False)
         console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
         if report.corrupt_units:
             for run_id, message in report.corrupt_units:

@@ -74,7 +74,7 @@ def verify(
         if findings:
             t = Table(title=f"findings in {store}")
             for c in ("kind", "path", "detail"):
-                t.add_column(c)
+                t.add_column(c, overflow="fold")  # whole paths: they are what the user acts on
             for f in findings:
                 t.add_row(f.kind, f.path, f.detail)
             console.print(t)

@@ -466,9 +466,12 @@ class _Comparer:
                 tier = infer_tier(next(iter(b_units.values())).manifest, b_meta)
                 c_units = cat.units[ck].get(task, {})
                 c_meta = _metric_union(c_units.values(), self.metas_of) if c_units else {}
-                for metric in sorted(b_meta):
-                    meta = b_meta[metric]
-                    if meta.get("aggregator") == "sum" or not _applies(b_units.values(), metric, self.metas_of):
+                # the metrics of either side: one the baseline lacks (never scored, or its score file is
+                # damaged) is a missing row, as one the checkpoint lacks
+                for metric in sorted(set(b_meta) | set(c_meta)):
+                    meta = b_meta.get(metric) or c_meta[metric]
+                    side = b_units if metric in b_meta else c_units
+                    if meta.get("aggregator") == "sum" or not _applies(side.values(), metric, self.metas_of):
                         continue  # counts (tokens) are not a quality to compare; nor a metric no row applies to
                     if metrics and not any(fnmatch.fnmatchcase(metric, p) for p in metrics):
                         continue
@@ -476,7 +479,10 @@ class _Comparer:
                                      higher_is_better=bool(meta.get("higher_is_better", True)), step=ck.step,
                                      stage=ck.stage, precision=ck.precision, metric_version=meta.get("version"),
                                      aggregator=meta.get("aggregator"))
-                    if metric in c_meta:
+                    if metric not in b_meta:
+                        row.status, row.reason = "missing", (f"the baseline {cat.labels[base]} has no {metric} scores "
+                                                             f"on {task} (`rescore score` computes them)")
+                    elif metric in c_meta:
                         _fill(row, self.store, b_units, c_units, metric, self.metas_of, self.rows_of,
                               notes=self.notes, cache=self.counts, **self.kw)  # type: ignore[arg-type]
                     else:

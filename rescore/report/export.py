@@ -157,7 +157,7 @@ def tier4_doc(store: Store, head: dict[str, Any], rows: list[dict[str, Any]]) ->
         else:
             by_cat.setdefault(r["task"], {}).setdefault(r["subset"], {})[r["metric"]] = _cell(r)
     prompts: list[dict[str, Any]] = []
-    for task, ids in _unit_ids(rows).items():
+    for task, ids in _unit_ids([r for r in rows if r["metric"] == "all_checks_pass_rate"]).items():
         for run_id in ids:
             prompts.extend(_prompt_entries(store, task, run_id))
     return {**head, "summary": summary, "by_category": by_cat, "prompts": prompts}
@@ -167,8 +167,11 @@ def _prompt_entries(store: Store, task: str, run_id: str) -> list[dict[str, Any]
     from rescore.score.engine import read_scores
 
     main = read_scores(store, run_id, "all_checks_pass_rate")
-    if main is None:
-        return []
+    if main is None:  # results.parquet has its aggregate, so the per-prompt file was lost or damaged since
+        from rescore.errors import StoreError
+
+        raise StoreError(f"the per-prompt all_checks_pass_rate scores of unit {run_id[:12]} ({task}) are missing "
+                         "or damaged", hint="run `rescore score` (it recomputes them), then export again")
     unit = store.unit(run_id)
     info = unit.read_table(columns=["sample_id", "category"]).to_pylist()
     cat = {r["sample_id"]: r["category"] for r in info}

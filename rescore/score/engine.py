@@ -81,6 +81,7 @@ class ScoreReport:
     unavailable: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # "metric on unit: why"
     corrupt_units: list[tuple[str, str]] = field(default_factory=list)  # (run_id, message): left unscored
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (score file, why): left out of results
     applied: set[str] = field(default_factory=set)  # metrics that had a value on at least one row
     results_rows: int = 0
     seconds: float = 0.0
@@ -141,27 +142,18 @@ def scores_dir(store: Store, run_id: str) -> Path:
 SCORE_SUFFIXES = (".arrow", ".parquet")  # written as Arrow IPC; Parquet score files of earlier versions are read
 
 
-def read_score_meta(path: Path) -> dict[str, Any] | None:
-    try:
-        if path.suffix == ".parquet":
-            md = pq.read_schema(path).metadata or {}
-        else:
-            with pa.OSFile(str(path), "rb") as f:
-                md = ipc.open_file(f).schema.metadata or {}
-        raw = md.get(META_KEY)
-        return orjson.loads(raw) if raw else None
-    except (pa.ArrowInvalid, OSError, orjson.JSONDecodeError):
-        return None
-
-
 def read_score_file(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """The columns stored in one score file, either format (no ``sample_id`` in the current one: see
     :func:`read_unit_scores`)."""
     if path.suffix == ".parquet":
         have = pq.read_schema(path).names
         return pq.read_table(path, columns=[c for c in columns if c in have] if columns is not None else None)
-    with pa.OSFile(str(path), "rb") as f:
-        table = ipc.open_file(f).read_all()
+    try:
+        with pa.OSFile(str(path), "rb") as f:
+            table = ipc.open_file(f).read_all()
+    except (pa.ArrowException, OSError) as e:
+        raise CorruptArtifactError(f"cannot read score file {path}: {str(e).splitlines()[0] if str(e) else e}",
+                                   hint="delete it and run `rescore score` (it recomputes what is missing)") from None
     return table.select([c for c in columns if c in table.column_names]) if columns is not None else table
 
 
@@ -175,20 +167,21 @@ def read_unit_scores(unit: Unit, path: Path, columns: Sequence[str] | None = Non
             pa.chunked_array([], pa.string())
         if len(ids) != table.num_rows:
             raise CorruptArtifactError(f"{path} holds {table.num_rows} rows for a unit of {len(ids)}",
-                                       hint="run `rescore score --force` to recompute it")
+                                       hint="delete it and run `rescore score` (it recomputes what is missing)")
         table = table.add_column(0, "sample_id", ids)
     return table
 
 
-def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
-    """file name -> score metadata of every readable score file of a unit (index-cached)."""
+def scan_scores(store: Store, run_id: str, damaged: list[tuple[str, str]] | None = None) -> dict[str, dict[str, Any]]:
+    """file name -> score metadata of every sound score file of a unit. Files the index knows unchanged
+    (same size and mtime as when written or last checked) are trusted; any other file is read whole and
+    checked (it decompresses, holds the rescore metadata and the row count that metadata promises), so a
+    truncated, damaged or replaced score file counts as missing and the next ``score`` recomputes it.
+    ``damaged`` collects (path, why) of the files left out."""
     d = scores_dir(store, run_id)
     if not d.is_dir():
         return {}
-    try:
-        index = orjson.loads((d / INDEX).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        index = {}
+    index = _read_index(d)
     out: dict[str, dict[str, Any]] = {}
     changed = False
     for name in os.listdir(d):
@@ -200,20 +193,69 @@ def scan_scores(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
         except OSError:
             continue
         ent = index.get(name)
-        if ent and ent.get("size") == st.st_size and ent.get("mtime_ns") == st.st_mtime_ns:
+        if ent and ent["size"] == st.st_size and ent["mtime_ns"] == st.st_mtime_ns:
             out[name] = ent["meta"]
             continue
-        meta = read_score_meta(p)
+        meta, why = check_score_file(p)
         changed = True
         if meta is not None:
             out[name] = meta
             index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "meta": meta}
+        elif damaged is not None:
+            damaged.append((str(p), why or "unreadable"))
     stale = set(index) - set(out)
     if stale or changed:
         for k in stale:
             index.pop(k, None)
         _write_index(d, index)
     return out
+
+
+def check_score_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(metadata, None) for a sound score file, else (None, why): it must read whole, carry the rescore
+    metadata and hold the rows that metadata promises (every unit row, or none when the metric applies to
+    no row)."""
+    try:
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+        else:
+            with pa.OSFile(str(path), "rb") as f:
+                table = ipc.open_file(f).read_all()
+        raw = (table.schema.metadata or {}).get(META_KEY)
+        meta = orjson.loads(raw) if raw else None
+    except (pa.ArrowException, OSError, orjson.JSONDecodeError) as e:
+        return None, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if not isinstance(meta, dict) or "metric" not in meta or "version" not in meta:
+        return None, "no rescore metadata"
+    if isinstance(meta.get("n_rows"), int) and isinstance(meta.get("applies"), bool):
+        want = meta["n_rows"] if meta["applies"] else 0
+        if table.num_rows != want:
+            return None, f"holds {table.num_rows} rows, its metadata says {want}"
+    return meta, None
+
+
+def _read_index(d: Path) -> dict[str, dict[str, Any]]:
+    """The unit's index of checked score files; malformed entries (or a malformed file) are ignored."""
+    try:
+        raw = orjson.loads((d / INDEX).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, dict)
+            and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int) and isinstance(v.get("meta"), dict)}
+
+
+def _index_written(d: Path, written: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Record files this process just wrote (and so knows sound) in the unit's index."""
+    index = _read_index(d)
+    for name, meta in written:
+        try:
+            st = (d / name).stat()
+        except OSError:
+            continue
+        index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "meta": meta}
+    _write_index(d, index)
 
 
 def _write_index(d: Path, index: dict[str, Any]) -> None:
@@ -412,6 +454,7 @@ def score_unit(store: Store, unit: Unit, specs: Sequence[Metric], loaded: tuple[
         for f in pending:
             f.result()
         sync_scores(d, [name for name, _ in written])
+    _index_written(d, written)
     return written
 
 
@@ -578,7 +621,7 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
                 if progress:
                     progress(u.describe(), i + 1, total)
     if rebuild:
-        table = build_results(store, specs_by_name=_registered_current())
+        table = build_results(store, specs_by_name=_registered_current(), damaged=report.damaged)
         write_results(store, table)
         report.results_rows = table.num_rows
     report.seconds = time.perf_counter() - t0
@@ -683,15 +726,18 @@ def _unit_base(unit: Unit) -> dict[str, Any]:
     }
 
 
-def build_results(store: Store, specs_by_name: dict[str, Metric] | None = None) -> pa.Table:
-    """The tidy long results table from every complete unit's current score files."""
+def build_results(store: Store, specs_by_name: dict[str, Metric] | None = None,
+                  damaged: list[tuple[str, str]] | None = None) -> pa.Table:
+    """The tidy long results table from every complete unit's current score files (``damaged`` collects
+    the score files left out because they are unreadable or incomplete)."""
     specs_by_name = _registered_current() if specs_by_name is None else specs_by_name
     rows: list[dict[str, Any]] = []
     groups: dict[str, list[tuple[Unit, dict[str, dict[str, Any]]]]] = {}
     for unit in store.units():
         if not unit.complete:
             continue
-        chosen = choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"), specs_by_name)
+        chosen = choose_files(scan_scores(store, unit.run_id, damaged), unit.manifest.get("rows_parquet_sha256"),
+                              specs_by_name)
         if not chosen:
             continue
         groups.setdefault(group_key(unit.manifest), []).append((unit, chosen))
