@@ -575,3 +575,22 @@ def test_a_malformed_score_index_is_ignored(store: Path, index: bytes) -> None:
     r = cli("score", "--store", str(store))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "0 scores" in r.stdout + r.stderr and read_results(st).to_pylist() == before
+
+
+DYING_PLUGIN = '''
+import os
+from rescore.score import metric
+
+@metric(version=1, request_type="loglikelihood", columns=["gold"])
+def zz_dies(table):
+    os._exit(9)  # as a worker killed by the out-of-memory killer
+'''
+
+
+def test_a_dead_worker_process_is_a_one_line_error(store: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "dies.py"
+    plugin.write_text(DYING_PLUGIN)
+    r = cli("score", "--store", str(store), "--plugin", str(plugin), "--jobs", "2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "a scoring process died" in lines[0] and "--jobs 1" in lines[0]

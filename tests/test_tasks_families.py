@@ -97,9 +97,20 @@ def test_few_shot_winogrande_acc_norm_divides_by_the_option_context_without_the_
     rows = [row for batch in FakeBackend(ModelConfig(name="f", path="fake", backend="fake")).run(
         reqs, RunContext(seed=0, params=GenParams(), batch_size=8)) for row in batch]
     schema = schema_for("loglikelihood")
-    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
-    got_chars = _norm_lengths(table, UnitInfo("x", {}), "chars")
-    got_bytes = _norm_lengths(table, UnitInfo("x", {}), "bytes")
+    full = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    # as the scorer loads it: acc_norm's columns only; contexts and meta come through unit.read
+    table = full.select(["sample_id", "category", "choice_sum_logprob", "gold", "choice_n_chars", "choice_n_bytes",
+                         "choices"])
+    reads = []
+
+    def read(columns):  # type: ignore[no-untyped-def]
+        reads.append(sorted(columns))
+        return full.select(columns)
+
+    unit = UnitInfo("x", {}, read=read)
+    got_chars = _norm_lengths(table, unit, "chars")
+    got_bytes = _norm_lengths(table, unit, "bytes")
+    assert reads == [["contexts", "meta"]]  # once, shared by both
     # lm-eval's choice strings: the sentence up to the blank with each option, i.e. the zero-shot contexts
     zero = TaskConfig(**{**task.model_dump(), "num_fewshot": 0})
     options = {r.sample_id: r.contexts for r in rescore.tasks.build_requests(

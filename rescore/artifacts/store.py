@@ -184,6 +184,10 @@ class Unit:
             # ParquetFile, not pq.read_table: the same reader without the dataset layer, whose first use
             # imports pandas (a fifth of a second in every fresh process, e.g. each scoring worker)
             with pq.ParquetFile(self.parquet_path, page_checksum_verification=verify and pages) as f:
+                lacking = [c for c in columns or () if c not in f.schema_arrow.names]
+                if lacking:  # ParquetFile.read would leave them out silently
+                    raise CorruptArtifactError(f"{self.parquet_path} has no column(s) {lacking}",
+                                               hint=f"it is not a {self.request_type} unit's rows: regenerate the unit")
                 return f.read(columns=list(columns) if columns is not None else None)
         except (pa.ArrowInvalid, OSError) as e:
             raise CorruptArtifactError(f"cannot read {self.parquet_path}: {e}",

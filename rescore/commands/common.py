@@ -54,6 +54,6 @@ def handle_errors(fn: F) -> F:
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             fail(f"{e.strerror or e}{where}", 1)
         except KeyboardInterrupt:
-            fail("interrupted; finished batches are saved, run the same command again to resume", 130)
+            fail("interrupted; everything finished before it is saved: run the same command again to go on", 130)
 
     return wrapper  # type: ignore[return-value]

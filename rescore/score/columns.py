@@ -122,11 +122,11 @@ def segment_sums(vals: np.ndarray, offsets: np.ndarray, block: int = 1 << 18) ->
 
 
 def row_reduce(m: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
-    """``ufunc.reduce(m, axis=1)`` of an (n, k) matrix. For k <= 8 it combines whole columns, left to right:
+    """``ufunc.reduce(m, axis=1)`` of an (n, k) matrix. For k < 8 it combines whole columns, left to right:
     the same order (and bits) as numpy's row reduction, which for a few choices per row spends most of its
     time on per-row overhead."""
     k = m.shape[1]
-    if k == 0 or k > 8:
+    if k == 0 or k >= 8:  # from 8 on numpy sums pairwise: its own reduction keeps its bits
         return ufunc.reduce(m, axis=1)  # type: ignore[no-any-return]
     out = m[:, 0].copy()
     for j in range(1, k):

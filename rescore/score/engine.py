@@ -31,6 +31,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,7 @@ def read_score_file(path: Path, columns: Sequence[str] | None = None) -> pa.Tabl
     try:
         with pa.OSFile(str(path), "rb") as f:
             table = ipc.open_file(f).read_all()
-    except (pa.ArrowException, OSError) as e:
+    except (pa.ArrowException, OSError, MemoryError) as e:
         raise CorruptArtifactError(f"cannot read score file {path}: {str(e).splitlines()[0] if str(e) else e}",
                                    hint="delete it and run `rescore score` (it recomputes what is missing)") from None
     return table.select([c for c in columns if c in table.column_names]) if columns is not None else table
@@ -223,7 +224,7 @@ def check_score_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
                 table = ipc.open_file(f).read_all()
         raw = (table.schema.metadata or {}).get(META_KEY)
         meta = orjson.loads(raw) if raw else None
-    except (pa.ArrowException, OSError, orjson.JSONDecodeError) as e:
+    except (pa.ArrowException, OSError, MemoryError, orjson.JSONDecodeError) as e:
         return None, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if not isinstance(meta, dict) or "metric" not in meta or "version" not in meta:
         return None, "no rescore metadata"
@@ -587,21 +588,30 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         # largest units first, so the last unit to finish is a small one (rows.parquet size tracks the cost)
         work.sort(key=lambda w: -_size(w[0]))
         _FORK_WORK = (store, work)
+        pool = ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=multiprocessing.get_context("fork"))
         try:
-            ctx = multiprocessing.get_context("fork")
-            with warnings.catch_warnings(), ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=ctx) as pool:
+            with warnings.catch_warnings():
                 # Python >= 3.12 warns about fork() in a process with threads (Arrow's idle pools here);
                 # the workers only score and write their own files
                 warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
                 futs = [(u, pool.submit(_score_unit_job, i)) for i, (u, _) in enumerate(work)]
-                for i, (u, fut) in enumerate(futs):
-                    try:
-                        _record(report, u, fut.result())
-                    except CorruptArtifactError as e:
-                        report.corrupt_units.append((u.run_id, e.render()))
-                    if progress:
-                        progress(u.describe(), i + 1, total)
+            for i, (u, fut) in enumerate(futs):
+                try:
+                    _record(report, u, fut.result())
+                except CorruptArtifactError as e:
+                    report.corrupt_units.append((u.run_id, e.render()))
+                if progress:
+                    progress(u.describe(), i + 1, total)
+        except BrokenProcessPool:
+            _stop(pool)
+            raise ScoreError("a scoring process died (killed, or out of memory?)",
+                             hint="run `rescore score` again with fewer processes (`--jobs 1` scores in this one); "
+                                  "the scores written before it are kept") from None
+        except BaseException:  # a failing metric, Ctrl-C, SIGTERM: stop the other workers now, not after the queue
+            _stop(pool)
+            raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             _FORK_WORK = None
     elif work:
         # one thread reads the next unit and writes score files while this one computes
@@ -626,6 +636,15 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         report.results_rows = table.num_rows
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued units and end the running workers (score files are written atomically: a worker
+    ended mid-write leaves a temporary file, never a partial score file)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
 
 
 def _size(unit: Unit) -> int:
@@ -665,7 +684,7 @@ def choose_files(have: dict[str, dict[str, Any]], source_sha: str | None,
     this time, a parameterised variant, the reranker without its file) uses its highest current-source
     version."""
     by_name: dict[str, list[dict[str, Any]]] = {}
-    for fname, meta in have.items():
+    for fname, meta in _with_file(have).items():
         m = _FILE_RE.match(fname)
         if not m or meta.get("source_sha256") != source_sha:
             continue
@@ -680,6 +699,10 @@ def choose_files(have: dict[str, dict[str, Any]], source_sha: str | None,
             continue
         out[name] = max(metas_, key=lambda x: (x.get("version", 0), x.get("created_at", "")))
     return out
+
+
+def _with_file(have: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {fname: {**meta, "file": fname} for fname, meta in have.items()}
 
 
 def group_key(manifest: dict[str, Any]) -> str:
@@ -820,7 +843,9 @@ def read_scores(store: Store, run_id: str, metric: str) -> pa.Table | None:
 
 
 def score_file_path(store: Store, run_id: str, meta: dict[str, Any]) -> Path:
-    """The file holding the per-row scores that ``meta`` (from :func:`scan_scores`) describes."""
+    """The file holding the per-row scores that ``meta`` (from :func:`choose_files`) describes."""
+    if meta.get("file"):
+        return scores_dir(store, run_id) / str(meta["file"])
     stem = scores_dir(store, run_id) / f"{meta['metric']}@{meta['version']}"
     arrow = stem.with_name(stem.name + ".arrow")
     return arrow if arrow.exists() else stem.with_name(stem.name + ".parquet")

@@ -111,6 +111,8 @@ def exact_match_norm_arrow(arr: pa.Array) -> pa.Array:
 def after_last(arr: pa.Array, sep: str) -> pa.Array:
     """Every string from just after the last ``sep`` on (the whole string when it has none; nulls stay
     null): ``re.sub("(?s).*" + re.escape(sep), "", s)``, by one split from the right instead of a regex."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     parts = pc.split_pattern(arr, sep, max_splits=1, reverse=True)
     last = np.asarray(parts.offsets.to_numpy(), dtype=np.int64)[1:] - 1
     null = np.asarray(parts.is_null().to_numpy(zero_copy_only=False), dtype=bool)

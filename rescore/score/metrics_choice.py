@@ -230,21 +230,17 @@ def brier_score(table: pa.Table) -> np.ndarray:
     gold = _gold(table)
     n_choices = np.diff(off)
     k = uniform_width(off)
-    ne = n_choices > 0
-    if k:  # every row has k choices: column by column, summed left to right as below
-        m = p.reshape(-1, k)
-        out = np.zeros(len(n_choices))
-        for j in range(k):
-            d = m[:, j] - (gold == j)
-            out += d * d
+    if k:  # every row has k choices: the one-hot matrix by broadcasting
+        onehot = (np.arange(k)[None, :] == gold[:, None]).astype(np.float64).reshape(-1)
     else:
         rid = row_ids(off)
         pos = np.arange(lls.size) - np.repeat(off[:-1], n_choices)
         onehot = (pos == gold[rid]).astype(np.float64)
-        sq = (p - onehot) ** 2
-        out = np.zeros(len(n_choices))
-        if ne.any():
-            out[ne] = np.add.reduceat(sq, off[:-1][ne])
+    sq = (p - onehot) ** 2
+    out = np.zeros(len(n_choices))
+    ne = n_choices > 0
+    if ne.any():
+        out[ne] = np.add.reduceat(sq, off[:-1][ne])
     bad = np.isnan(gold) | ~ne | (gold < 0) | (gold >= n_choices)
     out[bad] = np.nan
     return out

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -161,18 +162,29 @@ def _env_offline() -> bool:
     return any(os.environ.get(k, "").upper() in ("1", "TRUE", "YES", "ON") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+_offline_lock = threading.Lock()
+_offline_state: dict[str, Any] = {"depth": 0, "saved": None}
+
+
 @contextmanager
 def _offline_hub() -> Iterator[None]:
-    """The Hugging Face libraries in offline mode (local cache only) for the duration."""
+    """The Hugging Face libraries in offline mode (local cache only) for the duration. Nested or
+    overlapping uses share one switch: the first turns it on, the last restores what was there."""
     import datasets.config as dcfg
     import huggingface_hub.constants as hcfg
 
-    saved = (hcfg.HF_HUB_OFFLINE, dcfg.HF_HUB_OFFLINE, dcfg.HF_DATASETS_OFFLINE)
-    hcfg.HF_HUB_OFFLINE = dcfg.HF_HUB_OFFLINE = dcfg.HF_DATASETS_OFFLINE = True
+    with _offline_lock:
+        if _offline_state["depth"] == 0:
+            _offline_state["saved"] = (hcfg.HF_HUB_OFFLINE, dcfg.HF_HUB_OFFLINE, dcfg.HF_DATASETS_OFFLINE)
+            hcfg.HF_HUB_OFFLINE = dcfg.HF_HUB_OFFLINE = dcfg.HF_DATASETS_OFFLINE = True
+        _offline_state["depth"] += 1
     try:
         yield
     finally:
-        hcfg.HF_HUB_OFFLINE, dcfg.HF_HUB_OFFLINE, dcfg.HF_DATASETS_OFFLINE = saved
+        with _offline_lock:
+            _offline_state["depth"] -= 1
+            if _offline_state["depth"] == 0:
+                hcfg.HF_HUB_OFFLINE, dcfg.HF_HUB_OFFLINE, dcfg.HF_DATASETS_OFFLINE = _offline_state["saved"]
 
 
 def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Iterator[dict[str, Any]]:
@@ -190,6 +202,7 @@ def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Ite
             ds = datasets.load_dataset(
                 source.hf, source.config_name, split=split, revision=source.revision, streaming=streaming
             )
+            yield from ds  # a streamed dataset reads while it is iterated: same mode, same errors
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (offline, missing config, auth)
         if unreachable:
             hint = (f"the Hugging Face Hub is unreachable from this machine ({unreachable}) and the dataset is not in "
@@ -204,7 +217,6 @@ def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Ite
         raise MissingDataError(
             f"could not load Hugging Face dataset {source.hf!r} (config {source.config_name!r}, split {split!r}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", hint=hint) from None
-    yield from ds
 
 
 def hf_revision(source: SourceConfig) -> str | None:
