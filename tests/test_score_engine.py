@@ -183,6 +183,7 @@ def test_score_files_of_the_earlier_parquet_format_are_read_then_replaced(store:
     assert "sample_id" not in stored.column_names and stored.num_rows == unit.manifest["rows_done"]
     table = read_scores(st, unit.run_id, "acc")  # sample ids from the unit's rows, in the file's row order
     assert table.column_names[:2] == ["sample_id", "value"]
+    assert read_scores(str(store), unit.run_id, "acc").equals(table)  # a store directory will do
     assert table.column("sample_id").equals(unit.read_table(columns=["sample_id"]).column("sample_id"))
     # the earlier format: Parquet with its own sample_id column; the schema metadata (spec identity,
     # aggregates) goes to the Parquet footer
@@ -594,3 +595,19 @@ def test_a_dead_worker_process_is_a_one_line_error(store: Path, tmp_path: Path) 
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "a scoring process died" in lines[0] and "--jobs 1" in lines[0]
+
+
+def test_a_plugin_cannot_take_a_built_in_metric_name(store: Path, tmp_path: Path) -> None:
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("from rescore.score import metric\n\n"
+                      "@metric(version=1, request_type='loglikelihood', columns=['gold'])\n"
+                      "def acc(table):\n    return [1.0] * table.num_rows\n")
+    r = cli("score", "--store", str(store), "--plugin", str(plugin))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'acc', the name of a built-in metric" in r.stderr and not (store / "scores").exists()
+    from rescore.errors import ConfigError
+    from rescore.score.registry import load_plugin
+
+    with pytest.raises(ConfigError):
+        load_plugin(str(plugin))
+    assert metrics.get("acc").fn.__module__ == "rescore.score.metrics_choice"  # the built-in stays registered

@@ -831,8 +831,11 @@ def read_results(store: Store) -> pa.Table:
         raise StoreError(f"cannot read {p}: {e}", hint="run `rescore score` to rebuild it") from None
 
 
-def read_scores(store: Store, run_id: str, metric: str) -> pa.Table | None:
-    """The current per-row scores of one metric on one unit, ``sample_id`` first (None when not computed)."""
+def read_scores(store: Store | str | Path, run_id: str, metric: str) -> pa.Table | None:
+    """The current per-row scores of one metric on one unit, ``sample_id`` first (None when not computed).
+    ``store`` is a :class:`Store` or its directory."""
+    if not isinstance(store, Store):
+        store = Store(Path(store))
     unit = store.unit(run_id)
     chosen = choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"),
                           _registered_current())

@@ -17,7 +17,7 @@ from pathlib import Path
 from rescore.core import content_hash
 from rescore.errors import ConfigError
 from rescore.score import spec as _spec
-from rescore.score.spec import Metric
+from rescore.score.spec import Metric, metrics
 
 BUILTIN = (
     "rescore.score.aggregate",
@@ -66,6 +66,7 @@ def load_plugin(ref: str) -> list[Metric]:
     """Import a plugin file (``path/to/file.py``) or module (``package.module``); return the metrics it
     registered (in registration order, later registrations of a name replace earlier ones)."""
     load_builtin()
+    builtin = {n: metrics.get(n) for n in metrics.names() if _is_builtin(metrics.get(n))}
     added: list[Metric] = []
     with _capture(added):
         p = Path(ref)
@@ -94,10 +95,20 @@ def load_plugin(ref: str) -> list[Metric]:
     if not added:
         raise ConfigError(f"plugin {ref} registered no metric",
                           hint="decorate a function with @rescore.score.metric(version=..., request_type=...)")
+    taken = sorted({m.name for m in added if m.name in builtin})
+    if taken:
+        for n in taken:  # keep the built-in definitions: results must not mix two meanings of one name
+            metrics.register(n, builtin[n])
+        raise ConfigError(f"plugin {ref} defines {', '.join(repr(n) for n in taken)}, the name of a built-in metric",
+                          hint="give the plugin's metric a name of its own (e.g. 'my_acc')")
     seen: dict[str, Metric] = {}
     for m in added:
         seen[m.name] = m
     return list(seen.values())
+
+
+def _is_builtin(spec: Metric) -> bool:
+    return str(getattr(spec.fn, "__module__", "")).startswith("rescore.")
 
 
 class _capture:
