@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"max_content_width": 120},  # wide terminals get whole command summaries
 )
 
 # Command modules, in the order their commands appear in --help.
@@ -44,13 +45,24 @@ def _sigterm(signum, frame) -> None:  # type: ignore[no-untyped-def]
     raise KeyboardInterrupt
 
 
+def _plain_metavars(cmd) -> None:  # type: ignore[no-untyped-def]
+    """``--metric METRIC`` in --help, not the Python type (``<list[str]>``, ``<int range>``)."""
+    for p in cmd.params:
+        if p.param_type_name == "option" and not p.is_flag and not p.count and p.metavar is None and p.name:
+            p.metavar = p.name.upper()
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_metavars(sub)
+
+
 def main() -> None:
     import signal
     import warnings
 
     warnings.formatwarning = _one_line_warning  # users see "warning: ...", not a source location
     signal.signal(signal.SIGTERM, _sigterm)  # Slurm's time limit: stop like Ctrl-C, releasing unit locks
-    app()
+    cmd = typer.main.get_command(app)
+    _plain_metavars(cmd)
+    cmd(prog_name="rescore")
 
 
 if __name__ == "__main__":

@@ -103,8 +103,11 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
             return
         n_metrics = len({m for _, m, _ in report.computed})
-        console.print(f"scored {report.units_scored} of {report.units_complete} complete units: computed "
-                      f"{len(report.computed)} scores ({n_metrics} metrics), {report.up_to_date} already up to date "
+        def n(k: int, word: str) -> str:
+            return f"{k} {word}" if k == 1 else f"{k} {word}s"
+
+        console.print(f"scored {report.units_scored} of {n(report.units_complete, 'complete unit')}: computed "
+                      f"{n(len(report.computed), 'score')} ({n(n_metrics, 'metric')}), {report.up_to_date} already up to date "
                       f"({report.seconds:.1f}s" + (f", {report.jobs} processes" if report.jobs > 1 else "") + ")",
                       highlight=False)
         if report.partial_units:
