@@ -611,3 +611,32 @@ def test_a_plugin_cannot_take_a_built_in_metric_name(store: Path, tmp_path: Path
     with pytest.raises(ConfigError):
         load_plugin(str(plugin))
     assert metrics.get("acc").fn.__module__ == "rescore.score.metrics_choice"  # the built-in stays registered
+
+
+SLOW_PLUGIN = '''
+import time
+from rescore.score import metric
+
+@metric(version=1, request_type="loglikelihood", columns=["gold"])
+def zz_slow(table):
+    time.sleep(8)
+    return [1.0] * table.num_rows
+'''
+
+
+def test_sigterm_stops_worker_processes_at_once(store: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(SLOW_PLUGIN)
+    proc = subprocess.Popen([sys.executable, "-m", "rescore.cli", "score", "--store", str(store), "--plugin",
+                             str(plugin), "--jobs", "2", "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # both workers are inside the slow metric (8 s a unit), more units queued
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t < 5, "the queued units ran on after SIGTERM"
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted" in err

@@ -588,7 +588,8 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         # largest units first, so the last unit to finish is a small one (rows.parquet size tracks the cost)
         work.sort(key=lambda w: -_size(w[0]))
         _FORK_WORK = (store, work)
-        pool = ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_worker_signals)
         try:
             with warnings.catch_warnings():
                 # Python >= 3.12 warns about fork() in a process with threads (Arrow's idle pools here);
@@ -638,11 +639,20 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
     return report
 
 
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the parent (which stops them) and end quietly when it terminates them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel the queued units and end the running workers (score files are written atomically: a worker
     ended mid-write leaves a temporary file, never a partial score file)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
     pool.shutdown(wait=False, cancel_futures=True)
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    for proc in procs:
         if proc.is_alive():
             proc.terminate()
 
