@@ -507,6 +507,11 @@ def test_default_jobs_use_processes_only_for_large_stores(store: Path, tmp_path:
     big = score_store(Store(other), force=True)
     assert big.jobs == 2 and big.computed
     assert read_results(Store(store)).equals(read_results(Store(other)))
+    specs = select_metrics()
+    unit_bytes = max(engine._unit_memory(u, [s for s in specs if s.request_type == u.request_type])
+                     for u in Store(other).units())
+    monkeypatch.setattr(engine, "available_memory", lambda: 3 * unit_bytes)  # room for one worker, not two
+    assert score_store(Store(other), force=True).jobs == 1
 
 
 def _damage(path: Path, how: str) -> None:

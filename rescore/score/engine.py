@@ -549,12 +549,51 @@ def usable_cpus() -> int:
 
 
 def auto_jobs(work: Sequence[tuple[Unit, Sequence[Metric]]]) -> int:
-    """Processes for ``jobs=None``: one per usable CPU (at most 8, at most one per unit) when there are at
-    least ``AUTO_JOBS_MIN_ROWS`` rows to score; else 1 (a compute thread and an I/O thread)."""
+    """Processes for ``jobs=None``: one per usable CPU (at most 8, at most one per unit, and no more than
+    half the available memory holds at once) when there are at least ``AUTO_JOBS_MIN_ROWS`` rows to
+    score; else 1 (a compute thread and an I/O thread)."""
     rows = sum(int(u.manifest.get("rows_done") or 0) for u, _ in work)
     if rows < AUTO_JOBS_MIN_ROWS:
         return 1
-    return max(1, min(usable_cpus(), AUTO_JOBS_MAX, len(work)))
+    jobs = max(1, min(usable_cpus(), AUTO_JOBS_MAX, len(work)))
+    per_worker = max((_unit_memory(u, specs) for u, specs in work), default=0)
+    free = available_memory()
+    if per_worker and free:  # the largest units run first and at once: keep them within half the free memory
+        jobs = max(1, min(jobs, int(free // 2 // per_worker)))
+    return jobs
+
+
+def _unit_memory(unit: Unit, specs: Sequence[Metric]) -> int:
+    """A generous estimate of a worker's memory for one unit: 3x the uncompressed size of the columns
+    the specs read (the table, then the metrics' intermediate arrays)."""
+    want = {"sample_id", "category"} | {c for s in specs for c in s.columns}
+    try:
+        md = pq.read_metadata(unit.parquet_path)
+    except (pa.ArrowInvalid, OSError):
+        return 0
+    size = 0
+    for g in range(md.num_row_groups):
+        rg = md.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            if col.path_in_schema.split(".")[0] in want:
+                size += col.total_uncompressed_size
+    return 3 * size
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (0 when unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: bool = False,
