@@ -51,6 +51,9 @@ def _plain_metavars(cmd) -> None:  # type: ignore[no-untyped-def]
         if p.param_type_name == "option" and not p.is_flag and not p.count and p.metavar is None and p.name:
             p.metavar = p.name.upper()
     for sub in getattr(cmd, "commands", {}).values():
+        if sub.short_help is None and sub.help:  # the whole first sentence (wrapped), never cut with "..."
+            first = " ".join(sub.help.strip().split("\n\n")[0].split())
+            sub.short_help = first.split(". ")[0].rstrip(".") + "."
         _plain_metavars(sub)
 
 
