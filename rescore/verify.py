@@ -70,7 +70,9 @@ def check_scores(d: Path) -> list[Finding]:
         if p.name.endswith(SCORE_SUFFIXES) and not p.name.startswith("."):
             meta, why = check_score_file(p)
             if meta is None:
-                out.append(Finding("corrupt", str(p), f"score file {why}; `rescore score` recomputes it"))
+                metric = p.name.split("@")[0]
+                out.append(Finding("corrupt", str(p), f"score file {why}; delete it and run `rescore score` (or "
+                                                      f"`rescore score --force --metric {metric}`) to recompute it"))
     return out
 
 

@@ -571,13 +571,21 @@ def test_damaged_baseline_scores_are_a_missing_row_not_a_silent_pass(store: Path
     assert "the baseline ckpt-a@100 has no acc scores on arc" in " ".join(r.stdout.split())
 
 
-@pytest.mark.parametrize("index", [b"[]", b'{"acc@1.arrow": 5}', b'{"acc@1.arrow": {"size": "x"}}', b"\x00"])
-def test_a_malformed_score_index_is_ignored(store: Path, index: bytes) -> None:
+@pytest.mark.parametrize("index", [b"[]", b'{"acc@1.arrow": 5}', b'{"acc@1.arrow": {"size": "x"}}', b"\x00",
+                                   "aggregates-str", "aggregates-null"])
+def test_a_malformed_score_index_is_ignored(store: Path, index: bytes | str) -> None:
     st = Store(store)
     score_store(st)
     before = read_results(st).to_pylist()
     for u in st.units():
-        (st.scores_dir / u.run_id / "_index.json").write_bytes(index)
+        path = st.scores_dir / u.run_id / "_index.json"
+        if isinstance(index, str):  # valid JSON, current sizes and mtimes, but metadata of the wrong shape
+            data = json.loads(path.read_bytes())
+            for ent in data.values():
+                ent["meta"]["aggregates"] = {"all": "x"} if index == "aggregates-str" else None
+            path.write_text(json.dumps(data))
+        else:
+            path.write_bytes(index)
     r = cli("score", "--store", str(store))
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "0 scores" in r.stdout + r.stderr and read_results(st).to_pylist() == before

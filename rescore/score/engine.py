@@ -226,13 +226,21 @@ def check_score_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         meta = orjson.loads(raw) if raw else None
     except (pa.ArrowException, OSError, MemoryError, orjson.JSONDecodeError) as e:
         return None, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    if not isinstance(meta, dict) or "metric" not in meta or "version" not in meta:
-        return None, "no rescore metadata"
+    if not meta_ok(meta):
+        return None, "no rescore metadata (or malformed)"
     if isinstance(meta.get("n_rows"), int) and isinstance(meta.get("applies"), bool):
         want = meta["n_rows"] if meta["applies"] else 0
         if table.num_rows != want:
             return None, f"holds {table.num_rows} rows, its metadata says {want}"
     return meta, None
+
+
+def meta_ok(meta: Any) -> bool:
+    """A score file's metadata has the shape results and compare rely on."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("metric"), str) or not isinstance(meta.get("version"), int):
+        return False
+    aggs = meta.get("aggregates", {})
+    return isinstance(aggs, dict) and all(isinstance(k, str) and isinstance(v, dict) for k, v in aggs.items())
 
 
 def _read_index(d: Path) -> dict[str, dict[str, Any]]:
@@ -244,7 +252,7 @@ def _read_index(d: Path) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict):
         return {}
     return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, dict)
-            and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int) and isinstance(v.get("meta"), dict)}
+            and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int) and meta_ok(v.get("meta"))}
 
 
 def _index_written(d: Path, written: Sequence[tuple[str, dict[str, Any]]]) -> None:
