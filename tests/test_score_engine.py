@@ -653,3 +653,19 @@ def test_sigterm_stops_worker_processes_at_once(store: Path, tmp_path: Path) -> 
     assert time.monotonic() - t < 5, "the queued units ran on after SIGTERM"
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted" in err
+
+
+def test_compare_and_report_refuse_a_metric_typo_and_an_empty_gate(store: Path, tmp_path: Path) -> None:
+    score_store(Store(store))
+    base = ["compare", "--store", str(store), "--baseline", "ckpt-a", "--models", "ckpt-b"]
+    r = cli(*base, "-M", "acc_nrom")
+    assert r.returncode == 2 and "--metric 'acc_nrom' matches no compared metric" in r.stderr
+    assert "did you mean 'acc_norm'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("report", str(tmp_path / "r.html"), "--store", str(store), "-M", "nosuchmetric")
+    assert r.returncode == 2 and "matches no scored metric" in r.stderr and not (tmp_path / "r.html").exists()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - metric: acc\n    max_regression: 1.0\n")
+    r = cli(*base, "-M", "brier_score", "--policy", str(policy))
+    assert r.returncode == 1 and "the policy gated no row" in r.stderr
+    r = cli(*base, "-M", "acc", "--policy", str(policy))
+    assert r.returncode == 0, r.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,6 +21,34 @@ TaskOpt = Annotated[list[str] | None, typer.Option("--task", "-t", help="Only th
 MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-M", help="Only these metrics (globs). Repeatable.")]
 AllowMixedOpt = Annotated[bool, typer.Option(
     "--allow-mixed", help="Put runs of different precision, dtype, tokenizer or chat template side by side anyway.")]
+
+
+def _store_metrics(st: Any) -> set[str]:
+    from rescore.errors import StoreError
+    from rescore.score.engine import read_results
+
+    try:
+        return set(read_results(st).column("metric").to_pylist())
+    except StoreError:
+        return set()
+
+
+def _check_metric_patterns(patterns: list[str] | None, present: set[str], what: str,
+                           known: set[str] | None = None) -> None:
+    """A --metric pattern that matches nothing is a typo: say so, with the closest names (of ``known``,
+    default ``present``)."""
+    import difflib
+    import fnmatch
+
+    from rescore.errors import ConfigError
+
+    names = sorted((known or set()) | present)
+    for p in patterns or ():
+        if not any(fnmatch.fnmatchcase(m, p) for m in present):
+            close = difflib.get_close_matches(p, names, n=3, cutoff=0.5)
+            raise ConfigError(f"--metric {p!r} matches no {what} metric",
+                              hint=(f"did you mean {', '.join(repr(c) for c in close)}? " if close else "")
+                              + f"metrics in the store: {', '.join(names[:20]) or 'none'}")
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +75,7 @@ def register(app: typer.Typer) -> None:
         --policy (exit code 1 when the policy fails)."""
         from rescore.artifacts.io import atomic_write_text
         from rescore.artifacts.store import Store
-        from rescore.errors import ConfigError
+        from rescore.errors import ConfigError, UserError
         from rescore.report.compare import compare as run_compare
         from rescore.report.compare import render, summary_line
         from rescore.report.policy import load_policy
@@ -61,6 +89,14 @@ def register(app: typer.Typer) -> None:
             pol = load_matrix_file(matrix).policy
         result = run_compare(Store(store), baseline, matrix=matrix, models=models, suites=suite, tasks=task, metrics=metric,
                              policy=pol, allow_mixed=allow_mixed, resamples=resamples, level=level, seed=seed)
+        _check_metric_patterns(metric, {r.metric for r in result.rows}, "compared", _store_metrics(Store(store)))
+        if pol is not None and result.rows and not result.gated:
+            raise UserError("the policy gated no row: none of its rules applies to the compared metrics",
+                            hint="check the policy's metric/task patterns against `rescore results`")
+        if pol is not None and not result.rows:
+            raise UserError("nothing was compared, so the policy cannot pass",
+                            hint="check --baseline, --models, --task and --metric against `rescore status` and "
+                                 "`rescore results`")
         text = render(result, fmt)
         if output is not None:
             atomic_write_text(output, text)
@@ -89,6 +125,11 @@ def register(app: typer.Typer) -> None:
         line and seed spread, best-of-n selection, Tier4 by category, and run provenance."""
         from rescore.artifacts.store import Store
         from rescore.report.html import write_report
+        from rescore.score.engine import read_results
+
+        if metric:
+            t = read_results(Store(store))
+            _check_metric_patterns(metric, set(t.column("metric").to_pylist()), "scored")
 
         path = write_report(Store(store), out, models=models, suites=suite, tasks=task, metrics=metric,
                             baseline=baseline, matrix=matrix, title=title, allow_mixed=allow_mixed)
