@@ -669,3 +669,12 @@ def test_compare_and_report_refuse_a_metric_typo_and_an_empty_gate(store: Path, 
     assert r.returncode == 1 and "the policy gated no row" in r.stderr
     r = cli(*base, "-M", "acc", "--policy", str(policy))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("arg,message", [("pass_at_k:k=abc", "parameter k='abc' should be int"),
+                                         ("acc:foo=1", "metric 'acc' has no parameter 'foo'"),
+                                         ("bon_random:seed=1.5", "parameter seed=1.5 should be int")])
+def test_bad_metric_parameters_are_configuration_errors(store: Path, arg: str, message: str) -> None:
+    r = runner.invoke(app, ["score", "--store", str(store), "--metric", arg])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (store / "scores").exists()

@@ -108,6 +108,7 @@ def select_metrics(names: Sequence[str] | None = None, *, params: dict[str, dict
             name, kw = parse_metric_arg(arg)
             spec = metrics.get(name)
             kw = {**params.pop(name, {}), **kw}
+            check_params(spec, kw)
             if kw:
                 spec = spec.with_params(name=spec.name if _keeps_name(spec, kw) else None, **kw)
             missing = spec.missing_params()
@@ -127,6 +128,36 @@ def select_metrics(names: Sequence[str] | None = None, *, params: dict[str, dict
     for s in chosen:
         seen[s.name] = s
     return list(seen.values())
+
+
+def check_params(spec: Metric, kw: dict[str, Any]) -> None:
+    """Parameters given on the command line must be ones the metric's function takes, of the type of its
+    default (an integer for ``k``): a bad one is a configuration error, not a failing metric."""
+    import inspect
+
+    try:
+        sig = inspect.signature(spec.fn)
+    except (TypeError, ValueError):
+        return
+    ps = [p for p in list(sig.parameters.values())[1:] if p.name != "unit"]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps):
+        return
+    by_name = {p.name: p for p in ps}
+    current = spec.kw
+    for k, v in kw.items():
+        if k not in by_name:
+            raise ConfigError(f"metric {spec.name!r} has no parameter {k!r}",
+                              hint=f"its parameters: {', '.join(by_name) or 'none'}")
+        ref = current.get(k, by_name[k].default)
+        if ref is inspect.Parameter.empty or ref is None:
+            continue
+        ok = (isinstance(v, bool) if isinstance(ref, bool) else
+              isinstance(v, int) and not isinstance(v, bool) if isinstance(ref, int) else
+              isinstance(v, int | float) and not isinstance(v, bool) if isinstance(ref, float) else
+              isinstance(v, type(ref)))
+        if not ok:
+            raise ConfigError(f"metric {spec.name!r}: parameter {k}={v!r} should be {type(ref).__name__} like its "
+                              f"default {ref!r}", hint=f"e.g. --metric {spec.name}:{k}={ref!r}")
 
 
 def _keeps_name(spec: Metric, kw: dict[str, Any]) -> bool:
