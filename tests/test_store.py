@@ -324,3 +324,12 @@ def test_store_files_are_readable_by_the_group(tmp_path):
     for name in ("manifest.json", "rows.parquet"):
         mode = (tmp_path / "gen" / "ab12" / name).stat().st_mode & 0o777
         assert mode & 0o044 == 0o044 & ~os.umask(os.umask(0)), oct(mode)
+
+
+def test_a_store_path_that_is_a_file_is_a_one_line_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "afile"
+    f.write_text("not a store")
+    for cmd in (["score"], ["status"], ["ls"], ["results"]):
+        r = subprocess.run([sys.executable, "-m", "rescore.cli", *cmd, "--store", str(f)], capture_output=True, text=True)
+        assert r.returncode != 0 and "is a file, not a store directory" in r.stderr and "Traceback" not in r.stderr, cmd
+    assert f.read_text() == "not a store"

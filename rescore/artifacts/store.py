@@ -47,6 +47,9 @@ class Store:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.corrupt: list[tuple[Path, str]] = []
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"--store {self.root} is a file, not a store directory",
+                             hint="pass the directory that holds gen/ and scores/ (or a new one)")
 
     @property
     def gen_dir(self) -> Path:
