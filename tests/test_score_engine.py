@@ -678,3 +678,18 @@ def test_bad_metric_parameters_are_configuration_errors(store: Path, arg: str, m
     r = runner.invoke(app, ["score", "--store", str(store), "--metric", arg])
     assert r.exit_code == 2 and message in r.output, r.output
     assert not (store / "scores").exists()
+
+
+def test_a_failed_export_leaves_the_earlier_one_as_it_was(store: Path, tmp_path: Path) -> None:
+    st = Store(store)
+    score_store(st)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["export", "tiers", str(out), "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert any(p.name == "tier4_sft_native.json" for p in before)
+    sft = next(u for u in st.units() if u.manifest["task"]["name"] == "sft")
+    (st.scores_dir / sft.run_id / "all_checks_pass_rate@1.arrow").unlink()
+    r = runner.invoke(app, ["export", "tiers", str(out), "--store", str(store)])
+    assert r.exit_code != 0 and "per-prompt all_checks_pass_rate scores" in r.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -94,7 +94,9 @@ def export_tiers(store: Store, outdir: Path, models: Sequence[str] | None = None
             raise ConfigError(f"checkpoints {dirs[d][0]!r} ({dirs[d][1]}) and {key[0]!r} ({key[1]}) both export to {d}",
                               hint="export one model at a time with --model NAME")
         dirs.setdefault(d, key)
-    written: list[Path] = []
+    # every document is built before the first is written: an export that fails (missing per-prompt
+    # scores, say) leaves an earlier export in OUTDIR as it was, never half old and half new
+    docs: list[tuple[Path, Any]] = []
     for d, key in dirs.items():
         crow = [r for k, rs in by_ckpt.items() if k[:2] == key[:2] for r in rs]
         step = resolve_step(key[2], key[1])
@@ -102,17 +104,17 @@ def export_tiers(store: Store, outdir: Path, models: Sequence[str] | None = None
         base = outdir / "by_checkpoint" / d
         for tier, fname in TIER_FILES.items():
             trows = [r for r in crow if r.get("tier") == tier]
-            if not trows:
-                continue
-            doc = tier4_doc(store, head, trows) if tier == "tier4" else tier_doc(head, trows)
-            atomic_write_json(base / fname, doc)
-            written.append(base / fname)
+            if trows:
+                docs.append((base / fname, tier4_doc(store, head, trows) if tier == "tier4" else tier_doc(head, trows)))
         t4 = [r for r in crow if r.get("tier") == "tier4"]
         if t4:
-            lines = generation_lines(store, t4)
-            atomic_write_bytes(base / GENERATIONS, b"".join(orjson.dumps(x) + b"\n" for x in lines))
-            written.append(base / GENERATIONS)
-    return written
+            docs.append((base / GENERATIONS, b"".join(orjson.dumps(x) + b"\n" for x in generation_lines(store, t4))))
+    for path, doc in docs:
+        if isinstance(doc, bytes):
+            atomic_write_bytes(path, doc)
+        else:
+            atomic_write_json(path, doc)
+    return [path for path, _ in docs]
 
 
 def tier_doc(head: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
