@@ -42,6 +42,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:  #
 
 
 def _sigterm(signum, frame) -> None:  # type: ignore[no-untyped-def]
+    from rescore.commands.common import TERMINATED
+
+    TERMINATED.append(signum)  # the exit code is then 143, not Ctrl-C's 130
     raise KeyboardInterrupt
 
 

@@ -136,7 +136,7 @@ def test_sigterm_stops_like_ctrl_c_and_releases_the_lock(tmp_path):
     time.sleep(1.0)
     os.kill(proc.pid, signal.SIGTERM)  # what Slurm sends at the time limit
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 143 and "interrupted" in err and "Traceback" not in err
     assert not list((store / "gen").glob("*/.lock"))
     (unit,) = Store(store).units()
     assert not unit.complete and unit.rows_done() >= 1

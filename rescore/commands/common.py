@@ -28,6 +28,9 @@ OverridesOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 
+
+TERMINATED: list[int] = []  # non-empty once SIGTERM arrived (see rescore.cli)
+
 def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit with ``code``."""
     print(f"error: {message}", file=sys.stderr)
@@ -54,6 +57,7 @@ def handle_errors(fn: F) -> F:
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             fail(f"{e.strerror or e}{where}", 1)
         except KeyboardInterrupt:
-            fail("interrupted; everything finished before it is saved: run the same command again to go on", 130)
+            fail("interrupted; everything finished before it is saved: run the same command again to go on",
+                 143 if TERMINATED else 130)  # the shell's codes for SIGTERM and Ctrl-C
 
     return wrapper  # type: ignore[return-value]

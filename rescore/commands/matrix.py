@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         matrix: MatrixArg = None,
         store: StoreOpt = DEFAULT_STORE,
         executor: Annotated[str, typer.Option(help="local | slurm")] = "local",
-        max_parallel: Annotated[int | None, typer.Option(help="local: worker processes; slurm: array tasks at once.")] = None,
+        max_parallel: Annotated[int | None, typer.Option(min=1, help="local: worker processes; slurm: array tasks at once.")] = None,
         shard: Annotated[str | None, typer.Option(help="Run only groups i::N of the plan, e.g. 0/4.")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run and stop.")] = False,
         emit_sbatch: Annotated[Path | None, typer.Option(help="Write a plain sbatch array script to FILE and stop.")] = None,

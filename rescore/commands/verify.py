@@ -89,7 +89,7 @@ def verify(
 def determinism(
     run_id: Annotated[str | None, typer.Argument(help="Run id of a complete unit (see `rescore ls`).")] = None,
     store: StoreOpt = DEFAULT_STORE,
-    rows: Annotated[int, typer.Option("--rows", help="Regenerate this many rows (the unit's first, by sample id).")] = 20,
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Regenerate this many rows (the unit's first, by sample id).")] = 20,
     atol: Annotated[float, typer.Option("--atol", help="Largest per-token logprob difference still counted as equal.")] = 1e-4,
     model_path: Annotated[str | None, typer.Option("--model-path", help="The model directory, if it moved since the run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: as recorded).")] = None,

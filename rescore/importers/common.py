@@ -62,6 +62,8 @@ class SourceFile:
 
 def source_file(path: Path) -> SourceFile:
     p = Path(path)
+    if p.is_dir():
+        raise ImportFormatError(f"{p} is a directory", hint="give the file to import")
     if not p.is_file():
         raise ImportFormatError(f"{p}: no such file")
     return SourceFile(str(p.resolve()), sha256_file(p), p.stat().st_size)

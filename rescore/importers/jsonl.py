@@ -129,7 +129,7 @@ def _load(path: Path, cls: type[Strict]) -> Any:
         return cls.model_validate(raw, context={"base": p.parent})
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{p}: {problems}", hint=f"see the {cls.__name__} fields in `rescore import --help`") from None
+        raise ConfigError(f"{p}: {problems}", hint=f"see the {cls.__name__} fields in `rescore import jsonl --help`") from None
     except ConfigError as e:
         raise ConfigError(f"{p}: {e.message}", hint=e.hint) from None
 

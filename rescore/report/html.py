@@ -450,8 +450,12 @@ def build_report(store: Store, *, models: Sequence[str] | None = None, suites: S
 def write_report(store: Store, out: Path, **kw: Any) -> Path:
     from rescore.artifacts.io import atomic_write_text
 
-    page = build_report(store, **kw)
     out = Path(out)
+    if out.is_dir():
+        from rescore.errors import UserError
+
+        raise UserError(f"{out} is a directory", hint="give the HTML file to write, e.g. report.html")
+    page = build_report(store, **kw)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
