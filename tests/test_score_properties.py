@@ -154,8 +154,8 @@ def test_accuracy_confidence_interval_is_wilson_within_0_and_1(values, cut) -> N
         assert math.isclose(a.ci_low, max(center - half, 0.0), abs_tol=1e-12)
         assert math.isclose(a.ci_high, min(center + half, 1.0), abs_tol=1e-12)
         assert (a.ci_low == 0.0) == (p == 0.0) and (a.ci_high == 1.0) == (p == 1.0)
-    # one non-0/1 value anywhere: the normal interval again
-    w = np.append(v, 0.5)
+    # one value that is neither 0 nor 1 (nor non-negative) anywhere: the normal interval again
+    w = np.append(v, -0.5)
     b = agg.combine([{"value": w[:cut]}, {"value": w[cut:]}])
     assert math.isclose(b.ci_low, b.value - z * b.stderr, rel_tol=1e-9, abs_tol=1e-12)
 
@@ -343,3 +343,16 @@ def test_exact_match_matches_lm_eval(pairs) -> None:
                                                 ignore_case=True, ignore_punctuation=False)["exact_match"])
         got = metrics.get(metric).compute(table, UnitInfo("p", {}))["value"].tolist()
         assert got == want, metric
+
+
+@SETTINGS
+@given(st.lists(st.floats(0, 2), min_size=2, max_size=30), st.integers(1, 29))
+def test_a_mean_of_non_negative_values_has_no_negative_ci(values, cut) -> None:
+    cut = min(cut, len(values) - 1)
+    v = np.asarray(values)
+    agg = aggregators.get("mean")
+    for a in (agg({"value": v}), agg.combine([{"value": v[:cut]}, {"value": v[cut:]}])):
+        assert a.ci_low >= 0.0 and a.ci_high >= a.value
+        if not set(values) <= {0.0, 1.0}:
+            assert math.isclose(a.ci_high, a.value + 1.959963984540054 * a.stderr, rel_tol=1e-9, abs_tol=1e-12)
+            assert math.isclose(a.ci_low, max(0.0, a.value - 1.959963984540054 * a.stderr), rel_tol=1e-9, abs_tol=1e-12)

@@ -7,9 +7,10 @@ Standard errors: ``mean`` uses lm-evaluation-harness's ``mean_stderr`` (sample s
 ratio metrics (perplexities, bits per byte, instruction-level rates) use the delta method for a ratio
 estimator sum(num)/sum(den); ECE uses the delta method with the bin signs held fixed; ``bootstrap``
 resamples rows (seeded; rows are sorted first so the result does not depend on row order).
-Confidence intervals are value +/- 1.96 stderr, except for means of 0/1 values (accuracies, pass rates),
-which get the Wilson score interval (it stays within [0, 1] and keeps its coverage near 0 and 1), and
-aggregators that bootstrap percentiles.
+Confidence intervals are value +/- 1.96 stderr (cut at 0 for means of values that are never negative,
+such as Brier scores, and for ECE), except for means of 0/1 values (accuracies, pass rates), which get
+the Wilson score interval (it stays within [0, 1] and keeps its coverage near 0 and 1), and aggregators
+that bootstrap percentiles.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _mean_stats(cols: Cols, p: Mapping[str, Any]) -> Stats:
     if n == 0:
         return {"n": 0, "mean": 0.0, "m2": 0.0}
     m = float(v.mean())
-    return {"n": n, "mean": m, "m2": float(((v - m) ** 2).sum()), "binary": bool(((v == 0) | (v == 1)).all())}
+    return {"n": n, "mean": m, "m2": float(((v - m) ** 2).sum()), "binary": bool(((v == 0) | (v == 1)).all()),
+            "nonneg": bool((v >= 0).all())}
 
 
 def _mean_merge(a: Stats, b: Stats) -> Stats:
@@ -58,7 +60,8 @@ def _mean_merge(a: Stats, b: Stats) -> Stats:
     n = na + nb
     d = b["mean"] - a["mean"]
     return {"n": n, "mean": a["mean"] + d * nb / n, "m2": a["m2"] + b["m2"] + d * d * na * nb / n,
-            "binary": bool(a.get("binary")) and bool(b.get("binary"))}
+            "binary": bool(a.get("binary")) and bool(b.get("binary")),
+            "nonneg": bool(a.get("nonneg")) and bool(b.get("nonneg"))}
 
 
 def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -76,6 +79,8 @@ def _mean_finish(s: Stats, p: Mapping[str, Any]) -> Agg:
     value = s["mean"]
     se = math.sqrt(max(s["m2"], 0.0) / (n - 1)) / math.sqrt(n) if n > 1 else None
     lo, hi = wilson(value, n) if s.get("binary") and n > 1 else _ci(value, se)
+    if s.get("nonneg") and lo is not None and lo < 0:  # a mean of values that are never negative (Brier)
+        lo = 0.0
     return Agg(value, se, n, lo, hi)
 
 
@@ -181,6 +186,7 @@ def _ece_finish(s: Stats, p: Mapping[str, Any]) -> Agg:
         sw, sww = float(np.abs(d).sum()), float(np.asarray(s["dd"]).sum())
         se = math.sqrt(max(sww - sw * sw / n, 0.0) / (n - 1)) / math.sqrt(n)
     lo, hi = _ci(value, se)
+    lo = max(lo, 0.0) if lo is not None else None  # an ECE is never negative
     return Agg(value, se, n, lo, hi)
 
 
