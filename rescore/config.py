@@ -132,13 +132,10 @@ def format_validation_error(err: ValidationError, source: str) -> list[str]:
 class ConfigProblems(ConfigError):
     """Several problems found in one config; ``problems`` holds one line each."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], hint: str = "fix them and run `rescore validate` again") -> None:
         self.problems = problems
         n = len(problems)
-        super().__init__(
-            f"{source}: {n} problem{'s' if n != 1 else ''}: " + "; ".join(problems),
-            hint="fix them and run `rescore validate` again",
-        )
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}: " + "; ".join(problems), hint=hint)
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -103,8 +103,10 @@ def test_unknown_suite_suggests_close_names():
 def test_overrides_apply_before_validation():
     suite = load_suite("demo", overrides=["tasks.2.subset_size=3", "seeds=[5]"])
     assert suite.tasks[2].subset_size == 3 and suite.seeds == (5,)
-    with pytest.raises(ConfigProblems, match="target_tokens"):
+    with pytest.raises(ConfigProblems, match="target_tokens") as e:
         load_suite("demo", overrides=["tasks.0.params.target_tokens=0"])
+    # the message points at the override, not at the suite file (which is fine)
+    assert "with -O tasks.0.params.target_tokens=0" in e.value.message and "fix the -O overrides" in e.value.hint
 
 
 def test_cli_suites_and_prepare(shared_data: Path, tmp_path: Path):

@@ -106,6 +106,9 @@ def load_suite(name_or_path: str | Path, overrides: list[str] | None = None) -> 
         data = apply_overrides(data, overrides)
     problems = check_suite_data(data, str(path))
     if problems:
+        if overrides and not check_suite_data(read_yaml(path), str(path)):  # the file is fine: the -O values are not
+            raise ConfigProblems(f"{path} with -O {' -O '.join(overrides)}", problems,
+                                 hint="the suite file itself is valid: fix the -O overrides")
         raise ConfigProblems(str(path), problems)
     return SuiteConfig(**data)
 
