@@ -191,16 +191,44 @@ def rescore_into_temp(store: Store) -> list[dict]:
     import shutil
     import tempfile
 
-    from rescore.score.engine import build_results, score_store
+    from rescore.score.engine import build_results, score_store, select_metrics
 
+    specs = select_metrics() + parameterised_specs(store)
     tmp = Path(tempfile.mkdtemp(prefix="rescore-verify-"))
     try:
         (tmp / "gen").symlink_to(store.gen_dir.resolve(), target_is_directory=True)
         scratch = Store(tmp)
-        score_store(scratch, force=True, rebuild=False)
+        score_store(scratch, specs, force=True, rebuild=False)
         return build_results(scratch).to_pylist()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parameterised_specs(store: Store) -> list:  # type: ignore[type-arg]
+    """The parameterised variants the store was scored with (``--metric pass_at_k:k=2`` -> ``pass_at_2``),
+    rebuilt from their score files' metadata, so rescoring reproduces them too."""
+    from rescore.errors import ConfigError
+    from rescore.score.engine import scan_scores
+    from rescore.score.registry import load_builtin
+    from rescore.score.spec import derived_name, metrics
+
+    load_builtin()
+    registered = {n: metrics.get(n) for n in metrics.names()}
+    out: dict[str, object] = {}
+    for unit in store.units():
+        for meta in scan_scores(store, unit.run_id).values():
+            name, params = meta.get("metric"), meta.get("params") or {}
+            if name in registered or name in out or not isinstance(params, dict):
+                continue
+            for base in registered.values():
+                diff = {k: v for k, v in params.items() if base.kw.get(k) != v}
+                if diff and derived_name(base.name, diff) == name and meta.get("version") == base.version:
+                    try:
+                        out[name] = base.with_params(**diff)
+                    except ConfigError:
+                        pass
+                    break
+    return list(out.values())
 
 
 def compare_results(old: list[dict], new: list[dict], tolerance: float) -> list[Diff]:

@@ -75,3 +75,15 @@ def test_against_a_missing_or_broken_file_is_one_line(scored_store, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     out = cli("verify", "--store", str(scored_store), "--against", str(tmp_path / "bad.json"))
     assert out.returncode == 1 and "cannot read" in out.stderr
+
+
+def test_rescoring_reproduces_parameterised_metrics_too(scored_store):
+    out = cli("score", "--store", str(scored_store), "--metric", "pass_at_k:k=2", "--metric", "maj_at_n:k=2")
+    assert out.returncode == 0, out.stderr
+    import pyarrow.parquet as pq
+
+    metrics = set(pq.read_table(scored_store / "results.parquet", columns=["metric"]).column("metric").to_pylist())
+    assert {"pass_at_2", "maj_at_2"} <= metrics
+    ok = cli("verify", "--store", str(scored_store), "--against", str(scored_store / "results.parquet"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "0 differ" in ok.stdout and "0 missing" in ok.stdout
