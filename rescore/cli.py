@@ -53,6 +53,8 @@ def _plain_metavars(cmd) -> None:  # type: ignore[no-untyped-def]
     for p in cmd.params:
         if p.param_type_name == "option" and not p.is_flag and not p.count and p.metavar is None and p.name:
             p.metavar = p.name.upper()
+        elif p.param_type_name == "argument" and p.metavar is None and p.name:
+            p.metavar = p.name.upper()
     for sub in getattr(cmd, "commands", {}).values():
         if sub.short_help is None and sub.help:  # the whole first sentence (wrapped), never cut with "..."
             first = " ".join(sub.help.strip().split("\n\n")[0].split())
