@@ -18,10 +18,10 @@ import logging
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import interleaved  # bench/timing.py (this script's directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLASWAG = ROOT.parent / "shared" / "data" / "hellaswag" / "hellaswag_val_full.txt.bz2"
@@ -41,33 +41,6 @@ def load_hellaswag(n: int) -> list[tuple[str, list[str], int]]:
         ctx, label, endings = lines[i], int(lines[i + 1]), lines[i + 2 : i + 6]
         items.append((preprocess(ctx), [preprocess(e) for e in endings], label))
     return items[:n]
-
-
-def interleaved(ours, theirs, n_items: int, slices: int, reps: int):
-    """Time ``ours(a, b)`` and ``theirs(a, b)`` on the same slices of the work, alternating slice by slice, so
-    that load from other processes on a shared machine hits both alike. Returns (results of the last rep,
-    wall totals per rep, CPU totals per rep, per-slice wall ratios theirs/ours)."""
-    bounds = [(n_items * i // slices, n_items * (i + 1) // slices) for i in range(slices)]
-    wall = {"ours": [], "theirs": []}
-    cpu = {"ours": [], "theirs": []}
-    ratios = []
-    for _ in range(reps):
-        out = {"ours": [], "theirs": []}
-        w = {"ours": 0.0, "theirs": 0.0}
-        c = {"ours": 0.0, "theirs": 0.0}
-        for a, b in bounds:
-            pair = {}
-            for name, fn in (("ours", ours), ("theirs", theirs)):
-                t0, c0 = time.perf_counter(), time.process_time()
-                out[name].append(fn(a, b))
-                pair[name] = time.perf_counter() - t0
-                w[name] += pair[name]
-                c[name] += time.process_time() - c0
-            ratios.append(pair["theirs"] / pair["ours"])
-        for name in w:
-            wall[name].append(w[name])
-            cpu[name].append(c[name])
-    return out, wall, cpu, ratios
 
 
 def main() -> None:
