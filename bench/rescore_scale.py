@@ -49,6 +49,7 @@ from rescore.core import GenParams, Request, content_hash
 from rescore.gen.base import RunContext
 from rescore.gen.fake import FakeBackend
 from rescore.score.columns import clear_caches
+from rescore.score.engine import needed_columns as engine_columns
 from rescore.score.engine import score_store, select_metrics
 from rescore.score.spec import Metric, register_metric
 
@@ -138,7 +139,7 @@ def build(root: Path, mc_rows: int, gen_rows: int) -> dict[str, Any]:
 
 
 def needed_columns(request_type: str, specs: list[Metric]) -> list[str]:
-    return sorted({"sample_id", "category"} | {c for s in specs if s.request_type == request_type for c in s.columns})
+    return sorted(engine_columns(s for s in specs if s.request_type == request_type))  # what the scorer reads
 
 
 def bare_read(store: Store, specs: list[Metric]) -> float:

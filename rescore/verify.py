@@ -63,16 +63,15 @@ def check_store(store: Store) -> tuple[list[Finding], int]:
 
 def check_scores(d: Path) -> list[Finding]:
     """Every score file of a unit read whole (they are a cache: a damaged one is recomputed by `score`)."""
-    from rescore.score.engine import SCORE_SUFFIXES, check_score_file
+    from rescore.score.engine import check_score_file, score_files
 
     out = []
-    for p in sorted(d.iterdir()):
-        if p.name.endswith(SCORE_SUFFIXES) and not p.name.startswith("."):
-            meta, why = check_score_file(p)
-            if meta is None:
-                metric = p.name.split("@")[0]
-                out.append(Finding("corrupt", str(p), f"score file {why}; delete it and run `rescore score` (or "
-                                                      f"`rescore score --force --metric {metric}`) to recompute it"))
+    for p in sorted(d / n for n in score_files(d)):
+        meta, why = check_score_file(p)
+        if meta is None:
+            metric = p.name.split("@")[0]
+            out.append(Finding("corrupt", str(p), f"score file {why}; delete it and run `rescore score` (or "
+                                                  f"`rescore score --force --metric {metric}`) to recompute it"))
     return out
 
 

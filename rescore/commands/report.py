@@ -33,24 +33,6 @@ def _store_metrics(st: Any) -> set[str]:
         return set()
 
 
-def _check_metric_patterns(patterns: list[str] | None, present: set[str], what: str,
-                           known: set[str] | None = None) -> None:
-    """A --metric pattern that matches nothing is a typo: say so, with the closest names (of ``known``,
-    default ``present``)."""
-    import difflib
-    import fnmatch
-
-    from rescore.errors import ConfigError
-
-    names = sorted((known or set()) | present)
-    for p in patterns or ():
-        if not any(fnmatch.fnmatchcase(m, p) for m in present):
-            close = difflib.get_close_matches(p, names, n=3, cutoff=0.5)
-            raise ConfigError(f"--metric {p!r} matches no {what} metric",
-                              hint=(f"did you mean {', '.join(repr(c) for c in close)}? " if close else "")
-                              + f"metrics in the store: {', '.join(names[:20]) or 'none'}")
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
@@ -79,6 +61,7 @@ def register(app: typer.Typer) -> None:
         from rescore.report.compare import compare as run_compare
         from rescore.report.compare import render, summary_line
         from rescore.report.policy import load_policy
+        from rescore.report.results import check_patterns
 
         if fmt not in ("markdown", "csv", "json"):
             raise ConfigError(f"unknown --format {fmt!r}", hint="choose markdown, csv or json")
@@ -89,7 +72,8 @@ def register(app: typer.Typer) -> None:
             pol = load_matrix_file(matrix).policy
         result = run_compare(Store(store), baseline, matrix=matrix, models=models, suites=suite, tasks=task, metrics=metric,
                              policy=pol, allow_mixed=allow_mixed, resamples=resamples, level=level, seed=seed)
-        _check_metric_patterns(metric, {r.metric for r in result.rows}, "compared", _store_metrics(Store(store)))
+        check_patterns("metric", metric or (), {r.metric for r in result.rows}, what="compared metric",
+                       listing="metrics in the store", names=lambda: _store_metrics(Store(store)))
         if pol is not None and result.rows and not result.gated:
             raise UserError("the policy gated no row: none of its rules applies to the compared metrics",
                             hint="check the policy's metric/task patterns against `rescore results`")
@@ -125,11 +109,13 @@ def register(app: typer.Typer) -> None:
         line and seed spread, best-of-n selection, Tier4 by category, and run provenance."""
         from rescore.artifacts.store import Store
         from rescore.report.html import write_report
+        from rescore.report.results import check_patterns
         from rescore.score.engine import read_results
 
         if metric:
             t = read_results(Store(store))
-            _check_metric_patterns(metric, set(t.column("metric").to_pylist()), "scored")
+            check_patterns("metric", metric, set(t.column("metric").to_pylist()), what="scored metric",
+                           listing="metrics in the store")
 
         path = write_report(Store(store), out, models=models, suites=suite, tasks=task, metrics=metric,
                             baseline=baseline, matrix=matrix, title=title, allow_mixed=allow_mixed)

@@ -12,7 +12,7 @@ import fnmatch
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -42,20 +42,30 @@ def filter_results(table: pa.Table, *, model: Sequence[str] | None = None, task:
 def check_filters(table: pa.Table, **patterns: Sequence[str] | None) -> None:
     """Every --model/--task/--metric pattern must match something in the results; a typo is an error
     with the closest names, not an empty table."""
-    import difflib
-
-    from rescore.errors import ConfigError
 
     for column, pats in patterns.items():
         if not pats or column not in table.column_names:
             continue
-        values = sorted({str(v) for v in table.column(column).to_pylist() if v is not None})
-        for p in pats:
-            if not any(fnmatch.fnmatchcase(v, p) for v in values):
-                close = difflib.get_close_matches(p, values, n=3, cutoff=0.5)
-                hint = (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
-                    f"{column}s in the results: {', '.join(values[:20])}{' ...' if len(values) > 20 else ''}"
-                raise ConfigError(f"--{column} {p!r} matches no results", hint=hint)
+        values = {str(v) for v in table.column(column).to_pylist() if v is not None}
+        check_patterns(column, pats, values, what="results", listing=f"{column}s in the results")
+
+
+def check_patterns(option: str, patterns: Sequence[str], values: Iterable[str], *, what: str, listing: str,
+                   names: Callable[[], Iterable[str]] | None = None) -> None:
+    """Every ``--OPTION`` glob must match one of ``values``; else a ConfigError with the closest of
+    ``names()`` (default: the values), listed as ``listing``. ``names`` is only called on a miss."""
+    import difflib
+
+    from rescore.errors import ConfigError
+
+    values = set(values)
+    for p in patterns:
+        if not any(fnmatch.fnmatchcase(v, p) for v in values):
+            known = sorted(set(names()) | values if names is not None else values)
+            close = difflib.get_close_matches(p, known, n=3, cutoff=0.5)
+            hint = (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
+                f"{listing}: {', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
+            raise ConfigError(f"--{option} {p!r} matches no {what}", hint=hint)
 
 
 def fmt(v: Any) -> str:

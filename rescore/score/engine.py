@@ -15,7 +15,7 @@ applies to no row of the unit (SFT rates on a GSM8K unit) stores no rows at all.
 ``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each ``category``), so
 :func:`build_results` never rereads per-row values. Score files of the earlier format (Parquet, with a
 ``sample_id`` column: ``<metric>@<version>.parquet``) are still read. ``scores/<run_id>/_index.json``
-caches those footers (keyed by file size and mtime); it is only a cache.
+caches the metadata of the files already checked (keyed by file size and mtime); it is only a cache.
 
 ``results.parquet`` is rebuilt from the score files after every run: one row per unit (seed) and one
 ``seed="agg"`` row per group of units that differ only in their seed. See :data:`RESULTS_SCHEMA`.
@@ -174,17 +174,33 @@ def scores_dir(store: Store, run_id: str) -> Path:
 SCORE_SUFFIXES = (".arrow", ".parquet")  # written as Arrow IPC; Parquet score files of earlier versions are read
 
 
+_READ_ERRORS = (pa.ArrowException, OSError, MemoryError)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _load_score_file(path: Path) -> pa.Table:
+    """A whole score file, either format, metadata included (raises ``_READ_ERRORS``)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    with pa.OSFile(str(path), "rb") as f:
+        return ipc.open_file(f).read_all()
+
+
+def score_files(d: Path) -> list[str]:
+    """Names of the score files in a unit's score directory (either format; no temporary files)."""
+    return [n for n in os.listdir(d) if n.endswith(SCORE_SUFFIXES) and not n.startswith(".")]
+
+
 def read_score_file(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     """The columns stored in one score file, either format (no ``sample_id`` in the current one: see
     :func:`read_unit_scores`)."""
-    if path.suffix == ".parquet":
-        have = pq.read_schema(path).names
-        return pq.read_table(path, columns=[c for c in columns if c in have] if columns is not None else None)
     try:
-        with pa.OSFile(str(path), "rb") as f:
-            table = ipc.open_file(f).read_all()
-    except (pa.ArrowException, OSError, MemoryError) as e:
-        raise CorruptArtifactError(f"cannot read score file {path}: {str(e).splitlines()[0] if str(e) else e}",
+        table = _load_score_file(path)
+    except _READ_ERRORS as e:
+        raise CorruptArtifactError(f"cannot read score file {path}: {_first_line(e)}",
                                    hint="delete it and run `rescore score` (it recomputes what is missing)") from None
     return table.select([c for c in columns if c in table.column_names]) if columns is not None else table
 
@@ -216,9 +232,7 @@ def scan_scores(store: Store, run_id: str, damaged: list[tuple[str, str]] | None
     index = _read_index(d)
     out: dict[str, dict[str, Any]] = {}
     changed = False
-    for name in os.listdir(d):
-        if not name.endswith(SCORE_SUFFIXES) or name.startswith("."):
-            continue
+    for name in score_files(d):
         p = d / name
         try:
             st = p.stat()
@@ -248,15 +262,11 @@ def check_score_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     metadata and hold the rows that metadata promises (every unit row, or none when the metric applies to
     no row)."""
     try:
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-        else:
-            with pa.OSFile(str(path), "rb") as f:
-                table = ipc.open_file(f).read_all()
+        table = _load_score_file(path)
         raw = (table.schema.metadata or {}).get(META_KEY)
         meta = orjson.loads(raw) if raw else None
-    except (pa.ArrowException, OSError, MemoryError, orjson.JSONDecodeError) as e:
-        return None, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    except (*_READ_ERRORS, orjson.JSONDecodeError) as e:
+        return None, f"unreadable ({_first_line(e)})"
     if not meta_ok(meta):
         return None, "no rescore metadata (or malformed)"
     if isinstance(meta.get("n_rows"), int) and isinstance(meta.get("applies"), bool):
@@ -459,11 +469,15 @@ def _spec_meta(spec: Metric, unit: Unit) -> dict[str, Any]:
     }
 
 
+def needed_columns(specs: Iterable[Metric]) -> set[str]:
+    """The unit columns scoring ``specs`` reads: theirs, plus sample_id and category (the subsets)."""
+    return {"sample_id", "category"} | {c for s in specs for c in s.columns}
+
+
 def load_unit(unit: Unit, specs: Sequence[Metric]) -> tuple[pa.Table, set[str]]:
     """The columns ``specs`` need (plus sample_id and category) of a complete unit, checksum verified."""
     names = set(unit_columns(unit))
-    cols_needed = {"sample_id", "category"} | {c for s in specs for c in s.columns}
-    return unit.read_table(columns=[c for c in sorted(cols_needed) if c in names]), names
+    return unit.read_table(columns=[c for c in sorted(needed_columns(specs)) if c in names]), names
 
 
 def score_unit(store: Store, unit: Unit, specs: Sequence[Metric], loaded: tuple[pa.Table, set[str]] | None = None,
@@ -605,7 +619,7 @@ def auto_jobs(work: Sequence[tuple[Unit, Sequence[Metric]]]) -> int:
 def _unit_memory(unit: Unit, specs: Sequence[Metric]) -> int:
     """A generous estimate of a worker's memory for one unit: 3x the uncompressed size of the columns
     the specs read (the table, then the metrics' intermediate arrays)."""
-    want = {"sample_id", "category"} | {c for s in specs for c in s.columns}
+    want = needed_columns(specs)
     try:
         md = pq.read_metadata(unit.parquet_path)
     except (pa.ArrowInvalid, OSError):
@@ -934,12 +948,9 @@ def read_scores(store: Store | str | Path, run_id: str, metric: str) -> pa.Table
 
 
 def score_file_path(store: Store, run_id: str, meta: dict[str, Any]) -> Path:
-    """The file holding the per-row scores that ``meta`` (from :func:`choose_files`) describes."""
-    if meta.get("file"):
-        return scores_dir(store, run_id) / str(meta["file"])
-    stem = scores_dir(store, run_id) / f"{meta['metric']}@{meta['version']}"
-    arrow = stem.with_name(stem.name + ".arrow")
-    return arrow if arrow.exists() else stem.with_name(stem.name + ".parquet")
+    """The file holding the per-row scores that ``meta`` (from :func:`choose_files`, which names it)
+    describes."""
+    return scores_dir(store, run_id) / str(meta["file"])
 
 
 __all__ = ["score_store", "select_metrics", "build_results", "read_results", "read_scores", "ScoreReport",
