@@ -609,6 +609,8 @@ def auto_jobs(work: Sequence[tuple[Unit, Sequence[Metric]]]) -> int:
     if rows < AUTO_JOBS_MIN_ROWS:
         return 1
     jobs = max(1, min(usable_cpus(), AUTO_JOBS_MAX, len(work)))
+    if jobs == 1:
+        return 1  # no footers to read for a memory bound
     per_worker = max((_unit_memory(u, specs) for u, specs in work), default=0)
     free = available_memory()
     if per_worker and free:  # the largest units run first and at once: keep them within half the free memory
