@@ -1,0 +1,62 @@
+"""Helpers shared by the tests: run the CLI as a user would, and check that bad input changed nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
+        timeout: float | None = 600, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``rescore ARGS`` in a subprocess (what a user types), with text output captured."""
+    full_env = None if env is None else {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "rescore.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=timeout, **kw)
+
+
+def invoke(*args: str, **kw: Any) -> Any:
+    """``rescore ARGS`` in this process through typer's CliRunner (fast; no subprocess start-up)."""
+    from typer.testing import CliRunner
+
+    from rescore.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def tree_hashes(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under ``roots`` (symlinks recorded by their target, not followed), keyed by path."""
+    out: dict[str, str] = {}
+    for root in roots:
+        root = Path(root)
+        paths = [root] if root.is_file() or root.is_symlink() else sorted(root.rglob("*")) if root.exists() else []
+        for p in paths:
+            if p.is_symlink():
+                out[str(p)] = "link:" + os.readlink(p)
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def assert_unchanged(before: dict[str, str], after: dict[str, str]) -> None:
+    """Every file that existed before still exists with the same bytes (new files are allowed)."""
+    changed = [p for p, h in before.items() if after.get(p) != h]
+    assert not changed, f"files changed or lost: {changed[:10]}"
+
+
+def assert_one_line_error(proc: Any, code: int | None = None, *, contains: str | None = None) -> str:
+    """A user error: non-zero exit (``code`` when given), no traceback, and a message on stderr whose first
+    line says what went wrong. Returns stderr."""
+    err = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode()
+    rc = proc.returncode if hasattr(proc, "returncode") else proc.exit_code
+    assert rc != 0, f"expected a failure, got exit 0; stderr: {err[-1000:]}"
+    if code is not None:
+        assert rc == code, f"exit {rc}, expected {code}; stderr: {err[-1000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    assert err.strip(), "no message on stderr"
+    if contains is not None:
+        assert contains in err, err[-2000:]
+    return err
