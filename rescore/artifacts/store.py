@@ -302,6 +302,10 @@ class UnitWriter:
                              hint="this is a backend bug; the row schema is rescore.artifacts.schema")
         self._checked_keys = True
 
+    def write_manifest(self) -> None:
+        """Rewrite the (running) unit's manifest after a change to ``self.manifest``."""
+        atomic_write_json(self.dir / MANIFEST, self.manifest)
+
     def finish(self, expected_ids: Sequence[str], extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compact rows.jsonl to rows.parquet (atomic) and mark the unit complete."""
         if self._fh is not None:

@@ -5,6 +5,13 @@ A backend turns :class:`~rescore.core.Request` objects into artifact rows (dicts
 batches; the runner appends each yielded batch to the store and fsyncs, so a crash loses at most the
 batch in flight. Rows may come back in any order: the store keys them by ``sample_id``.
 
+Resume: a backend always gets *all* of a unit's requests, and ``RunContext.done`` names the sample ids
+already stored. It must plan its batches from all requests (so a batch's composition, padding and
+shapes never depend on where a run was interrupted), run only the planned batches that hold a pending
+row, and return rows for pending requests only (the runner drops any other). A backend whose rows do
+not depend on their batch (``fake``) or that makes no bit-exactness promise (``vllm``) may simply skip
+the done requests.
+
 Backends are registered in :data:`backends` as factories ``(ModelConfig) -> Backend``; heavy ones
 (``hf``, ``vllm``) are lazy ``"module:attr"`` entries so nothing imports torch until asked.
 """
@@ -31,6 +38,13 @@ class RunContext:
     max_batch_tokens: int = 8192
     # called with the number of model tokens processed, for tokens/s in progress displays
     on_tokens: Callable[[int], None] = lambda n: None
+    # sample ids whose rows are already stored (a resumed unit): no rows for them, and no work where it
+    # can be skipped without changing the other rows
+    done: frozenset[str] = frozenset()
+
+    def pending(self, requests: Sequence[Request]) -> list[Request]:
+        """The requests whose rows are still to be written."""
+        return [r for r in requests if r.sample_id not in self.done] if self.done else list(requests)
 
 
 class Backend(Protocol):

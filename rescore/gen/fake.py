@@ -103,6 +103,7 @@ class FakeBackend:
     # -- generation ------------------------------------------------------------------------------------
     def run(self, requests: Sequence[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
         make = {"loglikelihood": self._loglikelihood, "rolling": self._rolling, "generate": self._generate}
+        requests = ctx.pending(requests)  # every row is a function of its request alone: skip the stored ones
         bs = max(1, ctx.batch_size)
         t0 = time.perf_counter()
         for i in range(0, len(requests), bs):

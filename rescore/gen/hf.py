@@ -304,7 +304,7 @@ class HFBackend:
             return loglikelihood_row(reqs[i], conts, shared, [res[j] for j in range(len(reqs[i].continuations))],
                                      topk=ctx.topk)
 
-        yield from self._score(units, len(reqs), ctx, make_row, entropy=False, greedy=True)
+        yield from self._score(units, reqs, ctx, make_row, entropy=False, greedy=True)
 
     # -- rolling -----------------------------------------------------------------------------------------
     def rolling_units(self, owner: int, r: Request) -> tuple[list[Unit], list[int]]:
@@ -345,15 +345,21 @@ class HFBackend:
             return rolling_row(reqs[i], targets[i], [res[w] for w in sorted(res)], self._tok, topk=ctx.topk,
                                entropy=want_entropy)
 
-        yield from self._score(units, len(reqs), ctx, make_row, entropy=want_entropy, greedy=False)
+        yield from self._score(units, reqs, ctx, make_row, entropy=want_entropy, greedy=False)
 
     # -- the scoring engine ------------------------------------------------------------------------------
-    def _score(self, units: list[Unit], n_owners: int, ctx: RunContext, make_row: Any, *, entropy: bool,
+    def _score(self, units: list[Unit], reqs: Sequence[Request], ctx: RunContext, make_row: Any, *, entropy: bool,
                greedy: bool) -> Iterator[list[dict[str, Any]]]:
-        pending = {i: _Pending(0) for i in range(n_owners)}
+        """Run the planned batches of ``units`` and yield each pending request's row once all its units are
+        scored. Batches are planned from every request, stored or not (see :mod:`rescore.gen.base`): a batch
+        whose requests are all stored is skipped, any other runs whole and its stored requests' results are
+        dropped, so every computed value comes from the batch an uninterrupted run computes it in."""
+        wanted = {i for i, r in enumerate(reqs) if r.sample_id not in ctx.done}
+        pending = {i: _Pending(0) for i in wanted}
         for u in units:
-            pending[u.owner].remaining += 1
-        empty = [u for u in units if not u.tokens]
+            if u.owner in pending:
+                pending[u.owner].remaining += 1
+        empty = [u for u in units if not u.tokens and u.owner in pending]
         real = [u for u in units if u.tokens]
         rows: list[dict[str, Any]] = []
         for u in empty:
@@ -365,11 +371,15 @@ class HFBackend:
         if rows:
             yield rows
         for batch in plan_batches(real, ctx.batch_size, ctx.max_batch_tokens):
+            if not any(u.owner in pending for u in batch):
+                continue
             results = self.score_batch(batch, ctx.topk, entropy, greedy)
             ctx.on_tokens(sum(len(u.tokens) for u in batch))
             rows = []
             for u, res in zip(batch, results, strict=True):
-                p = pending[u.owner]
+                p = pending.get(u.owner)
+                if p is None:  # a stored request's unit, computed only to keep the batch as planned
+                    continue
                 for sp, sr in zip(u.spans, res, strict=True):
                     p.results[sp.slot] = sr
                 p.remaining -= 1

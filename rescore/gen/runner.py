@@ -271,6 +271,21 @@ def check_same_model(previous: dict[str, Any] | None, manifest: dict[str, Any], 
                 hint=f"delete {plan.run_id} from the store's gen/ to regenerate it with the new weights")
 
 
+def resume_batch_plan(w: UnitWriter, plan: UnitPlan, progress: Progress) -> tuple[int, int]:
+    """The batch size and token budget a resumed unit runs with: the ones it started with, so that every
+    batch has the composition and shapes of an uninterrupted run and the rows are bit-identical to it."""
+    old = (w.previous_manifest or {}).get("runtime") or {}
+    size, tokens = old.get("batch_size"), old.get("max_batch_tokens")
+    if not isinstance(size, int) or not isinstance(tokens, int) or size < 1 or tokens < 1:
+        return plan.model.batch_size, plan.model.max_batch_tokens  # a unit from before batch plans were kept
+    if (size, tokens) != (plan.model.batch_size, plan.model.max_batch_tokens):
+        progress.message(f"{plan.label}: resuming with the batch plan it started with (batch size {size}, "
+                         f"{tokens} tokens per batch), so its rows equal an uninterrupted run's")
+        w.manifest["runtime"] = {**(w.manifest.get("runtime") or {}), "batch_size": size, "max_batch_tokens": tokens}
+        w.write_manifest()
+    return size, tokens
+
+
 def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,
              index: int, count: int, command: str | None, t0: float) -> UnitResult:
     ids = [r.sample_id for r in requests]
@@ -283,14 +298,19 @@ def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Requ
             return UnitResult(plan, "skipped", 0, len(requests), 0.0)
         check_same_model(w.previous_manifest, manifest, plan)
         resumed = bool(w.done_ids)
-        pending = [r for r in requests if r.sample_id not in w.done_ids]
-        progress.start_unit(index, count, plan, len(requests), len(requests) - len(pending))
+        done = frozenset(w.done_ids)
+        batch_size, max_batch_tokens = resume_batch_plan(w, plan, progress) if resumed else (
+            plan.model.batch_size, plan.model.max_batch_tokens)
+        progress.start_unit(index, count, plan, len(requests), sum(1 for i in ids if i in done))
+        # The backend sees every request of the unit, so its batches are the ones an uninterrupted run
+        # plans; it recomputes the batches that hold a pending row and returns the pending rows only.
         ctx = RunContext(seed=plan.seed, params=plan.gen or GenParams(), topk=plan.task.topk,
-                         batch_size=plan.model.batch_size, max_batch_tokens=plan.model.max_batch_tokens,
-                         on_tokens=progress.tokens)
+                         batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                         on_tokens=progress.tokens, done=done)
         written = 0
         gen_t0 = time.perf_counter()
-        for rows in backend.run(pending, ctx):
+        for rows in backend.run(requests, ctx):
+            rows = [r for r in rows if r["sample_id"] not in done]
             written += w.append(rows)
             progress.advance(len(rows))
         gen_s = time.perf_counter() - gen_t0

@@ -80,12 +80,20 @@ def run_generate(backend: HFBackend, reqs: Sequence[Request], ctx: RunContext) -
     for i, r in enumerate(reqs):
         for c in range(1 if p.greedy else p.n):
             cands.append(Candidate(i, c, prompt_ids[i], derive_seed(ctx.seed, r.sample_id, c)))
-    left = {i: (1 if p.greedy else p.n) for i in range(len(reqs))}
-    done: dict[int, list[Candidate]] = {i: [] for i in range(len(reqs))}
+    # Batches are planned from every request's candidates, stored or not, and a batch runs whole when it
+    # holds a pending candidate: padding, the shared KV cache and the token budget (it depends on the
+    # batch's longest prompt) are those of an uninterrupted run (see rescore.gen.base).
+    wanted = {i for i, r in enumerate(reqs) if r.sample_id not in ctx.done}
+    left = {i: (1 if p.greedy else p.n) for i in wanted}
+    done: dict[int, list[Candidate]] = {i: [] for i in wanted}
     for batch in _plan(cands, ctx.batch_size, ctx.max_batch_tokens, p.max_new_tokens):
+        if not any(c.owner in wanted for c in batch):
+            continue
         decode_batch(backend, batch, p, ctx)
         rows = []
         for cand in batch:
+            if cand.owner not in wanted:
+                continue
             done[cand.owner].append(cand)
             left[cand.owner] -= 1
             if left[cand.owner] == 0:

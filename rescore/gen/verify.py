@@ -14,6 +14,12 @@ Compared per request type:
 
 A *sequence* is one choice, document/window or candidate. ``token_mismatches`` counts sequences whose
 token ids differ; ``max_abs_logprob_diff`` is the largest per-token difference over matching positions.
+``bit_identical`` says whether the regenerated rows equal the stored ones in every column, bit for bit.
+
+The rows are regenerated in the batches the unit was generated in: the backend gets all of the unit's
+requests with the others marked done (see :mod:`rescore.gen.base`), and the batch size recorded in the
+manifest. On the same machine with the same torch thread count an ``hf`` unit is bit-identical;
+``--batch-size`` or another machine measure how far the values move.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class DeterminismReport:
     worst_sample: str | None = None
     fingerprint_match: bool | None = None
     mismatched_samples: list[str] = field(default_factory=list)
+    bit_identical: bool = False
 
     @property
     def ok(self) -> bool:
@@ -56,8 +63,15 @@ class DeterminismReport:
             "run_id": self.run_id, "request_type": self.request_type, "rows": self.rows, "sequences": self.sequences,
             "token_mismatches": self.token_mismatches, "max_abs_logprob_diff": self.max_abs_logprob_diff,
             "atol": self.atol, "worst_sample": self.worst_sample, "fingerprint_match": self.fingerprint_match,
-            "mismatched_samples": self.mismatched_samples, "ok": self.ok,
+            "mismatched_samples": self.mismatched_samples, "bit_identical": self.bit_identical, "ok": self.ok,
         }
+
+    def verdict(self) -> str:
+        """One phrase: bit-identical, or how far the regenerated rows are from the stored ones."""
+        if self.bit_identical:
+            return "bit-identical"
+        head = "reproduced" if self.ok else "NOT reproduced"
+        return f"{head} (max |logprob diff| {self.max_abs_logprob_diff:.3g}, {self.token_mismatches} token mismatch(es))"
 
 
 def _sequences(request_type: str, row: dict[str, Any]) -> list[tuple[list[int], list[float] | None]]:
@@ -158,7 +172,7 @@ def verify_determinism(
         fresh_fp = backend.describe().get("fingerprint")
         fp_match = None if stored_fp is None or fresh_fp is None else stored_fp == fresh_fp
         want = {r["sample_id"] for r in stored}
-        requests = [r for r in task_api.build_requests(task, data, backend.tokenizer) if r.sample_id in want]
+        requests = task_api.build_requests(task, data, backend.tokenizer)
         missing = want - {r.sample_id for r in requests}
         if missing:
             raise StoreError(f"the task no longer produces sample id(s) {sorted(missing)[:5]} of unit {run_id}",
@@ -166,12 +180,33 @@ def verify_determinism(
         gen = man.get("gen")
         params = GenParams(**{**gen, "stop": tuple(gen.get("stop") or ())}) if gen else GenParams()
         ctx = RunContext(seed=int(man["seed"]), params=params, topk=task.topk, batch_size=model.batch_size,
-                         max_batch_tokens=model.max_batch_tokens)
-        fresh = [row for batch in backend.run(requests, ctx) for row in batch]
+                         max_batch_tokens=model.max_batch_tokens,
+                         done=frozenset(r.sample_id for r in requests if r.sample_id not in want))
+        fresh = [row for batch in backend.run(requests, ctx) for row in batch if row["sample_id"] in want]
     finally:
         backend.close()
     n_seq, mism, worst, worst_id, bad = compare_rows(rt, stored, fresh)
-    return DeterminismReport(run_id, rt, len(stored), n_seq, mism, worst, atol, worst_id, fp_match, bad)
+    return DeterminismReport(run_id, rt, len(stored), n_seq, mism, worst, atol, worst_id, fp_match, bad,
+                             bit_identical=rows_identical(rt, stored, fresh))
+
+
+def rows_identical(request_type: str, stored: Sequence[dict[str, Any]], fresh: Sequence[dict[str, Any]]) -> bool:
+    """Whether ``fresh`` rows, stored the way the writer stores them, equal ``stored`` in every column."""
+    import pyarrow as pa
+
+    from rescore.artifacts.schema import schema_for
+    from rescore.artifacts.store import nonfinite_to_null
+
+    if len(stored) != len(fresh):
+        return False
+    schema = schema_for(request_type)
+    by_id = {r["sample_id"]: r for r in fresh}
+    if set(by_id) != {r["sample_id"] for r in stored}:
+        return False
+    a = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in stored], schema=schema)
+    b = pa.Table.from_batches([nonfinite_to_null(pa.RecordBatch.from_pylist(
+        [by_id[r["sample_id"]] for r in stored], schema=schema))])
+    return a.equals(b)
 
 
 def _data_root(manifest: dict[str, Any], override: Path | None) -> Path | None:

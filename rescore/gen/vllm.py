@@ -404,7 +404,9 @@ class VLLMBackend:
         if self.llm is None:
             raise BackendError("the vllm backend was closed", hint="create a new backend")
         by_type: dict[str, list[Request]] = {}
-        for r in requests:
+        # vLLM schedules and batches on its own, so its rows never promise bit-equality across batchings:
+        # a resumed unit just runs what is pending
+        for r in ctx.pending(requests):
             by_type.setdefault(r.request_type, []).append(r)
         for rt, reqs in by_type.items():
             if rt == "loglikelihood":
