@@ -1,4 +1,4 @@
-"""Suites: YAML task lists under ``configs/suites/`` (a bare name) or any path.
+"""Suites: YAML task lists shipped in the package under ``rescore/configs/suites/`` (a bare name) or any path.
 
 :func:`validate_file` reports every problem of a suite file at once: the schema (pydantic), unknown
 families, the families' own checks and duplicate task names. :func:`load_suite` raises them together.
@@ -19,8 +19,8 @@ from rescore.tasks.sources import project_root
 
 
 def configs_dir() -> Path:
-    """The project's ``configs/`` directory (YAML only)."""
-    return project_root() / "configs"
+    """The shipped configs (YAML only): ``configs/`` inside the package, so a wheel carries them."""
+    return Path(__file__).resolve().parents[1] / "configs"
 
 
 def suites_dir() -> Path:
