@@ -1,17 +1,21 @@
-"""`rescore demo`: the README's first command, end to end on a tiny real model and the shipped data."""
+"""`rescore demo`: the README's first command, end to end on a tiny real model and the data the package ships."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_demo_generates_scores_and_reports(tmp_path, shared_data):
+
+def test_demo_generates_scores_and_reports(tmp_path):
     store = tmp_path / "demo-store"
+    # from another directory: the demo's data and suite come from the package, not from the working directory
     out = subprocess.run([sys.executable, "-m", "rescore.cli", "demo", "--store", str(store), "--no-progress"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "demo results" in out.stdout
     results = pq.read_table(store / "results.parquet").to_pylist()
@@ -26,5 +30,12 @@ def test_demo_generates_scores_and_reports(tmp_path, shared_data):
     assert len(manifests) == 7
     # a second run reuses everything
     again = subprocess.run([sys.executable, "-m", "rescore.cli", "demo", "--store", str(store), "--no-progress"],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert again.returncode == 0 and "7 already complete" in again.stdout
+
+
+def test_shipped_demo_data_is_the_cut_of_the_full_files(shared_data):
+    """rescore/data holds what scripts/make_demo_data.py cuts from ../shared/data: the demo's rows, byte for byte."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--check"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr

@@ -1,14 +1,17 @@
-"""``rescore demo``: the whole journey on a tiny model built offline and the shipped real data."""
+"""``rescore demo``: the whole journey on a tiny model built offline and the real data shipped in the package."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rescore.commands.common import StoreOpt, handle_errors
+
+if TYPE_CHECKING:
+    from rescore.config import SuiteConfig
 
 DEMO_STORE = Path("rescore-demo")
 
@@ -30,6 +33,16 @@ def compact_table(rows: list[dict], title: str):  # type: ignore[no-untyped-def]
     return t
 
 
+def tokenizer_text(suite: SuiteConfig) -> Path:
+    """The demo suite's WikiText-2 file: the tiny tokenizer learns from the text the demo evaluates, which the
+    package ships (a wheel has no ../shared/data next to it)."""
+    from rescore.tasks.sources import resolve_path
+    from rescore.tasks.suites import suite_data_root
+
+    source = suite.task("wikitext2_packed").source
+    return resolve_path(source.path, suite_data_root(suite))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
@@ -38,8 +51,9 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str, typer.Option(help="hf (a tiny real Llama) or fake (no model).")] = "hf",
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar.")] = None,  # type: ignore[assignment]
     ) -> None:
-        """Build a tiny Llama + tokenizer offline, generate the `demo` suite on the shipped data (WikiText-2,
-        HellaSwag, ARC-Easy, GSM8K chat with 2 seeds x 2 candidates, SFT-native), score it, print results.
+        """Build a tiny Llama + tokenizer offline, generate the `demo` suite on the data shipped in the package
+        (WikiText-2, HellaSwag, ARC-Easy, GSM8K chat with 2 seeds x 2 candidates, SFT-native), score it, print
+        results.
 
         Runs again in seconds: the model, the artifacts and the scores are reused from the store."""
         from rich.console import Console
@@ -58,6 +72,7 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         st = Store(store)
         st.root.mkdir(parents=True, exist_ok=True)
+        suite = load_suite("demo")
         if backend == "hf":
             try:
                 from rescore.gen.tiny import build_tiny_model
@@ -65,7 +80,7 @@ def register(app: typer.Typer) -> None:
                 raise BackendError(f"the demo needs the transformers backend ({e.name} is not installed)",
                                    hint='pip install -e ".[hf]" (or run `rescore demo --backend fake`)') from None
             console.print("building a tiny Llama and tokenizer (offline, cached in the store)...", highlight=False)
-            model_dir = build_tiny_model(st.root / "models" / "tiny-llama")
+            model_dir = build_tiny_model(st.root / "models" / "tiny-llama", text_path=tokenizer_text(suite))
             model = ModelConfig(name="tiny-llama", path=str(model_dir), backend="hf", precision="fp32", device="cpu",
                                 step=0, stage="demo", batch_size=8)
         elif backend == "fake":
@@ -74,7 +89,6 @@ def register(app: typer.Typer) -> None:
             from rescore.errors import ConfigError
 
             raise ConfigError(f"unknown demo backend {backend!r}", hint="use --backend hf or --backend fake")
-        suite = load_suite("demo")
         plans = plan_units(st, suite, [model])
         with RichProgress(enabled=progress) as prog:
             results = run_units(st, plans, progress=prog)

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def gen(
-        suite: Annotated[str, typer.Argument(help="Suite name (configs/suites/NAME.yaml) or path to a suite YAML.")],
+        suite: Annotated[str, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML.")],
         model: Annotated[str, typer.Option("--model", "-m", help="Model directory, hub id, 'fake', or a models YAML.")],
         store: StoreOpt = DEFAULT_STORE,
         backend: Annotated[str | None, typer.Option(help="Backend: hf, vllm or fake (default: hf; fake for --model fake).")] = None,

@@ -10,7 +10,7 @@ import typer
 
 from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
 
-MatrixArg = Annotated[Path | None, typer.Argument(help="Checkpoint matrix YAML (configs/models/*.yaml).")]
+MatrixArg = Annotated[Path | None, typer.Argument(help="Checkpoint matrix YAML (examples: rescore/configs/models/*.yaml).")]
 DataRootOpt = Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")]
 
 
@@ -29,7 +29,7 @@ def _units(store: Path, matrix: Path | None, from_results: str | None, mapping: 
 
         return plan_from_results(st, from_results, mapping, data_root=data_root, allow_direct=direct), None
     if matrix is None:
-        raise ConfigError("missing MATRIX", hint="rescore plan configs/models/NAME.yaml (or --from-results GLOB --map FILE)")
+        raise ConfigError("missing MATRIX", hint="rescore plan MATRIX.yaml (e.g. rescore/configs/models/demo_fake.yaml), or --from-results GLOB --map FILE")
     from rescore.backfill import plan_matrix
     from rescore.matrix import load_matrix
 

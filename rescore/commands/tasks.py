@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def prepare(
-        suite: Annotated[str, typer.Argument(help="Suite name (configs/suites/NAME.yaml) or path to a suite YAML.")],
+        suite: Annotated[str, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML.")],
         store: StoreOpt = DEFAULT_STORE,
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def suites(as_json: JsonOpt = False) -> None:
-        """List the shipped suites (configs/suites/*.yaml)."""
+        """List the shipped suites (rescore/configs/suites/*.yaml, inside the package)."""
         from rescore.tasks.suites import list_suites
 
         items = list_suites()

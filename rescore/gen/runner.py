@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +24,7 @@ from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
 from rescore.core import GenParams, Request, RequestType
 from rescore.errors import ConfigError, LockedError, StoreError, UserError
 from rescore.gen.base import Backend, RunContext, make_backend
+from rescore.install import git_revision
 
 # ModelConfig.options that change how a run behaves but not what it produces
 RUNTIME_OPTIONS = frozenset({"rows_per_s", "fail_after"})
@@ -155,15 +155,6 @@ def unit_state(store: Store, run_id: str) -> tuple[str, int, int | None]:
     return "partial", u.rows_done(), u.rows_total()
 
 
-def _git_rev() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 @dataclass
 class UnitResult:
     plan: UnitPlan
@@ -199,7 +190,7 @@ def build_manifest(plan: UnitPlan, backend: Backend, command: str | None) -> dic
         "runtime": {"batch_size": plan.model.batch_size, "max_batch_tokens": plan.model.max_batch_tokens,
                     "device": plan.model.device},
         "versions": environment_versions() | dict(backend.describe().get("versions", {})),
-        "git_rev": _git_rev(),
+        "git_rev": git_revision(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "command": command or " ".join(sys.argv),

@@ -30,6 +30,7 @@ from rescore.artifacts.io import sha256_file
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, StoreError, UserError
+from rescore.install import git_revision
 from rescore.registry import NAME_RE
 
 IMPORTER_VERSION = 1  # bump when the rows an importer writes for the same input change
@@ -218,17 +219,6 @@ def outputs_fingerprint(rows: Sequence[dict[str, Any]]) -> str:
     return content_hash([canonical_json(r) for r in rows], 20)
 
 
-def _git_rev() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
 def build_manifest(u: ImportUnit, command: str | None) -> dict[str, Any]:
     return {
         "request_type": u.request_type,
@@ -243,7 +233,7 @@ def build_manifest(u: ImportUnit, command: str | None) -> dict[str, Any]:
         "import": {"kind": u.kind, "importer_version": IMPORTER_VERSION, "outputs_fp": u.outputs_fp,
                    "sources": [s.as_dict() for s in u.sources], **u.info},
         "versions": environment_versions() | u.versions,
-        "git_rev": _git_rev(),
+        "git_rev": git_revision(),
         "host": socket.gethostname(),
         "command": command or " ".join(sys.argv),
         "rows_total": len(u.rows),

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from rescore.config import SourceConfig
 from rescore.errors import ConfigError, MissingDataError
+from rescore.install import install_root
 
 SUFFIX_FORMAT = {
     ".jsonl": "jsonl",
@@ -36,9 +37,8 @@ SUFFIX_FORMAT = {
 
 
 def project_root() -> Path:
-    import rescore
-
-    return Path(rescore.__file__).resolve().parents[1]
+    """The directory that holds the rescore package (the checkout, or site-packages for a wheel)."""
+    return install_root()
 
 
 def resolve_path(path: str, data_root: Path | None) -> Path:
