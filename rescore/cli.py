@@ -7,11 +7,47 @@ Importing this module must stay light: no torch, transformers or vllm (a test ch
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+
+def _one_line(e: Exception) -> None:
+    """Print a command-line mistake (unknown option, value out of range, missing argument) like every other
+    user error: one line on stderr, exit 2, naming the command's --help. The help a bare group prints stays."""
+    if getattr(e, "exit_code", None) != 2 or not hasattr(e, "ctx") or type(e).__name__ == "NoArgsIsHelpError":
+        return
+    ctx = e.ctx
+    where = ctx.command_path if ctx is not None else "rescore"
+
+    def show(file: Any = None) -> None:
+        typer.echo(f"error: {e.format_message().rstrip('.')} (see `{where} --help`)", file=file, err=file is None)  # type: ignore[attr-defined]
+
+    e.show = show  # type: ignore[attr-defined]
+
+
+class _Group(TyperGroup):
+    """The command group: usage errors of any command below it print one line (see :func:`_one_line`)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except typer.TyperException as e:
+            _one_line(e)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as e:  # raised while a subcommand parses its arguments
+            _one_line(e)
+            raise
+
 
 app = typer.Typer(
     name="rescore",
+    cls=_Group,
     help="Generate once on a GPU, score forever on a CPU.",
     no_args_is_help=True,
     add_completion=False,

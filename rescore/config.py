@@ -6,6 +6,8 @@ and reports every problem at once. CLI overrides are ``-O key.path=value`` with 
 
 from __future__ import annotations
 
+import string
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +22,75 @@ Precision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
 Tier = Literal["tier2", "tier3", "tier4"]
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_DEPTH = 32  # nesting a config value may have: the manifests and Arrow files that record it stay readable
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a config value cannot be recorded (in a manifest's JSON, an Arrow column), or None: an integer
+    beyond 64 bits, a float that is not finite where an integer is meant, or nesting deeper than MAX_DEPTH.
+    Iterative, so no input is too deep to check."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        at = f" at {where.lstrip('.')}" if where else ""
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+            return f"{v} does not fit in 64 bits{at} (integers must lie between -2^63 and 2^63-1)"
+        if isinstance(v, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels{at}"
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((x, f"{where}.{k}", depth + 1) for k, x in items)
+    return None
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _recordable(cls, v: Any) -> Any:
+        # every config value ends up in a manifest (JSON) or an Arrow column: both hold 64-bit integers
+        why = value_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
 
 
 def _name(v: str) -> str:
     if not NAME_RE.match(v) or ".." in v:
         raise ValueError(f"{v!r} is not a valid name: use [a-z0-9_.-], starting with a letter or digit")
+    return v
+
+
+def check_placeholders(pattern: str, names: Collection[str], example: str) -> list[tuple[str, str]]:
+    """The ``(name, format spec)`` of each ``{...}`` placeholder of a Python format pattern; ValueError unless
+    every name is one of ``names`` ("" is a bare ``{}``), with no conversion, attribute or index. A literal
+    brace is written twice. ``example`` shows a valid pattern in the message."""
+    try:
+        found = [(f, spec or "", conv) for _, f, spec, conv in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"{pattern!r} is not a valid pattern ({e}); a literal brace is written '{{{{' or '}}}}'") from None
+    allowed = " or ".join("{" + n + "}" for n in names)
+    for f, spec, conv in found:
+        if f not in names or conv is not None or "{" in spec:
+            shown = "{" + f + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{pattern!r} has the placeholder {shown}: the only one allowed is {allowed} "
+                             f"(e.g. {example!r}), and a literal brace is written '{{{{' or '}}}}'")
+    return [(f, spec) for f, spec, _ in found]
+
+
+def seeds_check(v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """A seeds list runs one unit per seed: an empty list would run nothing, a repeated seed the same unit twice."""
+    if v is None:
+        return v
+    if not v:
+        raise ValueError("an empty seeds list runs nothing: give at least one seed, e.g. [0]")
+    dup = sorted({s for s in v if v.count(s) > 1})
+    if dup:
+        raise ValueError(f"seeds repeat {dup}: each seed is one unit, give each once")
     return v
 
 
@@ -81,6 +145,7 @@ class TaskConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _check_seeds = field_validator("seeds")(classmethod(lambda cls, v: seeds_check(v)))
 
 
 class SuiteConfig(Strict):
@@ -94,6 +159,7 @@ class SuiteConfig(Strict):
     tasks: tuple[TaskConfig, ...] = Field(min_length=1)
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _check_seeds = field_validator("seeds")(classmethod(lambda cls, v: seeds_check(v)))
 
     def task(self, name: str) -> TaskConfig:
         for t in self.tasks:
@@ -109,7 +175,7 @@ class ModelConfig(Strict):
     path: str = Field(description="local directory (or hub id when online); 'fake' for the fake backend")
     backend: str = "hf"
     precision: Precision = "fp32"
-    step: int | None = None
+    step: int | None = Field(None, ge=0, description="training step of the checkpoint")
     stage: str | None = None
     device: str = "auto"
     trust_remote_code: bool = False
@@ -123,7 +189,11 @@ class ModelConfig(Strict):
 
 def format_validation_error(err: ValidationError, source: str) -> list[str]:
     out = []
-    for e in err.errors():
+    errors = err.errors()
+    failed = [e["loc"] for e in errors]
+    for e in errors:
+        if e["type"] == "too_short" and any(loc[: len(e["loc"])] == e["loc"] and loc != e["loc"] for loc in failed):
+            continue  # a list "too short" only because one of its items failed: that item's error says why
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         out.append(f"{source}: {loc}: {e['msg']}")
     return out
@@ -138,16 +208,33 @@ class ConfigProblems(ConfigError):
         super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}: " + "; ".join(problems), hint=hint)
 
 
+def decode_utf8(data: bytes, source: str | Path) -> str:
+    """``data`` as text; a byte that is not UTF-8 is a ConfigError naming the file, line and byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{source}: line {line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+                          hint="save the file as UTF-8") from None
+
+
+def parse_yaml(text: str, source: str | Path) -> Any:
+    """YAML text -> data (safe loader); syntax errors and nesting too deep to parse are ConfigErrors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML: {getattr(e, 'problem', e)}", hint="fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read", hint=f"a config nests at most {MAX_DEPTH} levels") from None
+
+
 def read_yaml(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}", hint="check the path")
-    try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML: {getattr(e, 'problem', e)}", hint="fix the syntax") from None
+    return parse_yaml(decode_utf8(p.read_bytes(), p), p)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -161,6 +248,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"override {key!r}: the value is nested too deeply to read",
+                              hint=f"a config nests at most {MAX_DEPTH} levels") from None
         parts = key.strip().split(".")
         node: Any = data
         for i, p in enumerate(parts):

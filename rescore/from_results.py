@@ -14,10 +14,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from rescore.artifacts.store import Store
-from rescore.config import ConfigProblems, GenConfig, ModelConfig, Precision, Strict, format_validation_error, read_yaml
+from rescore.config import (
+    ConfigProblems,
+    GenConfig,
+    ModelConfig,
+    Precision,
+    Strict,
+    check_placeholders,
+    format_validation_error,
+    read_yaml,
+    value_problem,
+)
 from rescore.errors import ConfigError, UserError
 
 DEFAULT_PRECISION = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "half": "fp16", "fp16": "fp16",
@@ -34,6 +44,25 @@ class ModelMapping(Strict):
     backend: str = "hf"
     path_map: dict[str, str] = Field(default_factory=dict, description="path prefix rewrites, old -> new")
     fields: dict[str, Any] = Field(default_factory=dict, description="further ModelConfig fields (batch_size, ...)")
+
+    @field_validator("name")
+    @classmethod
+    def _name_pattern(cls, v: str) -> str:
+        check_placeholders(v, ("basename", "stage", "step"), "{stage}-{step}")
+        return v
+
+    @field_validator("step_regex", "stage_regex")
+    @classmethod
+    def _one_group(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            groups = re.compile(v).groups
+        except re.error as e:
+            raise ValueError(f"{v!r} is not a regular expression ({e})") from None
+        if groups != 1:
+            raise ValueError(f"{v!r} has {groups} groups; it needs exactly one (the value), e.g. 'step[_-]?(\\d+)'")
+        return v
 
 
 class ResultsMapping(Strict):
@@ -79,7 +108,11 @@ def model_from_config(config: dict[str, Any], mm: ModelMapping, source: str) -> 
             path = new + path[len(old):]
             break
     m = re.search(mm.step_regex, path)
-    step = int(m.group(1)) if m else None
+    step = m.group(1) if m else None
+    if step is not None and not step.isdigit():
+        raise ConfigError(f"{source}: model.step_regex {mm.step_regex!r} found {step!r} in {path}, not a step number",
+                          hint="make its group match digits only, e.g. 'step[_-]?(\\d+)'")
+    step = int(step) if step is not None else None
     stage = None
     if mm.stage_regex:
         s = re.search(mm.stage_regex, path)
@@ -117,7 +150,7 @@ def gen_from_kwargs(kwargs: dict[str, Any] | None, base: GenConfig | None) -> Ge
     if "until" in kwargs:
         until = kwargs["until"]
         upd["stop"] = tuple([until] if isinstance(until, str) else until)
-    return (base or GenConfig()).model_copy(update=upd)
+    return GenConfig.model_validate({**(base or GenConfig()).model_dump(), **upd})  # checked like a suite's gen
 
 
 def plan_from_results(store: Store, pattern: str, mapping_path: Path, *, data_root: Path | None = None,
@@ -137,7 +170,7 @@ def plan_from_results(store: Store, pattern: str, mapping_path: Path, *, data_ro
         try:
             data = json.loads(Path(f).read_text(encoding="utf-8"))
             config = data["config"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (OSError, ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: bad JSON or UTF-8
             raise UserError(f"{f}: not a results file with a 'config' section ({type(e).__name__}: {e})",
                             hint="pass results_*.json files written by lm-evaluation-harness") from None
         model = model_from_config(config, mapping.model, f)
@@ -149,19 +182,29 @@ def plan_from_results(store: Store, pattern: str, mapping_path: Path, *, data_ro
                 continue
             t = suite.task(ours)
             upd: dict[str, Any] = {}
-            tcfg = (data.get("configs") or {}).get(lm_name, {})
-            shots = (data.get("n-shot") or {}).get(lm_name, tcfg.get("num_fewshot"))
-            if mapping.use_fewshot and shots is not None:
-                upd["num_fewshot"] = int(shots)
-            if mapping.use_generation_kwargs and tcfg.get("output_type") == "generate_until":
-                upd["gen"] = gen_from_kwargs(tcfg.get("generation_kwargs"), t.gen or suite.gen)
-            tasks.append(t.model_copy(update=upd))
+            try:
+                tcfg = (data.get("configs") or {}).get(lm_name, {})
+                shots = (data.get("n-shot") or {}).get(lm_name, tcfg.get("num_fewshot"))
+                if mapping.use_fewshot and shots is not None:
+                    upd["num_fewshot"] = int(shots)
+                if mapping.use_generation_kwargs and tcfg.get("output_type") == "generate_until":
+                    upd["gen"] = gen_from_kwargs(tcfg.get("generation_kwargs"), t.gen or suite.gen)
+                tasks.append(type(t).model_validate({**t.model_dump(), **upd}))  # values of the file checked
+            except ValidationError as e:
+                raise ConfigProblems(f, format_validation_error(e, f"{f}: task {lm_name}")) from None
+            except (ValueError, TypeError, AttributeError) as e:
+                raise UserError(f"{f}: task {lm_name}: n-shot or generation_kwargs do not fit ({e})",
+                                hint="pass results_*.json files written by lm-evaluation-harness") from None
         if not tasks:
             raise UserError(f"{f}: none of its tasks {names} is in the mapping",
                             hint=f"add them under 'tasks:' in {mapping_path}")
         seeds = None  # the suite's (and its tasks') own seeds, unless the results file names the seed it used
         if mapping.seed_key and config.get(mapping.seed_key) is not None:
-            seeds = (int(config[mapping.seed_key]),)
+            seed = config[mapping.seed_key]
+            if isinstance(seed, bool) or not isinstance(seed, int) or value_problem(seed):
+                raise UserError(f"{f}: config.{mapping.seed_key} is {seed!r}, not a 64-bit integer seed",
+                                hint="fix the file, or set seed_key in the mapping to the key that holds the seed")
+            seeds = (seed,)
         sub = suite.model_copy(update={"tasks": tuple(tasks)})
         for p in plan_units(store, sub, [model], data_root=data_root, allow_direct=allow_direct, seeds=seeds):
             if p.run_id not in seen:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -21,8 +21,10 @@ from rescore.config import (
     Strict,
     SuiteConfig,
     _name,
+    check_placeholders,
     format_validation_error,
     read_yaml,
+    seeds_check,
 )
 from rescore.errors import ConfigError
 
@@ -43,21 +45,29 @@ class SlurmConfig(Strict):
     setup: tuple[str, ...] = Field((), description="shell lines run before rescore in each job (module load ...)")
 
 
+def check_step_pattern(v: str) -> str:
+    """A checkpoint path pattern: ``{step}`` (or ``{step:FORMAT}``, e.g. ``{step:07d}``) at least once, no other
+    placeholder; a literal brace is written twice (``{{``)."""
+    found = check_placeholders(v, ("step",), "/ckpts/stage1/step_{step}")
+    if not found:
+        raise ValueError("path must contain '{step}' (e.g. /ckpts/stage1/step_{step})")
+    for _, spec in found:
+        try:
+            format(0, spec)
+        except ValueError:
+            raise ValueError(f"path has {{step:{spec}}}: {spec!r} is not a format for an integer (e.g. {{step:07d}})") from None
+    return v
+
+
 class StageConfig(Strict):
     name: str
     path: str = Field(description="checkpoint path pattern containing {step}")
-    steps: tuple[int, ...] = Field(min_length=1)
+    steps: tuple[Annotated[int, Field(ge=0)], ...] = Field(min_length=1, description="training steps (0 or more)")
     suites: tuple[str, ...] | None = Field(None, description="default: the matrix's suites")
     bridge: str | None = Field(None, description="stage whose last checkpoint is this stage's baseline")
 
     _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
-
-    @field_validator("path")
-    @classmethod
-    def _has_step(cls, v: str) -> str:
-        if "{step}" not in v:
-            raise ValueError("path must contain '{step}' (e.g. /ckpts/stage1/step_{step})")
-        return v
+    _has_step = field_validator("path")(classmethod(lambda cls, v: check_step_pattern(v)))
 
 
 class MatrixConfig(Strict):
@@ -66,6 +76,7 @@ class MatrixConfig(Strict):
     precision: Precision = "bf16"
     suites: tuple[str, ...] = ()
     seeds: tuple[int, ...] | None = Field(None, description="overrides every suite's seeds")
+    _seeds = field_validator("seeds")(classmethod(lambda cls, v: seeds_check(v)))
     overrides: tuple[str, ...] = Field((), description="suite overrides key.path=value applied to every suite")
     model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields shared by every checkpoint")
     stages: tuple[StageConfig, ...] = Field(min_length=1)

@@ -27,6 +27,9 @@ OverridesOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
+# every integer option is bounded: what it sets is recorded in manifests (JSON) and Arrow columns (int64)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 
 TERMINATED: list[int] = []  # non-empty once SIGTERM arrived (see rescore.cli)

@@ -7,18 +7,27 @@ from typing import Annotated
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, OverridesOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, OverridesOpt, StoreOpt, handle_errors
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
-    if not text:
+    if text is None:
         return None
+    from rescore.config import seeds_check, value_problem
     from rescore.errors import ConfigError
 
     try:
-        return [int(s) for s in text.replace(" ", "").split(",") if s]
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
         raise ConfigError(f"--seeds {text!r} is not a comma-separated list of integers", hint="e.g. --seeds 0,1,2") from None
+    try:
+        seeds_check(tuple(seeds))
+        why = value_problem(seeds)
+    except ValueError as e:
+        why = str(e)
+    if why:
+        raise ConfigError(f"--seeds {text!r}: {why}", hint="e.g. --seeds 0,1,2")
+    return seeds
 
 
 def register(app: typer.Typer) -> None:
@@ -31,16 +40,16 @@ def register(app: typer.Typer) -> None:
         backend: Annotated[str | None, typer.Option(help="Backend: hf, vllm or fake (default: hf; fake for --model fake).")] = None,
         precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 | int8 | int4")] = None,
         name: Annotated[str | None, typer.Option(help="Model label in the store (default: the directory name).")] = None,
-        step: Annotated[int | None, typer.Option(help="Training step of this checkpoint.")] = None,
+        step: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Training step of this checkpoint.")] = None,
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
         seeds: Annotated[str | None, typer.Option(help="Override the suite's seeds, e.g. 0,1,2.")] = None,
-        batch_size: Annotated[int | None, typer.Option(help="Rows per batch.")] = None,
+        batch_size: Annotated[int | None, typer.Option(min=1, max=INT64_MAX, help="Rows per batch.")] = None,
         device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
         direct: Annotated[bool, typer.Option("--direct", help="Load task data from its source when it is not prepared.")] = False,
         override: OverridesOpt = None,
-        rows_per_s: Annotated[float | None, typer.Option("--fake-rows-per-s", help="fake backend: simulated speed.")] = None,
-        fail_after: Annotated[int | None, typer.Option("--fake-fail-after", help="fake backend: crash after N rows (tests).")] = None,
+        rows_per_s: Annotated[float | None, typer.Option("--fake-rows-per-s", min=0.0, help="fake backend: simulated speed.")] = None,
+        fail_after: Annotated[int | None, typer.Option("--fake-fail-after", min=0, max=INT64_MAX, help="fake backend: crash after N rows (tests).")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar (default: when a terminal).")] = None,  # type: ignore[assignment]
     ) -> None:
         """Generate artifacts for SUITE with MODEL. Completed units are skipped, partial ones resume."""

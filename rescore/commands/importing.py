@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
 
 MapOpt = Annotated[Path, typer.Option("--map", help="Mapping YAML that names the fields (example above).")]
 
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         path: Annotated[Path, typer.Argument(help="lm-eval --output_path directory (searched recursively) or one results_*.json.")],
         store: StoreOpt = DEFAULT_STORE,
         model_name: Annotated[str | None, typer.Option("--model-name", help="Model name in the store (default: from model_args pretrained).")] = None,
-        step: Annotated[int | None, typer.Option(help="Training step of the checkpoint.")] = None,
+        step: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Training step of the checkpoint.")] = None,
         stage: Annotated[str | None, typer.Option(help="Training stage of the checkpoint.")] = None,
         suite: Annotated[str, typer.Option(help="Suite name recorded in the manifests.")] = "lm-eval",
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these lm-eval tasks (glob). Repeatable.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
 
 MatrixArg = Annotated[Path | None, typer.Argument(help="Checkpoint matrix YAML (examples: rescore/configs/models/*.yaml).")]
 DataRootOpt = Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")]
@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         mapping: Annotated[Path | None, typer.Option("--map", help="With --from-results: mapping YAML.")] = None,
         data_root: DataRootOpt = None,
         direct: Annotated[bool, typer.Option("--direct", help="Load task data from its source when it is not prepared.")] = False,
-        units_per_job: Annotated[int | None, typer.Option(help="Units per job (default: one job per checkpoint).")] = None,
+        units_per_job: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Units per job (default: one job per checkpoint).")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Show every unit of MATRIX (checkpoint x task x seed) as complete / partial / missing, and what
@@ -96,17 +96,17 @@ def register(app: typer.Typer) -> None:
         matrix: MatrixArg = None,
         store: StoreOpt = DEFAULT_STORE,
         executor: Annotated[str, typer.Option(help="local | slurm")] = "local",
-        max_parallel: Annotated[int | None, typer.Option(min=1, help="local: worker processes; slurm: array tasks at once.")] = None,
+        max_parallel: Annotated[int | None, typer.Option(min=1, max=INT64_MAX, help="local: worker processes; slurm: array tasks at once.")] = None,
         shard: Annotated[str | None, typer.Option(help="Run only groups i::N of the plan, e.g. 0/4.")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would run and stop.")] = False,
         emit_sbatch: Annotated[Path | None, typer.Option(help="Write a plain sbatch array script to FILE and stop.")] = None,
         partition: Annotated[str | None, typer.Option(help="Slurm partition.")] = None,
         gres: Annotated[str | None, typer.Option(help="Slurm gres, e.g. gpu:1.")] = None,
-        cpus: Annotated[int | None, typer.Option(help="Slurm cpus per task.")] = None,
+        cpus: Annotated[int | None, typer.Option(min=1, max=INT64_MAX, help="Slurm cpus per task.")] = None,
         time: Annotated[str | None, typer.Option(help="Slurm time limit HH:MM:SS.")] = None,
         account: Annotated[str | None, typer.Option(help="Slurm account.")] = None,
         sbatch_opt: Annotated[list[str] | None, typer.Option(help="Extra sbatch option, e.g. --constraint=a100. Repeatable.")] = None,
-        units_per_job: Annotated[int | None, typer.Option(help="Units per job (default: one job per checkpoint).")] = None,
+        units_per_job: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Units per job (default: one job per checkpoint).")] = None,
         from_results: Annotated[str | None, typer.Option(help="Glob of existing results JSON files to reconstruct runs from.")] = None,
         mapping: Annotated[Path | None, typer.Option("--map", help="With --from-results: mapping YAML.")] = None,
         data_root: DataRootOpt = None,
@@ -114,6 +114,8 @@ def register(app: typer.Typer) -> None:
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar.")] = None,  # type: ignore[assignment]
     ) -> None:
         """Run only the missing and partial units of MATRIX, locally or as a Slurm job array."""
+        from pydantic import ValidationError
+
         from rescore.artifacts.store import Store
         from rescore.backfill import (
             group_units,
@@ -126,6 +128,7 @@ def register(app: typer.Typer) -> None:
             submit_slurm,
             todo,
         )
+        from rescore.config import ConfigProblems, format_validation_error
         from rescore.errors import ConfigError
         from rescore.matrix import SlurmConfig
 
@@ -139,7 +142,10 @@ def register(app: typer.Typer) -> None:
                                   "units_per_job": units_per_job}.items() if v is not None}
         if sbatch_opt:
             upd["extra"] = tuple(cfg.extra) + tuple(sbatch_opt)
-        cfg = cfg.model_copy(update=upd)
+        try:  # the flags are checked like the matrix's own slurm: section
+            cfg = SlurmConfig.model_validate({**cfg.model_dump(), **upd})
+        except ValidationError as e:
+            raise ConfigProblems("backfill options", format_validation_error(e, "slurm")) from None
         all_groups = group_units(units, cfg.units_per_job)
         mine = shard_groups(all_groups, parse_shard(shard))
         pending = todo(mine)

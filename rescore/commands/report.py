@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, StoreOpt, handle_errors
+from rescore.report import MAX_RESAMPLES
 
 ModelsOpt = Annotated[list[str] | None, typer.Option(
     "--models", "-m", help="Only these checkpoints: globs on model name, label NAME@STEP or path. Repeatable.")]
@@ -47,9 +48,9 @@ def register(app: typer.Typer) -> None:
         policy: Annotated[Path | None, typer.Option("--policy", help="Policy YAML (its 'rules:', or a file with a 'policy:' key); exit 1 when a gated row fails.")] = None,
         fmt: Annotated[str, typer.Option("--format", "-f", help="markdown | csv | json")] = "markdown",
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-        resamples: Annotated[int, typer.Option("--resamples", help="Paired bootstrap resamples.")] = 2000,
+        resamples: Annotated[int, typer.Option("--resamples", min=1, max=MAX_RESAMPLES, help="Paired bootstrap resamples.")] = 2000,
         level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
-        seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (each task and checkpoint pair draws from a stream derived from it).")] = 0,
+        seed: Annotated[int, typer.Option("--seed", min=0, max=INT64_MAX, help="Bootstrap seed (each task and checkpoint pair draws from a stream derived from it).")] = 0,
         allow_mixed: AllowMixedOpt = False,
     ) -> None:
         """Deltas of each checkpoint against a baseline (--baseline, or each stage's bridge from --matrix) per

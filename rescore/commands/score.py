@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
 
 PluginOpt = Annotated[
     list[str] | None,
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Recompute even scores that are up to date.")] = False,
         plugin: PluginOpt = None,
         reranker: Annotated[Path | None, typer.Option("--reranker", help="CSV/JSONL of sample_id, candidate, score for bon_reranker.")] = None,
-        jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Units scored in parallel (processes). Default: one per CPU (up to 8) when there are 200,000+ rows to score, else 1.")] = None,
+        jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, max=INT64_MAX, help="Units scored in parallel (processes). Default: one per CPU (up to 8) when there are 200,000+ rows to score, else 1.")] = None,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress bar (default: when a terminal).")] = None,  # type: ignore[assignment]
         json_out: JsonOpt = False,
     ) -> None:
@@ -78,6 +78,9 @@ def register(app: typer.Typer) -> None:
         added = _load_plugins(plugin)
         params: dict[str, dict[str, Any]] = {}
         if reranker is not None:
+            from rescore.score.rerank import check_file
+
+            check_file(reranker)
             params["bon_reranker"] = {"file": str(reranker)}
         only = None
         if plugin and not metric:
@@ -195,9 +198,14 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("table", "csv", "json", "markdown"):
             raise ConfigError(f"unknown --format {fmt!r}", hint="choose table, csv, json or markdown")
         table = read_results(Store(store))
-        rep.check_filters(table, model=model, task=task, metric=metric)
+        rep.check_filters(table, model=model, task=task, metric=metric, seed=seed, subset=subset)
         rows = rep.filter_results(table, model=model, task=task, metric=metric,
                                   seed=seed or ["agg"], subset=subset or ["all"])
+        if not rows and table.num_rows:  # each filter matches something, but not together: say so
+            given = " ".join(f"--{k} {v!r}" for k, vs in (("model", model), ("task", task), ("metric", metric),
+                                                           ("seed", seed), ("subset", subset)) for v in vs or ())
+            raise ConfigError(f"no result row matches {given or 'the default --seed agg --subset all'} together",
+                              hint="`rescore results --seed '*' --subset '*'` lists every row")
         from rescore.report.compare import guard_result_rows
 
         for warning in guard_result_rows(Store(store), rows, allow_mixed=allow_mixed):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
 
 
 def unit_rows(store_path: Path) -> list[dict[str, Any]]:
@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
     def show(
         run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), see `rescore ls`.")],
         store: StoreOpt = DEFAULT_STORE,
-        rows: Annotated[int, typer.Option(min=0, help="Also print the first N rows.")] = 0,
+        rows: Annotated[int, typer.Option(min=0, max=INT64_MAX, help="Also print the first N rows.")] = 0,
     ) -> None:
         """Print a unit's manifest (and optionally its first rows) as JSON."""
         from rescore.artifacts.store import Store

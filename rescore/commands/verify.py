@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
 
 verify_app = typer.Typer(help="Check the store: integrity, reproducible scores, deterministic generation.",
                          invoke_without_command=True, no_args_is_help=False)
@@ -21,7 +21,7 @@ def verify(
     store: StoreOpt = DEFAULT_STORE,
     against: Annotated[Path | None, typer.Option(help="An earlier results file (results.parquet or `results --format json`): "
                                                       "rescoring the store must reproduce it.")] = None,
-    tolerance: Annotated[float, typer.Option(help="With --against: allowed difference, relative to max(1, |old|).")] = 1e-9,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="With --against: allowed difference, relative to max(1, |old|).")] = 1e-9,
     plugin: Annotated[list[str] | None, typer.Option("--plugin", help="With --against: metric plugin file or module "
                                                      "the results were scored with. Repeatable.")] = None,
     json_out: JsonOpt = False,
@@ -89,16 +89,16 @@ def verify(
 def determinism(
     run_id: Annotated[str | None, typer.Argument(help="Run id of a complete unit (see `rescore ls`).")] = None,
     store: StoreOpt = DEFAULT_STORE,
-    rows: Annotated[int, typer.Option("--rows", min=1, help="Regenerate this many rows (the unit's first, by sample id).")] = 20,
-    atol: Annotated[float, typer.Option("--atol", help="Largest per-token logprob difference still counted as equal.")] = 1e-4,
+    rows: Annotated[int, typer.Option("--rows", min=1, max=INT64_MAX, help="Regenerate this many rows (the unit's first, by sample id).")] = 20,
+    atol: Annotated[float, typer.Option("--atol", min=0.0, help="Largest per-token logprob difference still counted as equal.")] = 1e-4,
     model_path: Annotated[str | None, typer.Option("--model-path", help="The model directory, if it moved since the run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: as recorded).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: as recorded, which gives bit-identical rows; another shows how far values move).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=INT64_MAX, help="Batch size (default: as recorded, which gives bit-identical rows; another shows how far values move).")] = None,
     data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Load task data from its source when it is not prepared.")] = False,
     matrix: Annotated[Path | None, typer.Option(help="Instead of RUN_ID: check a sample of MATRIX's complete units.")] = None,
-    sample: Annotated[int, typer.Option(help="With --matrix: how many units to check.")] = 3,
-    sample_seed: Annotated[int, typer.Option(help="With --matrix: seed of the sample.")] = 0,
+    sample: Annotated[int, typer.Option(min=1, max=INT64_MAX, help="With --matrix: how many units to check.")] = 3,
+    sample_seed: Annotated[int, typer.Option(min=0, max=INT64_MAX, help="With --matrix: seed of the sample.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Regenerate the first ROWS rows of RUN_ID with the model, data and seed of its manifest, in the batches

@@ -29,7 +29,7 @@ from rescore.artifacts.ids import run_id as make_run_id
 from rescore.artifacts.io import sha256_file
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions
 from rescore.core import canonical_json, content_hash
-from rescore.errors import ConfigError, StoreError, UserError
+from rescore.errors import ConfigError, CorruptArtifactError, StoreError, UserError
 from rescore.install import git_revision
 from rescore.registry import NAME_RE
 
@@ -250,8 +250,16 @@ def write_unit(store: Store, u: ImportUnit, command: str | None = None) -> Impor
     rid = u.run_id
     name, task = str(u.model.get("name")), str(u.task["name"])
     done = store.gen_dir / rid / MANIFEST
-    if done.is_file() and orjson.loads(done.read_bytes()).get("status") == "complete":
-        return ImportResult(rid, name, task, u.request_type, len(ids), "already imported")
+    if done.is_file():
+        try:
+            previous = orjson.loads(done.read_bytes())
+            if not isinstance(previous, dict):
+                raise orjson.JSONDecodeError("not a JSON object", "", 0)
+        except orjson.JSONDecodeError as e:  # the unit this import would write is damaged: never write over it
+            raise CorruptArtifactError(f"{done} is not a valid manifest ({e}): the unit of this import is damaged",
+                                       hint=f"remove {done.parent} and run the same import again") from None
+        if previous.get("status") == "complete":
+            return ImportResult(rid, name, task, u.request_type, len(ids), "already imported")
     manifest = build_manifest(u, command)
     with UnitWriter(store, rid, manifest) as w:
         if w.already_complete:

@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rescore.artifacts.io import atomic_write_bytes
 from rescore.artifacts.store import Store
-from rescore.config import GenConfig, Strict, Tier, _name
+from rescore.config import GenConfig, Strict, Tier, _name, check_placeholders, read_yaml
 from rescore.core import canonical_json
 from rescore.errors import ConfigError
 from rescore.importers.common import (
@@ -57,12 +56,19 @@ IMPORTS = "imports"
 RERANKER_FILE = "reranker_scores.jsonl"
 
 
+def sample_id_format_check(v: str) -> str:
+    """One ``{}`` (or ``{0}``, with a format spec: ``{:08d}``) that the raw id fills; nothing else."""
+    if len(check_placeholders(v, ("", "0"), "{:08d}")) != 1:
+        raise ValueError(f"{v!r} needs exactly one {{}} for the id (e.g. '{{:08d}}')")
+    return v
+
+
 class ModelSpec(Strict):
     """The model that produced the file (recorded in the manifest; step/stage/precision drive reports)."""
 
     name: str
     path: str | None = None
-    step: int | None = None
+    step: int | None = Field(None, ge=0)
     stage: str | None = None
     precision: str | None = None
 
@@ -104,6 +110,8 @@ class JsonlMapping(Strict):
     def _valid_names(cls, v: str) -> str:
         return _name(v)
 
+    _id_format = field_validator("sample_id_format")(classmethod(lambda cls, v: sample_id_format_check(v)))
+
     @model_validator(mode="after")
     def _needs_reference(self) -> JsonlMapping:
         if self.fields.target is None and self.fields.answer is None:
@@ -117,12 +125,12 @@ def load_mapping(path: Path) -> JsonlMapping:
 
 def _load(path: Path, cls: type[Strict]) -> Any:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"mapping {p} is a directory", hint="give the mapping YAML file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = read_yaml(p)
     except OSError as e:
         raise ConfigError(f"cannot read mapping {p}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: a mapping file is a YAML object (task, model, fields, ...)")
     try:
@@ -169,7 +177,7 @@ def parse_line(path: Path, line: int, obj: dict[str, Any], m: JsonlMapping) -> t
         raise fail(path, line, f.sample_id, f"must be a string or an integer, got {raw_id!r}")
     try:
         sid = m.sample_id_format.format(raw_id)
-    except (ValueError, IndexError) as e:
+    except (ValueError, IndexError, TypeError) as e:
         raise fail(path, line, f.sample_id, f"does not fit sample_id_format {m.sample_id_format!r} ({e})") from None
     cands = _get(path, line, obj, f.candidates, required=True)
     if isinstance(cands, str):

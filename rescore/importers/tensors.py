@@ -54,7 +54,7 @@ from rescore.importers.common import (
     source_file,
     write_unit,
 )
-from rescore.importers.jsonl import ModelSpec, Strict, _load, _name
+from rescore.importers.jsonl import ModelSpec, Strict, _load, _name, sample_id_format_check
 
 
 def _resolve(v: str | None, info: ValidationInfo) -> str | None:
@@ -113,6 +113,7 @@ class TensorsMapping(Strict):
     skip_special_tokens: bool = True
     sample_ids: str | None = None
     sample_id_format: str = "{:08d}"
+    _id_format = field_validator("sample_id_format")(classmethod(lambda cls, v: sample_id_format_check(v)))
     prompt_ids: str | None = None
     prompt_mask: str | None = None
     suite: str = "import"
@@ -328,7 +329,7 @@ def _sample_ids(path: Path, tensors: dict[str, Any], m: TensorsMapping, n: int) 
             raise fail(path, None, m.sample_ids, f"must hold {n} ids (one per row), got {len(raw)}")
     try:
         ids = [m.sample_id_format.format(x) for x in raw]
-    except (ValueError, IndexError) as e:
+    except (ValueError, IndexError, TypeError) as e:
         raise fail(path, None, m.sample_ids, f"ids do not fit sample_id_format {m.sample_id_format!r} ({e})") from None
     if len(set(ids)) != len(ids):
         raise fail(path, None, m.sample_ids, "holds duplicate ids")
@@ -355,7 +356,7 @@ def _references(path: Path, tensors: dict[str, Any], m: TensorsMapping, ids: lis
             raise fail(ref_path, line, r.sample_id, "is missing") from None
         try:
             sid = m.sample_id_format.format(raw)
-        except (ValueError, IndexError) as e:
+        except (ValueError, IndexError, TypeError) as e:
             raise fail(ref_path, line, r.sample_id, f"does not fit sample_id_format {m.sample_id_format!r} ({e})") from None
         vals: dict[str, Any] = {}
         for name in ("target", "answer", "prompt"):

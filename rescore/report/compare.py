@@ -37,6 +37,7 @@ import numpy as np
 from rescore.artifacts.store import Store, Unit
 from rescore.core import content_hash
 from rescore.errors import ConfigError, UserError
+from rescore.report import MAX_RESAMPLES
 from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
 from rescore.report.policy import Policy, evaluate
 from rescore.score.engine import (
@@ -114,12 +115,14 @@ def build_catalog(store: Store, *, suites: Sequence[str] | None = None, tasks: S
     for s in suites or []:
         allowed = (allowed or set()) | (suite_tasks(store, s) or set())
     cat = Catalog(store)
+    seen: set[str] = set()  # the tasks --task may name
     for u in store.units():
         if not u.complete:
             continue
         task = str((u.manifest.get("task") or {}).get("name"))
         if allowed is not None and task not in allowed:
             continue
+        seen.add(task)
         if tasks and not any(fnmatch.fnmatchcase(task, p) for p in tasks):
             continue
         ck = Checkpoint.of(u.manifest)
@@ -132,6 +135,11 @@ def build_catalog(store: Store, *, suites: Sequence[str] | None = None, tasks: S
                              f"{keep.run_id[:12]}, not {drop.run_id[:12]}")
             u = keep
         cell[seed] = u
+    if tasks:  # a --task that matches nothing is named, not reported as an empty store
+        from rescore.report.results import check_patterns
+
+        what = f"complete unit of suite(s) {', '.join(suites)}" if suites else "complete unit"
+        check_patterns("task", tasks, seen, what=what, listing="tasks of the complete units")
     if not cat.units:
         what = f" for suite(s) {', '.join(suites)}" if suites else ""
         raise UserError(f"no complete units in {store.root}{what}", hint="`rescore status` shows what has been generated")
@@ -328,8 +336,8 @@ def compare(store: Store, baseline: str | None = None, *, matrix: str | Path | N
     ``matrix``, each stage's checkpoints with that stage's bridge on the stage's suites."""
     if not 0 < level < 1:
         raise ConfigError(f"--level must be between 0 and 1, got {level}")
-    if resamples < 1:
-        raise ConfigError(f"--resamples must be at least 1, got {resamples}")
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise ConfigError(f"--resamples must be between 1 and {MAX_RESAMPLES:,}, got {resamples}")
     if baseline is None and matrix is None:
         raise ConfigError("nothing to compare against", hint="pass --baseline CHECKPOINT or --matrix FILE")
     cat = build_catalog(store, suites=suites, tasks=tasks)

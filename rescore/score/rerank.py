@@ -57,16 +57,46 @@ def _load(path: str, digest: str) -> dict[str, Any]:
                           hint=f"needed: {', '.join(REQUIRED)}; optional: {', '.join(FILTERS)}")
     cols = {c: t.column(c).to_pylist() for c in t.column_names if c in REQUIRED + FILTERS}
     index: dict[str, list[tuple[int, float, dict[str, str]]]] = {}
+    first: dict[tuple[Any, ...], int] = {}
     for i, sid in enumerate(cols["sample_id"]):
+        where = f"reranker file {p} row {i + 1}"  # data rows counted from 1 (a CSV header is not a row)
+        cand = _candidate(cols["candidate"][i])
+        if cand is None:
+            raise ConfigError(f"{where}: candidate {cols['candidate'][i]!r} is not a candidate index (0, 1, 2, ...)",
+                              hint="fix the row: a candidate is the position of the candidate in the unit, from 0")
         try:
-            cand = int(cols["candidate"][i])
             score = float(cols["score"][i])
         except (TypeError, ValueError):
-            raise ConfigError(f"reranker file {p} row {i + 1}: candidate must be an integer and score a number",
-                              hint="fix the row") from None
+            raise ConfigError(f"{where}: score {cols['score'][i]!r} is not a number", hint="fix the row") from None
+        if sid is None or str(sid) == "":
+            raise ConfigError(f"{where}: no sample_id", hint="fix the row")
         filt = {k: str(cols[k][i]) for k in FILTERS if k in cols and cols[k][i] is not None}
+        key = (str(sid), cand, tuple(sorted(filt.items())))
+        if key in first:  # two scores for one candidate: which one counts would depend on the row order
+            raise ConfigError(f"{where} repeats row {first[key]} (sample_id {sid!r}, candidate {cand}"
+                              + "".join(f", {k} {v!r}" for k, v in sorted(filt.items())) + ")",
+                              hint="keep one score per candidate (or tell the rows apart with run_id/model/task/seed)")
+        first[key] = i + 1
         index.setdefault(str(sid), []).append((cand, score, filt))
     return index
+
+
+def _candidate(v: Any) -> int | None:
+    """A candidate index: a non-negative integer (``2``, ``2.0``, ``"2"``), else None (``1.5``, ``-1``, ``True``)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float):
+        return int(v) if v.is_integer() and v >= 0 else None
+    if isinstance(v, str):
+        v = v.strip()
+        return int(v) if v.isascii() and v.isdigit() else None
+    return v if isinstance(v, int) and v >= 0 else None
+
+
+def check_file(path: str | Path) -> None:
+    """Read and check a reranker file now (missing columns, a candidate that is not an index, repeated rows),
+    so a bad file fails before anything is scored."""
+    _load(str(Path(path).resolve()), file_fingerprint(str(path)) or "")
 
 
 def _matches(filt: dict[str, str], unit: UnitInfo | None) -> bool:

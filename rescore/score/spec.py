@@ -343,4 +343,11 @@ def parse_metric_arg(arg: str) -> tuple[str, dict[str, Any]]:
             params[k.strip()] = yaml.safe_load(v)
         except yaml.YAMLError:
             params[k.strip()] = v
+        except RecursionError:
+            raise ConfigError(f"metric parameter {k.strip()!r} in {arg!r} is nested too deeply to read") from None
+        from rescore.config import value_problem
+
+        why = value_problem(params[k.strip()])
+        if why:  # parameters are recorded in score files (JSON metadata) and results
+            raise ConfigError(f"metric parameter {k.strip()!r} in {arg!r}: {why}", hint="write NAME:key=value,key=value")
     return name.strip(), params

@@ -33,8 +33,16 @@ def build_requests(task: TaskConfig, data: TaskData, tokenizer: Tokenizer | None
 
     fam: Any = families.get(task.family)
     if accepts_cache_dir(fam):
-        return fam.build_requests(task, data.rows, data.fewshot_rows, tokenizer, cache_dir=data.path)
-    return fam.build_requests(task, data.rows, data.fewshot_rows, tokenizer)
+        requests = fam.build_requests(task, data.rows, data.fewshot_rows, tokenizer, cache_dir=data.path)
+    else:
+        requests = fam.build_requests(task, data.rows, data.fewshot_rows, tokenizer)
+    if not requests:  # a unit of no rows would count as complete and score as nothing
+        from rescore.errors import MissingDataError
+
+        src = task.source.path or task.source.hf if task.source else "its built-in data"
+        raise MissingDataError(f"task {task.name!r}: its {len(data.rows)} row(s) of {src} give no requests",
+                               hint="check the task's params (a filter that matches no row?) and its data")
+    return requests
 
 
 __all__ = ["build_requests", "families", "request_type"]

@@ -142,6 +142,12 @@ def load_direct(task: TaskConfig, data_root: Path | None, fp: str | None = None,
     fam = families.get(task.family)
     rows, fewshot = fam.load_rows(task, data_root)
     n_source = len(rows)
+    if not n_source:
+        src = task.source
+        where = resolve_path(src.path, data_root) if src is not None and src.path else (
+            f"{src.hf} split {src.split}" if src is not None else "its built-in data")
+        raise MissingDataError(f"task {task.name!r}: {where} holds no rows",
+                               hint="is the file empty, or source.path or split wrong?")
     keep = subset_indices(n_source, task.subset_size, task.subset_seed)
     rows = [rows[i] for i in keep]
     meta = _meta(task, fp, content, n_source, rows, fewshot)

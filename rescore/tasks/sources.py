@@ -105,28 +105,68 @@ def read_local(path: Path, fmt: str = "auto") -> list[Any]:
     return out
 
 
+def _json(text: str, where: str) -> Any:
+    """One JSON document; bad syntax or nesting too deep to read is a ConfigError naming ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno})",
+                          hint="fix or remove the line; the file holds one JSON object per line") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply to read", hint="fix or remove the line") from None
+
+
+def _newlines(text: str) -> str:
+    """Universal newlines, as text mode reads them (\\r\\n and \\r become \\n)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _read_file(path: Path, fmt: str) -> list[Any]:
+    from rescore.config import decode_utf8
+
     if fmt == "jsonl":
-        with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        text = _newlines(decode_utf8(path.read_bytes(), path))
+        out = []
+        for i, line in enumerate(text.split("\n"), 1):  # i: the line number an editor shows
+            if line.strip():
+                rec = _json(line, f"{path}:{i}")
+                if not isinstance(rec, dict):
+                    raise ConfigError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}",
+                                      hint="the file holds one JSON object per line")
+                out.append(rec)
+        return out
     if fmt == "json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(decode_utf8(path.read_bytes(), path))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})",
+                              hint="fix the file") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: JSON nested too deeply to read", hint="fix the file") from None
         if isinstance(data, dict) and "data" in data:
             data = data["data"]
         if not isinstance(data, list):
             raise ConfigError(f"{path}: expected a JSON list of records", hint="or use jsonl")
         return data
     if fmt in ("csv", "tsv"):
-        text = path.read_text(encoding="utf-8")
+        text = decode_utf8(path.read_bytes(), path)
         return list(csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not a readable Parquet file ({e})", hint="check the file") from None
     if fmt == "txt":
-        return [{"text": path.read_bytes().decode("utf-8")}]
+        text = decode_utf8(path.read_bytes(), path)
+        return [{"text": text}] if text.strip() else []
     if fmt == "bz2-hellaswag":
-        lines = bz2.open(path, "rt", encoding="utf-8").read().split("\n")
+        try:
+            lines = _newlines(decode_utf8(bz2.open(path, "rb").read(), path)).split("\n")
+        except (OSError, EOFError) as e:
+            raise ConfigError(f"{path}: not a readable bz2 file ({e})", hint="check the file") from None
         if lines and lines[-1] == "":
             lines.pop()
         if len(lines) % 6:
