@@ -89,9 +89,20 @@ def register(app: typer.Typer) -> None:
         st = Store(store)
         if not st.gen_dir.is_dir():
             raise StoreError(f"no generation units in {store}", hint="run `rescore gen` first, or pass --store")
+        from rescore.errors import UserError
+        from rescore.score.coverage import check_plugin_columns, check_plugin_values, plugin_metrics
+
+        check_plugin_columns(st, specs)  # a misspelt column fails before anything is written
         console = _console()
         with _Progress(console, progress) as prog:
             report = score_store(st, specs, force=force, jobs=jobs, progress=prog.update)
+        plugin_notes: list[str] = []
+        plugin_error: UserError | None = None
+        if plugin_metrics(specs):
+            try:  # a plugin metric with no value anywhere is an error, raised after the summary
+                plugin_notes = check_plugin_values(st, specs)
+            except UserError as e:
+                plugin_error = e
         if json_out:
             print(json.dumps({
                 "computed": [{"run_id": r, "metric": m, "version": v} for r, m, v in report.computed],
@@ -101,7 +112,10 @@ def register(app: typer.Typer) -> None:
                 "jobs": report.jobs,
                 "corrupt_units": [{"run_id": r, "error": m} for r, m in report.corrupt_units],
                 "damaged_score_files": [{"path": p, "why": w} for p, w in report.damaged],
+                "notes": plugin_notes,
             }, indent=2))
+            if plugin_error is not None:
+                raise plugin_error
             if report.corrupt_units:
                 raise typer.Exit(1)
             return
@@ -136,7 +150,13 @@ def register(app: typer.Typer) -> None:
             more = f" and {len(report.damaged) - 1} more" if len(report.damaged) > 1 else ""
             console.print(f"warning: {len(report.damaged)} damaged score file(s) left out of the results ({path}: "
                           f"{why}{more}); a plain `rescore score` recomputes them", highlight=False)
+        for note in plugin_notes:
+            console.print(f"note: {note}", highlight=False)
         console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
+        if plugin_error is not None:
+            for run_id, message in report.corrupt_units:
+                print(f"error: unit {run_id[:12]} not scored: {message}", file=sys.stderr)
+            raise plugin_error
         if report.corrupt_units:
             for run_id, message in report.corrupt_units:
                 print(f"error: unit {run_id[:12]} not scored: {message}", file=sys.stderr)

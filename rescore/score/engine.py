@@ -527,12 +527,15 @@ def _score_one(spec: Metric, table: pa.Table, info: UnitInfo, unit: Unit,
             out = out.slice(0, 0)
     except UserError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() in a metric is its failure, not the command's exit
         if os.environ.get("RESCORE_DEBUG"):
             raise
+        from rescore.score.registry import failure, plugin_of
+
+        where = f" from plugin {plugin_of(spec)}" if plugin_of(spec) else ""
         raise ScoreError(
-            f"metric {spec.name!r} (version {spec.version}) failed on unit {unit.run_id[:12]} "
-            f"({unit.describe()}): {type(e).__name__}: {e}",
+            f"metric {spec.name!r} (version {spec.version}){where} failed on unit {unit.run_id[:12]} "
+            f"({unit.describe()}): {failure(e)}",
             hint="fix the metric and run `rescore score` again (RESCORE_DEBUG=1 shows the traceback); "
                  "scores written before it are kept") from None
     return spec.file_name, meta, out

@@ -54,11 +54,11 @@ def load_entry_points() -> list[Metric]:
         with _capture(added):
             try:
                 obj = ep.load()
-            except Exception as e:
-                raise ConfigError(f"cannot load metric entry point {ep.name!r} ({ep.value}): {type(e).__name__}: {e}",
+                if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "metric_spec"):
+                    obj()
+            except (Exception, SystemExit) as e:
+                raise ConfigError(f"cannot load metric entry point {ep.name!r} ({ep.value}): {failure(e)}",
                                   hint="fix or uninstall the package that provides it") from None
-            if callable(obj) and not isinstance(obj, type) and not hasattr(obj, "metric_spec"):
-                obj()
     return added
 
 
@@ -83,15 +83,19 @@ def load_plugin(ref: str) -> list[Metric]:
                 spec.loader.exec_module(module)
             except ConfigError:
                 raise
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # sys.exit() in a plugin is its failure, not the command's exit
                 sys.modules.pop(name, None)
-                raise ConfigError(f"plugin {p} failed to import: {type(e).__name__}: {e}", hint="fix the plugin file") from None
+                raise ConfigError(f"plugin {p} failed to import: {failure(e)}", hint="fix the plugin file") from None
         else:
             try:
                 importlib.import_module(ref)
-            except ImportError as e:
+            except ModuleNotFoundError as e:
                 raise ConfigError(f"cannot import plugin module {ref!r}: {e}",
                                   hint="give a .py file path or an importable module name") from None
+            except ConfigError:
+                raise
+            except (Exception, SystemExit) as e:
+                raise ConfigError(f"plugin {ref} failed to import: {failure(e)}", hint="fix the plugin module") from None
     if not added:
         raise ConfigError(f"plugin {ref} registered no metric",
                           hint="decorate a function with @rescore.score.metric(version=..., request_type=...)")
@@ -105,6 +109,21 @@ def load_plugin(ref: str) -> list[Metric]:
     for m in added:
         seen[m.name] = m
     return list(seen.values())
+
+
+def failure(e: BaseException) -> str:
+    """What went wrong in plugin code, in words: ``sys.exit(3)`` reads "it called sys.exit(3)"."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
+
+def plugin_of(spec: Metric) -> str | None:
+    """The file or module a metric's function comes from, when it is not a built-in (None for built-ins)."""
+    if _is_builtin(spec):
+        return None
+    mod = str(getattr(spec.fn, "__module__", "") or "")
+    return str(getattr(sys.modules.get(mod), "__file__", None) or mod) or None
 
 
 def _is_builtin(spec: Metric) -> bool:
