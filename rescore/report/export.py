@@ -73,10 +73,12 @@ def _checkpoints(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[
 
 
 def _agg_rows(store: Store, models: Sequence[str] | None) -> list[dict[str, Any]]:
-    from rescore.report.results import filter_results
+    from rescore.report.results import check_filters, filter_results
     from rescore.score.engine import read_results
 
-    rows = filter_results(read_results(store), model=models, seed=["agg"], subset=None)
+    table = read_results(store)
+    check_filters(table, model=models)  # a --model that matches nothing is named, with the closest names
+    rows = filter_results(table, model=models, seed=["agg"], subset=None)
     if not rows:
         raise StoreError("no results to export" + (f" for model(s) {list(models)}" if models else ""),
                          hint="run `rescore score` first; `rescore results` lists what is there")
