@@ -167,13 +167,17 @@ def load_results_file(path: Path) -> list[dict]:
         raise UserError(f"results file not found: {path}", hint="pass a results.parquet or `rescore results --format json` output")
     try:
         if path.suffix == ".parquet":
-            return pq.read_table(path).to_pylist()
-        data = orjson.loads(path.read_bytes())
+            data = pq.read_table(path).to_pylist()
+        else:
+            data = orjson.loads(path.read_bytes())
     except (orjson.JSONDecodeError, pa.ArrowInvalid, OSError) as e:
         raise UserError(f"cannot read results file {path}: {e}", hint="pass results.parquet or a JSON list of result rows") from None
     rows = data.get("results") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{path} is not a list of result rows", hint="write it with `rescore results --format json`")
+    if not rows:  # a check of nothing would pass
+        raise UserError(f"{path} holds no result rows: there is nothing to reproduce",
+                        hint="pass a results file with rows (`rescore results --format json --seed '*' --subset '*'`)")
     missing = [k for k in RESULT_KEY + ("value",) if rows and k not in rows[0]]
     if missing:
         raise UserError(f"{path}: result rows lack {missing}", hint="write it with `rescore results --format json`")

@@ -194,12 +194,22 @@ def _import_mapping(tmp_path: Path, **model: Any) -> tuple[Path, Path]:
     return data, mapping
 
 
-@pytest.mark.parametrize("kind", ["suite", "models", "matrix", "policy", "import-mapping", "results-mapping"])
+@pytest.mark.parametrize("kind", ["suite", "models", "matrix", "policy", "import-mapping", "results-mapping",
+                                  "sft-prompts"])
 def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path, store: Path, kind: str) -> None:
     bad = tmp_path / f"{kind}.yaml"
     bad.write_bytes(b"name: x\n" + NOT_UTF8)
+    sft = suite_file(tmp_path, f"""
+        name: sft
+        tasks:
+          - name: sft
+            family: sft_native
+            chat: true
+            params: {{prompts_file: {bad}}}
+    """, "sft.yaml")
     args = {
         "suite": ["gen", bad, "--model", "fake"],
+        "sft-prompts": ["gen", sft, "--model", "fake"],
         "models": ["gen", "demo", "--model", bad, "-t", "arc_easy"],
         "matrix": ["plan", bad],
         "policy": ["compare", "-b", "fake", "--policy", bad],
@@ -384,6 +394,13 @@ def test_a_filter_that_matches_nothing_says_so(tmp_path: Path, store: Path, args
     r = run_unchanged(tmp_path, *args, "--store", store)
     error_line(r, 2, needle)
     assert not (tmp_path / "out").exists()
+
+
+def test_verify_against_a_results_file_with_no_rows_fails(tmp_path: Path, store: Path) -> None:
+    empty = tmp_path / "old.json"
+    empty.write_text("[]\n")
+    r = run_unchanged(tmp_path, "verify", "--store", store, "--against", empty)
+    error_line(r, 1, str(empty), "nothing to reproduce")
 
 
 # -- 11. reranker rows, negative steps -------------------------------------------------------------------

@@ -175,6 +175,10 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ImportFormatError(f"{bad} (header is not JSON: {e})") from None
+    except RecursionError:
+        raise ImportFormatError(f"{bad} (header nested too deeply to read)") from None
+    if not isinstance(header, dict):
+        raise ImportFormatError(f"{bad} (header is not a JSON object)")
     body = memoryview(data)[8 + n :]
     out: dict[str, np.ndarray] = {}
     for name, info in header.items():

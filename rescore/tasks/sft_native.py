@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
 from rescore.errors import ConfigError
@@ -78,10 +76,15 @@ def validate_prompt(p: Any, where: str) -> list[str]:
 
 
 def load_prompts(path: Path = BUILTIN) -> list[dict[str, Any]]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    from rescore.config import read_yaml, value_problem
+
+    data = read_yaml(path)  # not UTF-8, bad syntax or too deep: one error naming the file
     prompts = data.get("prompts") if isinstance(data, dict) else None
     if not isinstance(prompts, list):
         raise ConfigError(f"{path}: expected a 'prompts:' list")
+    why = value_problem(prompts)  # the prompts and their checks are recorded in every row
+    if why:
+        raise ConfigError(f"{path}: prompts: {why}", hint="fix the prompt file")
     problems = [q for i, p in enumerate(prompts) for q in validate_prompt(p, f"{path}: prompts[{i}]")]
     ids = [p.get("id") for p in prompts if isinstance(p, dict)]
     if len(set(ids)) != len(ids):
