@@ -6,6 +6,7 @@ and reports every problem at once. CLI overrides are ``-O key.path=value`` with 
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Collection
 from pathlib import Path
@@ -28,7 +29,7 @@ MAX_DEPTH = 32  # nesting a config value may have: the manifests and Arrow files
 
 def value_problem(value: Any) -> str | None:
     """Why a config value cannot be recorded (in a manifest's JSON, an Arrow column), or None: an integer
-    beyond 64 bits, a float that is not finite where an integer is meant, or nesting deeper than MAX_DEPTH.
+    beyond 64 bits, a float that is not finite (inf, nan), or nesting deeper than MAX_DEPTH.
     Iterative, so no input is too deep to check."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
@@ -38,6 +39,8 @@ def value_problem(value: Any) -> str | None:
             continue
         if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
             return f"{v} does not fit in 64 bits{at} (integers must lie between -2^63 and 2^63-1)"
+        if isinstance(v, float) and not math.isfinite(v):  # JSON has no inf or nan: a manifest would record null
+            return f"{v} is not a finite number{at}"
         if isinstance(v, dict | list | tuple):
             if depth >= MAX_DEPTH:
                 return f"nested deeper than {MAX_DEPTH} levels{at}"

@@ -168,6 +168,20 @@ def test_an_override_beyond_64_bits_is_a_config_error(tmp_path: Path, store: Pat
     error_line(r, 2, "subset_seed", "64 bits")
 
 
+def test_an_infinite_sampling_parameter_is_a_config_error(tmp_path: Path, store: Path) -> None:
+    """A manifest is JSON, which has no inf: it would record null for the temperature the unit ran with."""
+    r = run_unchanged(tmp_path, "gen", "demo", "--model", "fake", "--store", store, "-t", "gsm8k_chat",
+                      "-O", "tasks.gsm8k_chat.gen.temperature=.inf")
+    error_line(r, 2, "gen.temperature", "not a finite number")
+
+
+def test_an_infinite_policy_bound_is_a_config_error(tmp_path: Path, store: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - metric: acc\n    max_regression: .inf\n")  # gates nothing: use skip: true
+    r = run_unchanged(tmp_path, "compare", "--store", store, "-b", "fake", "--policy", policy)
+    error_line(r, 2, "max_regression", "finite")
+
+
 def test_a_models_file_step_beyond_64_bits_is_a_config_error(tmp_path: Path, store: Path) -> None:
     models = tmp_path / "models.yaml"
     models.write_text(f"models:\n  - {{name: big, path: fake, backend: fake, step: {BIG}}}\n")

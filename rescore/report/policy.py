@@ -54,10 +54,10 @@ class Rule(BaseModel):
     tier: str | None = Field(None, description="glob on the task's tier (tier2, tier3, ...)")
     task: str | None = Field(None, description="glob on the task name")
     metric: str | None = Field(None, description="glob on the metric name")
-    max_regression: float | None = Field(None, ge=0)
-    max_rel_regression: float | None = Field(None, ge=0)
-    no_material_regression: float | None = Field(None, ge=0)
-    no_material_rel_regression: float | None = Field(None, ge=0)
+    max_regression: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_rel_regression: float | None = Field(None, ge=0, allow_inf_nan=False)
+    no_material_regression: float | None = Field(None, ge=0, allow_inf_nan=False)
+    no_material_rel_regression: float | None = Field(None, ge=0, allow_inf_nan=False)
     no_significant_regression: bool = False
     alpha: float = Field(0.05, gt=0, lt=1)
     skip: bool = False
