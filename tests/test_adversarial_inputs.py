@@ -375,6 +375,9 @@ PLUGINS = {
                        'def bye(table):\n    sys.exit(3)\n',
                        1, ["'bye'", "called sys.exit(3)"]),
     "exit-on-import": ("sys.exit(3)\n", 2, ["failed to import", "called sys.exit(3)"]),
+    "multi-line-error": ('@metric(version=1, request_type="generate", columns=["candidates"])\n'
+                         'def ml(table):\n    raise ValueError("first line\\nsecond line")\n',
+                         1, ["'ml'", "ValueError: first line second line"]),
 }
 
 

@@ -35,8 +35,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TERMINATED: list[int] = []  # non-empty once SIGTERM arrived (see rescore.cli)
 
 def fail(message: str, code: int = 1) -> None:
-    """Print one line to stderr and exit with ``code``."""
-    print(f"error: {message}", file=sys.stderr)
+    """Print one line to stderr and exit with ``code`` (a message that quotes a multi-line error, from a library
+    or a plugin, is joined into that line)."""
+    one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"error: {one_line}", file=sys.stderr)
     raise typer.Exit(code)
 
 
