@@ -265,6 +265,22 @@ def test_a_bad_data_jsonl_line_is_named_by_its_line_number(tmp_path: Path, store
     error_line(r, 2, str(data / "arc.jsonl"), needle)
 
 
+def test_a_data_csv_line_that_cannot_be_read_is_named(tmp_path: Path, store: Path) -> None:
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    (data / "x_test.csv").write_text('What?,a,b,c,d,A\n"' + "a" * 200_000 + '",a,b,c,d,B\n')  # over csv's field limit
+    suite = suite_file(tmp_path, f"""
+        name: mm
+        tasks:
+          - name: mm
+            family: multiple_choice
+            source: {{path: {data}, format: csv}}
+            params: {{prompt: mmlu, schema: mmlu_csv}}
+    """)
+    r = run_unchanged(tmp_path, "gen", suite, "--model", "fake", "--store", store)
+    error_line(r, 2, str(data / "x_test.csv") + ":2", "field limit")
+
+
 def test_a_reranker_file_that_is_not_utf8_is_named(tmp_path: Path, store: Path) -> None:
     bad = tmp_path / "r.csv"
     bad.write_bytes(b"sample_id,candidate,score\n" + NOT_UTF8.strip() + b",0,1\n")

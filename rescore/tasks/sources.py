@@ -150,7 +150,12 @@ def _read_file(path: Path, fmt: str) -> list[Any]:
         return data
     if fmt in ("csv", "tsv"):
         text = decode_utf8(path.read_bytes(), path)
-        return list(csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t"))
+        reader = csv.reader(io.StringIO(text), delimiter="," if fmt == "csv" else "\t")
+        try:
+            return list(reader)
+        except csv.Error as e:
+            raise ConfigError(f"{path}:{reader.line_num}: not readable as {fmt} ({e})",
+                              hint="fix the line, or convert the file to jsonl") from None
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
