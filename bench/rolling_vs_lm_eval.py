@@ -56,7 +56,8 @@ def main() -> None:
     from rescore.config import ModelConfig
     from rescore.core import Request
     from rescore.gen.base import RunContext
-    from rescore.gen.hf import HFBackend, lm_eval_n_words
+    from rescore.gen.hf import HFBackend
+    from rescore.gen.rows import lm_eval_n_words
     from rescore.gen.tiny import build_tiny_model
 
     tmp = tempfile.TemporaryDirectory()

@@ -88,13 +88,13 @@ def run_bare(be, prompt_ids: list[list[int]], args, detokenize: bool) -> int:
 def bench_generation(be, args, work: Path) -> dict:
     from rescore.core import GenParams
     from rescore.gen.base import RunContext
-    from rescore.gen.sampling import render_prompt
+    from rescore.gen.units import render_prompt
 
     reqs = gsm8k_requests(args.prompts)
     params = GenParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, n=args.n,
                        logprobs_topk=args.logprobs_topk)
     keep = be.max_length - args.max_new_tokens
-    prompt_ids = [be.tok_encode(render_prompt(be, r))[-keep:] for r in reqs]
+    prompt_ids = [be.tok_encode(render_prompt(be.tokenizer, r, be.cfg))[-keep:] for r in reqs]
     best = {"rescore": (np.inf, 0), "bare": (np.inf, 0), "bare_ids": (np.inf, 0)}
     for rep in range(args.reps):
         for name in best:

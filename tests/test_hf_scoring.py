@@ -15,7 +15,7 @@ from rescore.artifacts.schema import column_names  # noqa: E402
 from rescore.config import ModelConfig  # noqa: E402
 from rescore.core import Request  # noqa: E402
 from rescore.gen.base import RunContext, make_backend  # noqa: E402
-from rescore.gen.hf import rolling_windows  # noqa: E402
+from rescore.gen.units import rolling_windows  # noqa: E402
 
 WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2" / "wiki.test.raw"
 MAX_LEN = 64  # a short window so documents span several rolling windows and truncation happens
@@ -84,7 +84,7 @@ def test_loglikelihood_equals_full_forward(backends, share, batch_size):
         row = rows[r.sample_id]
         assert set(row) == set(column_names("loglikelihood"))
         for j, (c, x) in enumerate(zip(r.contexts, r.continuations, strict=True)):
-            ctx_enc, cont_enc = be.encode_pair(c, x, {})
+            ctx_enc, cont_enc = be.rules.encode_pair(c, x, {})
             assert row["choice_token_ids"][j] == cont_enc
             inp = (ctx_enc + cont_enc)[-(MAX_LEN + 1) :][:-1]
             lp, argmax = full_forward_logprobs(be.model, inp, len(cont_enc))

@@ -1,4 +1,4 @@
-"""Seeded generation for the hf backend: our own decode loop with a KV cache.
+"""Seeded generation: our own decode loop with a KV cache, over any engine that implements :class:`Decoder`.
 
 Why not ``model.generate()``: it draws from one global RNG per batch, so a candidate's tokens would depend
 on its batch neighbours, the batch size and where a run resumed. Here every candidate has its own
@@ -11,10 +11,8 @@ sampling parameters.
   greedy candidates of one prompt are identical, so only one is computed and copied.
 - Stored logprobs (chosen token and top-k alternatives) come from the *unmodified* model distribution:
   ``log_softmax`` of the raw logits in float32, before temperature, top-k or top-p.
-- Prompts: chat requests are rendered with ``tokenizer.apply_chat_template(messages,
-  add_generation_prompt=True, tokenize=False)`` (no template: BackendError, never a fallback); the
-  rendered text is encoded like lm-eval (default special tokens unless it already starts with BOS).
-  Prompts longer than ``max_length - max_new_tokens`` keep their last tokens.
+- Prompts: see :meth:`rescore.gen.units.RequestRules.generation_prompts` (chat template, lm-eval
+  encoding, left truncation).
 - Finish reasons: ``eos`` (an eos id of the tokenizer or generation config was produced; it is kept in
   the token ids, not in the text), ``stop`` (a stop string appeared in the decoded text: the text is cut
   before it, the token ids end with the token that completed it), ``length`` (max_new_tokens or the
@@ -24,58 +22,39 @@ sampling parameters.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from rescore.core import GenParams, Request, canonical_json, derive_seed
-from rescore.errors import BackendError
+from rescore.config import ModelConfig
+from rescore.core import GenParams, Request, derive_seed
 from rescore.gen.base import RunContext
-
-if TYPE_CHECKING:
-    from rescore.gen.hf import HFBackend
-
-
-@dataclass
-class Candidate:
-    owner: int
-    index: int
-    prompt_ids: list[int]
-    seed: int
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    topk_ids: list[list[int]] = field(default_factory=list)
-    topk_logprobs: list[list[float]] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
+from rescore.gen.rows import Candidate, generate_row
+from rescore.gen.units import RequestRules
 
 
-def render_prompt(backend: HFBackend, r: Request) -> str:
-    tok = backend.tokenizer
-    if not r.chat:
-        if r.prompt is None:
-            raise BackendError(f"request {r.sample_id!r} of task {r.task!r} has no prompt", hint="chat: false needs prompt text")
-        return r.prompt
-    if not getattr(tok, "chat_template", None):
-        raise BackendError(
-            f"task {r.task!r} asks for chat: true but model {backend.cfg.name!r} ({backend.cfg.path}) has no chat template",
-            hint="use a chat (SFT) checkpoint whose tokenizer has a chat template, or set chat: false for this task",
-        )
-    if not r.messages:
-        raise BackendError(f"request {r.sample_id!r} of task {r.task!r} is a chat request without messages")
-    return tok.apply_chat_template([dict(m) for m in r.messages], add_generation_prompt=True, tokenize=False)
+class Decoder(Protocol):
+    """What the decode loop needs from an engine (the hf backend is one): the request rules, the ids
+    that end a candidate, and two forward passes that return float32 logits of the last position."""
+
+    cfg: ModelConfig
+    rules: RequestRules
+    eos_ids: set[int]
+    pad_token_id: int
+    device: Any  # torch.device the inputs go to
+
+    def prefill(self, ids: Any, attention_mask: Any, position_ids: Any) -> tuple[Any, Any]:
+        """Run left-padded prompts ``[B, P]``; return (the decoding state, e.g. a KV cache; logits ``[B, V]``)."""
+        ...
+
+    def extend(self, state: Any, ids: Any, attention_mask: Any, position_ids: Any) -> Any:
+        """Feed one more token per row (``ids`` ``[B, 1]``; the mask covers every position so far);
+        return the logits ``[B, V]`` of the new position."""
+        ...
 
 
-def run_generate(backend: HFBackend, reqs: Sequence[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+def run_generate(decoder: Decoder, reqs: Sequence[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
+    """Rows of the generate requests ``reqs``; only the pending ones (see :class:`RunContext`)."""
     p = ctx.params
-    keep = backend.max_length - p.max_new_tokens
-    if keep < 1:
-        raise BackendError(f"max_new_tokens {p.max_new_tokens} leaves no room for a prompt in the model's context of "
-                           f"{backend.max_length} tokens", hint="lower gen.max_new_tokens or raise max_length")
-    prompts, prompt_ids = [], []
-    for r in reqs:  # render everything first: a template error stops the run before any compute
-        text = render_prompt(backend, r)
-        prompts.append(text)
-        prompt_ids.append(backend.tok_encode(text)[-keep:])
+    prompts, prompt_ids = decoder.rules.generation_prompts(reqs, p.max_new_tokens, decoder.cfg)
     cands: list[Candidate] = []
     for i, r in enumerate(reqs):
         for c in range(1 if p.greedy else p.n):
@@ -89,7 +68,7 @@ def run_generate(backend: HFBackend, reqs: Sequence[Request], ctx: RunContext) -
     for batch in _plan(cands, ctx.batch_size, ctx.max_batch_tokens, p.max_new_tokens):
         if not any(c.owner in wanted for c in batch):
             continue
-        decode_batch(backend, batch, p, ctx)
+        decode_batch(decoder, batch, p, ctx)
         rows = []
         for cand in batch:
             if cand.owner not in wanted:
@@ -98,7 +77,8 @@ def run_generate(backend: HFBackend, reqs: Sequence[Request], ctx: RunContext) -
             left[cand.owner] -= 1
             if left[cand.owner] == 0:
                 i = cand.owner
-                rows.append(_row(reqs[i], prompts[i], prompt_ids[i], sorted(done.pop(i), key=lambda c: c.index), ctx))
+                rows.append(generate_row(reqs[i], prompts[i], prompt_ids[i], sorted(done.pop(i), key=lambda c: c.index),
+                                         ctx))
         if rows:
             yield rows
 
@@ -118,34 +98,6 @@ def _plan(cands: list[Candidate], batch_size: int, max_batch_tokens: int, max_ne
     return batches
 
 
-def _row(r: Request, prompt: str, prompt_ids: list[int], cands: list[Candidate], ctx: RunContext) -> dict[str, Any]:
-    p: GenParams = ctx.params
-    if p.greedy and p.n > 1:  # greedy candidates are identical: copy the one computed
-        c0 = cands[0]
-        cands = [c0] + [
-            Candidate(c0.owner, c, c0.prompt_ids, derive_seed(ctx.seed, r.sample_id, c), c0.token_ids, c0.logprobs,
-                      c0.topk_ids, c0.topk_logprobs, c0.text, c0.finish_reason)
-            for c in range(1, p.n)
-        ]
-    row = r.base_row()
-    row.update(
-        prompt=prompt,
-        prompt_token_ids=prompt_ids,
-        chat=r.chat,
-        messages=canonical_json([dict(m) for m in r.messages]) if r.chat and r.messages else None,
-        seed=ctx.seed,
-        sampling=canonical_json(p.to_dict()),
-        candidates=[c.text for c in cands],
-        cand_token_ids=[c.token_ids for c in cands],
-        cand_logprobs=[c.logprobs for c in cands],
-        cand_topk_ids=[c.topk_ids for c in cands] if p.logprobs_topk else None,
-        cand_topk_logprobs=[c.topk_logprobs for c in cands] if p.logprobs_topk else None,
-        cand_finish_reason=[c.finish_reason for c in cands],
-        cand_seed=[c.seed for c in cands],
-    )
-    return row
-
-
 def _warpers(p: GenParams) -> list[Any]:
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -161,15 +113,14 @@ def _warpers(p: GenParams) -> list[Any]:
     return out
 
 
-def decode_batch(backend: HFBackend, batch: list[Candidate], p: GenParams, ctx: RunContext) -> None:
-    """Generate every candidate of ``batch`` in place (left-padded prompts, one KV cache)."""
+def decode_batch(decoder: Decoder, batch: list[Candidate], p: GenParams, ctx: RunContext) -> None:
+    """Generate every candidate of ``batch`` in place (left-padded prompts, one decoding state)."""
     import torch
-    from transformers import DynamicCache
 
-    model, tok, dev = backend.model, backend.tokenizer, backend.device
+    tok, dev = decoder.rules.tokenizer, decoder.device
     B = len(batch)
     P = max(len(c.prompt_ids) for c in batch)
-    ids = torch.full((B, P), backend.pad_token_id, dtype=torch.long)
+    ids = torch.full((B, P), decoder.pad_token_id, dtype=torch.long)
     attn = torch.zeros((B, P), dtype=torch.long)
     for b, c in enumerate(batch):
         n = len(c.prompt_ids)
@@ -179,12 +130,11 @@ def decode_batch(backend: HFBackend, batch: list[Candidate], p: GenParams, ctx: 
     ids, attn, pos = ids.to(dev), attn.to(dev), pos.to(dev)
     gens = [torch.Generator(device="cpu").manual_seed(c.seed) for c in batch]
     warpers = _warpers(p)
-    k = min(p.logprobs_topk, model.config.vocab_size)
-    budget = min(p.max_new_tokens, backend.max_length - P)
+    budget = min(p.max_new_tokens, decoder.rules.max_length - P)
     active = [True] * B
-    cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        logits = _last_logits(model, ids, attn, pos, cache)
+        state, logits = decoder.prefill(ids, attn, pos)
+        k = min(p.logprobs_topk, logits.shape[-1])
         ctx.on_tokens(int(attn.sum()))
         for step in range(budget):
             lp = torch.log_softmax(logits, dim=-1)
@@ -212,12 +162,12 @@ def decode_batch(backend: HFBackend, batch: list[Candidate], p: GenParams, ctx: 
                 if k:
                     c.topk_ids.append(ti[b])
                     c.topk_logprobs.append(tv[b])
-                active[b] = not _finished(c, tok, backend.eos_ids, p, last=step == budget - 1)
+                active[b] = not _finished(c, tok, decoder.eos_ids, p, last=step == budget - 1)
             if not any(active):
                 break
             attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=dev)], dim=1)
             pos = pos[:, -1:] + 1
-            logits = _last_logits(model, nxt[:, None], attn, pos, cache)
+            logits = decoder.extend(state, nxt[:, None], attn, pos)
             ctx.on_tokens(sum(active))
     for c in batch:
         if c.finish_reason is None:  # stopped by the context window before max_new_tokens
@@ -243,7 +193,3 @@ def _finished(c: Candidate, tok: Any, eos_ids: set[int], p: GenParams, *, last: 
             return True
     return False
 
-
-def _last_logits(model: Any, ids: Any, attn: Any, pos: Any, cache: Any) -> Any:
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :].float()

@@ -8,10 +8,11 @@ this backend is constructed, never by ``rescore --help`` or the scorer.
 
 Same semantics as :mod:`rescore.gen.hf`, by construction:
 
-- Tokenization is the hf backend's (lm-evaluation-harness ``HFLM`` rules), run with the transformers
-  tokenizer of the model directory; vLLM receives token ids only (``TokensPrompt``) and never tokenizes.
-  Loglikelihood contexts/continuations, rolling windows, packed windows, truncation to the context window
-  and the prefix token are computed by the hf backend's own functions.
+- Tokenization is every backend's (:mod:`rescore.gen.units`, lm-evaluation-harness ``HFLM`` rules), run
+  with the transformers tokenizer of the model directory; vLLM receives token ids only (``TokensPrompt``)
+  and never tokenizes. Loglikelihood contexts/continuations, rolling windows, packed windows, truncation to
+  the context window and the prefix token are computed by those shared rules, and the rows are built by
+  :mod:`rescore.gen.rows`, as for the hf backend.
 - Loglikelihood and rolling are ``prompt_logprobs`` of one prompt per choice / window (``max_tokens=1``).
   The stored values are the float32 log-softmax of the model's logits (``logprobs_mode=raw_logprobs``);
   ``choice_is_greedy`` is "every scored token has rank 1". Top-k alternatives come from
@@ -90,7 +91,6 @@ from rescore.config import ModelConfig
 from rescore.core import GenParams, Request, derive_seed
 from rescore.errors import BackendError, ConfigError
 from rescore.gen.base import RunContext
-from rescore.gen.hf import HFBackend, Span, SpanResult, Unit, loglikelihood_row, rolling_row
 from rescore.gen.loading import (
     _resolve_path,
     chat_template_hash,
@@ -99,6 +99,8 @@ from rescore.gen.loading import (
     model_fingerprint,
     tokenizer_hash,
 )
+from rescore.gen.rows import Candidate, RowCollector, generate_row, loglikelihood_row, rolling_row
+from rescore.gen.units import RequestRules, SpanResult, Unit, eos_ids
 
 VLLM_OPTIONS = (
     "gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "quantization", "enable_prefix_caching",
@@ -111,22 +113,6 @@ CPU_MEMORY_UTILIZATION = 0.3  # vLLM's 0.92 of host RAM fails at start-up on CPU
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-class _Tokenization:
-    """The hf backend's tokenization and window rules, bound to a tokenizer without loading a model."""
-
-    tok_encode = HFBackend.tok_encode
-    encode_pair = HFBackend.encode_pair
-    loglikelihood_units = HFBackend.loglikelihood_units
-    rolling_units = HFBackend.rolling_units
-
-    def __init__(self, tokenizer: Any, max_length: int, prefix_token_id: int) -> None:
-        self._tok = tokenizer
-        self.max_length = max_length
-        self.prefix_token_id = prefix_token_id
-        self._prefix_text = tokenizer.decode([prefix_token_id])
-        self.share_prefix = False  # one sequence per choice: vLLM shares the context through its prefix cache
-
-
 @dataclass
 class _Job:
     """One engine request and what to do with its output."""
@@ -134,12 +120,6 @@ class _Job:
     prompt: list[int]
     params: Any  # vllm.SamplingParams
     done: Callable[[Any], None]  # called with the finished vllm.RequestOutput
-
-
-@dataclass
-class _Pending:
-    remaining: int
-    results: dict[int, Any] = field(default_factory=dict)
 
 
 def _option(cfg: ModelConfig, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
@@ -197,11 +177,10 @@ class VLLMBackend:
         self._tok, auto_config, gen_config = self._load_tokenizer(source)
         self.max_length = self._context_window(auto_config)
         tok = self._tok
-        self.prefix_token_id: int = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        if self.prefix_token_id is None:
-            raise BackendError(f"tokenizer of {cfg.path!r} has neither a bos nor an eos token", hint="fix the tokenizer config")
-        self.rules = _Tokenization(tok, self.max_length, self.prefix_token_id)
-        self.eos_ids = _eos_ids(tok, gen_config)
+        # one sequence per choice: vLLM shares a context through its prefix cache
+        self.rules = RequestRules(tok, self.max_length, share_prefix=False, model_path=cfg.path)
+        self.prefix_token_id = self.rules.prefix_token_id
+        self.eos_ids = eos_ids(tok, gen_config)
         if self.device == "cpu":
             self._check_cpu_head_size(auto_config)
 
@@ -475,14 +454,13 @@ class VLLMBackend:
     # -- loglikelihood and rolling -----------------------------------------------------------------------
     def _run_loglikelihood(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
         self._check_k(ctx.topk, "the task's topk")
-        cache: dict[str, list[int]] = {}
-        units: list[Unit] = []
-        meta: list[tuple[list[list[int]], list[int] | None]] = []
+        units, meta = self.rules.loglikelihood_plan(reqs)
+        by_owner: dict[int, list[Unit]] = {}
+        for u in units:
+            by_owner.setdefault(u.owner, []).append(u)
         warm: dict[int, list[int]] = {}
-        for i, r in enumerate(reqs):
-            us, conts, shared = self.rules.loglikelihood_units(i, r, cache)
-            units += us
-            meta.append((conts, shared))
+        for i, us in by_owner.items():
+            shared = meta[i][1]
             if self.score_cache and shared is not None and len(us) > 1 and self.block_size:
                 # every choice's sequence starts with the shared context (no left truncation)
                 if all(u.tokens[: len(shared)] == shared for u in us if u.tokens) and len(shared) - 1 >= self.block_size:
@@ -497,14 +475,7 @@ class VLLMBackend:
 
     def _run_rolling(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
         self._check_k(ctx.topk, "the task's topk")
-        units: list[Unit] = []
-        targets: list[list[int]] = []
-        for i, r in enumerate(reqs):
-            us, tg = self.rules.rolling_units(i, r)
-            if not us:  # empty document: nothing to score
-                us = [Unit(i, [], [Span(0, [], [])])]
-            units += us
-            targets.append(tg)
+        units, targets = self.rules.rolling_plan(reqs)
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
             # no entropy: it needs the full distribution per position, which vLLM does not return
@@ -516,20 +487,13 @@ class VLLMBackend:
     def _score(self, units: list[Unit], n_owners: int, ctx: RunContext,
                make_row: Callable[[int, dict[int, SpanResult]], dict[str, Any]],
                warm: dict[int, list[int]]) -> Iterator[list[dict[str, Any]]]:
-        pending = {i: _Pending(0) for i in range(n_owners)}
-        for u in units:
-            pending[u.owner].remaining += 1
-        ready: list[dict[str, Any]] = []
+        rows = RowCollector(units, range(n_owners), make_row)
         queue: deque[_Job] = deque()
         later: deque[_Job] = deque()
         k = ctx.topk
 
         def finish(u: Unit, res: SpanResult) -> None:
-            p = pending[u.owner]
-            p.results[u.spans[0].slot] = res
-            p.remaining -= 1
-            if p.remaining == 0:
-                ready.append(make_row(u.owner, pending.pop(u.owner).results))
+            rows.add(u, [res])
 
         def submit(s: _Scored, read_cache: bool) -> None:
             # a hit is a whole number of KV blocks; it helps only when it ends before the first scored token
@@ -606,38 +570,18 @@ class VLLMBackend:
             else:
                 for s in group:
                     submit(s, read_cache=True)
-        if ready:
-            yield ready[:]
-            ready.clear()
-
-        def take() -> list[dict[str, Any]]:
-            rows = ready[:]
-            ready.clear()
-            return rows
-
-        yield from self._execute(queue, take, later)
-        if pending:
-            raise BackendError(f"{len(pending)} request(s) got no result from vLLM", hint="this is a bug; please report it")
+        first = rows.take()
+        if first:
+            yield first
+        yield from self._execute(queue, rows.take, later)
+        if rows.unfinished:
+            raise BackendError(f"{rows.unfinished} request(s) got no result from vLLM", hint="this is a bug; please report it")
 
     # -- generation --------------------------------------------------------------------------------------
     def _run_generate(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
-        from rescore.gen.sampling import Candidate, _row, render_prompt
-
         p = ctx.params
         self._check_k(p.logprobs_topk, "gen.logprobs_topk")
-        keep = self.max_length - p.max_new_tokens
-        if keep < 1:
-            raise BackendError(f"max_new_tokens {p.max_new_tokens} leaves no room for a prompt in the model's context of "
-                               f"{self.max_length} tokens", hint="lower gen.max_new_tokens or raise max_length")
-        prompts, prompt_ids = [], []
-        for r in reqs:  # render everything first: a template error stops the run before any compute
-            text = render_prompt(self, r)  # type: ignore[arg-type]
-            ids = self.tok_encode(text)[-keep:]
-            if not ids:
-                raise BackendError(f"request {r.sample_id!r} of task {r.task!r} has an empty prompt",
-                                   hint="give the prompt some text (or a tokenizer that adds a bos token)")
-            prompts.append(text)
-            prompt_ids.append(ids)
+        prompts, prompt_ids = self.rules.generation_prompts(reqs, p.max_new_tokens, self.cfg)
         n_cands = 1 if p.greedy else p.n
         done: dict[int, list[Candidate]] = {i: [] for i in range(len(reqs))}
         ready: list[dict[str, Any]] = []
@@ -659,7 +603,8 @@ class VLLMBackend:
                     cand.topk_logprobs.append(list(lp.logprobs[a + 1 : b]))
             done[i].append(cand)
             if len(done[i]) == n_cands:
-                ready.append(_row(reqs[i], prompts[i], prompt_ids[i], sorted(done.pop(i), key=lambda x: x.index), ctx))
+                ready.append(generate_row(reqs[i], prompts[i], prompt_ids[i], sorted(done.pop(i), key=lambda x: x.index),
+                                          ctx))
 
         stop_ids = sorted(self.eos_ids)
         for i, r in enumerate(reqs):
@@ -778,19 +723,6 @@ def _prompt_positions_valid(plp: Any, idx: list[int], seq: list[int]) -> bool:
         if not (math.isfinite(lp) and lp <= 1e-4) or rank is None or rank < 1:
             return False
     return True
-
-
-def _eos_ids(tok: Any, gen_config: Any) -> set[int]:
-    """The hf backend's eos set: the tokenizer's eos and the generation config's eos id(s)."""
-    ids: set[int] = set()
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    gen_eos = getattr(gen_config, "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(int(i) for i in gen_eos)
-    return ids
 
 
 def _import_vllm() -> Any:
