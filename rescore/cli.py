@@ -30,9 +30,16 @@ def _one_line(e: Exception) -> None:
 class _Group(TyperGroup):
     """The command group: usage errors of any command below it print one line (see :func:`_one_line`)."""
 
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+    def make_context(self, info_name: Any, args: list[str], *rest: Any, **kwargs: Any) -> Any:
+        for a in args:  # what the commands are given ends up in JSON manifests, which hold UTF-8 text only
+            try:
+                a.encode("utf-8")
+            except UnicodeEncodeError:
+                typer.echo(f"error: argument {a!r} is not UTF-8 text (rescore records paths and names as UTF-8: "
+                           "rename the file or directory, or give the value in UTF-8)", err=True)
+                raise typer.Exit(2) from None
         try:
-            return super().make_context(*args, **kwargs)
+            return super().make_context(info_name, args, *rest, **kwargs)
         except typer.TyperException as e:
             _one_line(e)
             raise

@@ -29,7 +29,8 @@ MAX_DEPTH = 32  # nesting a config value may have: the manifests and Arrow files
 
 def value_problem(value: Any) -> str | None:
     """Why a config value cannot be recorded (in a manifest's JSON, an Arrow column), or None: an integer
-    beyond 64 bits, a float that is not finite (inf, nan), or nesting deeper than MAX_DEPTH.
+    beyond 64 bits, a float that is not finite (inf, nan), text that is not UTF-8, or nesting deeper than
+    MAX_DEPTH.
     Iterative, so no input is too deep to check."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
@@ -41,12 +42,22 @@ def value_problem(value: Any) -> str | None:
             return f"{v} does not fit in 64 bits{at} (integers must lie between -2^63 and 2^63-1)"
         if isinstance(v, float) and not math.isfinite(v):  # JSON has no inf or nan: a manifest would record null
             return f"{v} is not a finite number{at}"
+        if isinstance(v, str) and not _utf8(v):  # bytes that are not UTF-8 (in a path, on the command line)
+            return f"{v!r} is not UTF-8 text{at}"
         if isinstance(v, dict | list | tuple):
             if depth >= MAX_DEPTH:
                 return f"nested deeper than {MAX_DEPTH} levels{at}"
             items = v.items() if isinstance(v, dict) else enumerate(v)
             stack.extend((x, f"{where}.{k}", depth + 1) for k, x in items)
     return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Strict(BaseModel):

@@ -281,6 +281,30 @@ def test_a_data_csv_line_that_cannot_be_read_is_named(tmp_path: Path, store: Pat
     error_line(r, 2, str(data / "x_test.csv") + ":2", "field limit")
 
 
+def test_a_command_line_argument_that_is_not_utf8_is_a_usage_error(tmp_path: Path, store: Path) -> None:
+    data, mapping = _import_mapping(tmp_path)
+    odd = tmp_path / "b\udcff.jsonl"  # the byte 0xff in the file name (surrogate-escaped by Python)
+    shutil.copy(data, odd)
+    r = run_unchanged(tmp_path, "import", "jsonl", odd, "--map", mapping, "--store", store, subprocess=True)
+    error_line(r, 2, "is not UTF-8 text", "rename")
+
+
+def test_a_data_file_name_that_is_not_utf8_is_named(tmp_path: Path, store: Path) -> None:
+    data = tmp_path / "mmlu"
+    data.mkdir()
+    (data / "x\udcff_test.csv").write_text("What?,a,b,c,d,A\n")
+    suite = suite_file(tmp_path, f"""
+        name: mm
+        tasks:
+          - name: mm
+            family: multiple_choice
+            source: {{path: {data}, format: csv}}
+            params: {{prompt: mmlu, schema: mmlu_csv}}
+    """)
+    r = run_unchanged(tmp_path, "gen", suite, "--model", "fake", "--store", store)
+    error_line(r, 2, "the file name is not UTF-8 text")
+
+
 def test_a_reranker_file_that_is_not_utf8_is_named(tmp_path: Path, store: Path) -> None:
     bad = tmp_path / "r.csv"
     bad.write_bytes(b"sample_id,candidate,score\n" + NOT_UTF8.strip() + b",0,1\n")

@@ -67,7 +67,12 @@ def source_file(path: Path) -> SourceFile:
         raise ImportFormatError(f"{p} is a directory", hint="give the file to import")
     if not p.is_file():
         raise ImportFormatError(f"{p}: no such file")
-    return SourceFile(str(p.resolve()), sha256_file(p), p.stat().st_size)
+    resolved = str(p.resolve())
+    try:
+        resolved.encode("utf-8")
+    except UnicodeEncodeError:  # the manifest records the path, and JSON holds UTF-8 text only
+        raise ImportFormatError(f"{resolved!r}: the path is not UTF-8 text", hint="rename the file or directory") from None
+    return SourceFile(resolved, sha256_file(p), p.stat().st_size)
 
 
 def read_json(path: Path) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,7 @@ def _sha256_path(path: Path) -> str:
     if path.is_dir():
         h = hashlib.sha256()
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+            h.update(os.fsencode(f.relative_to(path).as_posix()) + b"\0")  # the name's bytes, UTF-8 or not
             h.update(_sha256_path(f).encode())
         return h.hexdigest()
     h = hashlib.sha256()

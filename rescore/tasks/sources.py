@@ -95,6 +95,11 @@ def read_local(path: Path, fmt: str = "auto") -> list[Any]:
     """
     fmt = detect_format(path, fmt)
     files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in FORMAT_SUFFIXES[fmt]) if path.is_dir() else [path]
+    for f in files:  # a file's name is recorded with its rows (JSON, UTF-8 text only)
+        try:
+            f.stem.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{str(f)!r}: the file name is not UTF-8 text", hint="rename the file") from None
     out: list[Any] = []
     for f in files:
         for rec in _read_file(f, fmt):
