@@ -1,8 +1,10 @@
 """Task families and the prepared-data cache.
 
-Families are registered lazily in :data:`rescore.tasks.base.families`; YAML names them
-(``family: multiple_choice``) and gives literals. The runner uses :func:`request_type`,
-:func:`build_requests` and ``rescore.tasks.data.get_task_data``.
+Families are classes decorated with :func:`task_family` (a name and a params model), registered in
+:data:`families`: the built-in ones lazily, other packages' through the entry-point group
+``rescore.task_families``. YAML names them (``family: multiple_choice`` or ``family: mypkg.tasks:MyFamily``)
+and gives literals. The runner uses :func:`request_type`, :func:`build_requests` and
+``rescore.tasks.data.get_task_data``.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
-from rescore.tasks.base import families
+from rescore.params import Params
+from rescore.tasks.base import TaskFamily, families, param_problems, task_family, task_params
 
 if TYPE_CHECKING:
     from rescore.tasks.data import TaskData
 
-families.register_lazy("multiple_choice", "rescore.tasks.multiple_choice:FAMILY")
-families.register_lazy("gsm8k", "rescore.tasks.gsm8k:FAMILY")
-families.register_lazy("ppl_packed", "rescore.tasks.ppl:PACKED")
-families.register_lazy("ppl_docs", "rescore.tasks.ppl:DOCS")
-families.register_lazy("sft_native", "rescore.tasks.sft_native:FAMILY")
+families.register_lazy("multiple_choice", "rescore.tasks.multiple_choice:MultipleChoice")
+families.register_lazy("gsm8k", "rescore.tasks.gsm8k:GSM8K")
+families.register_lazy("ppl_packed", "rescore.tasks.ppl:PackedPPL")
+families.register_lazy("ppl_docs", "rescore.tasks.ppl:DocPPL")
+families.register_lazy("sft_native", "rescore.tasks.sft_native:SFTNative")
 
 
 def request_type(task: TaskConfig) -> RequestType:
@@ -45,4 +48,5 @@ def build_requests(task: TaskConfig, data: TaskData, tokenizer: Tokenizer | None
     return requests
 
 
-__all__ = ["build_requests", "families", "request_type"]
+__all__ = ["Params", "TaskFamily", "build_requests", "families", "param_problems", "request_type", "task_family",
+           "task_params"]

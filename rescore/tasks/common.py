@@ -10,13 +10,25 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import Field
 
 from rescore.config import TaskConfig
+from rescore.params import Params, known_params
+from rescore.tasks.base import param_problems
 from rescore.tasks.schemas import convert, schemas
 from rescore.tasks.sources import iter_hf, read_local, require_exists, resolve_path
 
 IDX = "_idx"  # key of a row's index in its source split (rows keep it through prepare)
+
+P = TypeVar("P", bound=Params)
+
+
+class SourceParams(Params):
+    """Params of every family that reads a source: the layout of its rows."""
+
+    schema_: str = Field("hf", alias="schema", description="row layout of the source (rescore.tasks.schemas)")
 
 
 def stable_rank(seed: int | str, key: str) -> bytes:
@@ -63,12 +75,13 @@ def _content(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != IDX}
 
 
-def load_records(task: TaskConfig, data_root: Path | None, *, fewshot: bool, prompt: str) -> list[dict[str, Any]]:
-    """Rows of the task's source (or of its few-shot split/file) in the Hugging Face schema, each with
-    ``_idx`` = its position in the source split. Empty when a few-shot pool is asked for but none is set."""
+def load_records(task: TaskConfig, data_root: Path | None, *, fewshot: bool, prompt: str,
+                 schema: str = "hf") -> list[dict[str, Any]]:
+    """Rows of the task's source (or of its few-shot split/file) in the Hugging Face schema (converted from
+    ``schema``), each with ``_idx`` = its position in the source split. Empty when a few-shot pool is asked
+    for but none is set."""
     src = task.source
     assert src is not None
-    schema = task.params.get("schema", "hf")
     if src.path is not None:
         rel = src.fewshot_path if fewshot else src.path
         if rel is None:
@@ -85,12 +98,13 @@ def load_records(task: TaskConfig, data_root: Path | None, *, fewshot: bool, pro
     return [{**r, IDX: i} for i, r in enumerate(records)]
 
 
-def check_common(task: TaskConfig, allowed_params: set[str]) -> list[str]:
-    problems = []
-    unknown = sorted(set(task.params) - allowed_params)
-    if unknown:
-        problems.append(f"task {task.name}: unknown params {unknown} (allowed: {sorted(allowed_params)})")
-    schema = task.params.get("schema", "hf")
-    if schema not in schemas:
+def check_common(task: TaskConfig, model: type[P]) -> tuple[list[str], P | None]:
+    """Problems of ``task.params`` against ``model`` (unknown keys, wrong types, a schema that is not
+    registered), and the params without their unknown keys (None when those are not valid either), so a
+    family's own checks run on them and every problem is reported at once."""
+    problems = param_problems(task, model)
+    p = known_params(model, task.params)
+    schema = getattr(p, "schema_", None) if p is not None else None
+    if schema is not None and schema not in schemas:
         problems.append(f"task {task.name}: unknown params.schema {schema!r} (choices: {schemas.names()})")
-    return problems
+    return problems, p

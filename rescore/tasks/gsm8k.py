@@ -17,13 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
-from rescore.tasks.common import IDX, check_common, draw_fewshot, load_records, sample_id
+from rescore.tasks.base import task_family, task_params
+from rescore.tasks.common import IDX, SourceParams, check_common, draw_fewshot, load_records, sample_id
 
-PARAMS = {"schema", "instruction", "fewshot_sampler", "question_field", "answer_field"}
+
+class GSM8KParams(SourceParams):
+    """Params of ``gsm8k`` tasks."""
+
+    instruction: str | None = None  # chat: text in front of each question
+    fewshot_sampler: Literal["random", "first_n"] = "random"
+    question_field: str = "question"
+    answer_field: str = "answer"
 
 
 def final_answer(answer: str) -> str:
@@ -35,35 +43,34 @@ def question_text(q: str) -> str:
     return f"Question: {q}\nAnswer:"
 
 
+@task_family("gsm8k", params=GSM8KParams)
 class GSM8K:
-    name = "gsm8k"
-
     def request_type(self, task: TaskConfig) -> RequestType:
         return "generate"
 
     def check(self, task: TaskConfig) -> list[str]:
-        problems = check_common(task, PARAMS)
+        problems, _ = check_common(task, GSM8KParams)
         if task.source is None:
             problems.append(f"task {task.name}: a gsm8k task needs a source")
         elif task.num_fewshot and not (task.source.fewshot_split or task.source.fewshot_path):
             problems.append(f"task {task.name}: num_fewshot={task.num_fewshot} needs source.fewshot_split or fewshot_path")
-        if task.params.get("fewshot_sampler", "random") not in ("random", "first_n"):
-            problems.append(f"task {task.name}: params.fewshot_sampler must be random or first_n")
         return problems
 
     def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        rows = self._norm(task, load_records(task, data_root, fewshot=False, prompt="gsm8k"))
-        shots = self._norm(task, load_records(task, data_root, fewshot=True, prompt="gsm8k")) if task.num_fewshot else []
+        p = task_params(task, GSM8KParams)
+        rows = self._norm(p, load_records(task, data_root, fewshot=False, prompt="gsm8k", schema=p.schema_))
+        shots = (self._norm(p, load_records(task, data_root, fewshot=True, prompt="gsm8k", schema=p.schema_))
+                 if task.num_fewshot else [])
         return rows, shots
 
-    def _norm(self, task: TaskConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        qf, af = task.params.get("question_field", "question"), task.params.get("answer_field", "answer")
+    def _norm(self, p: GSM8KParams, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        qf, af = p.question_field, p.answer_field
         return [{"question": r[qf], "answer": r[af], IDX: r[IDX]} for r in rows]
 
     def build_requests(self, task: TaskConfig, rows: Sequence[dict[str, Any]], fewshot_rows: Sequence[dict[str, Any]],
                        tokenizer: Tokenizer | None) -> list[Request]:
-        sampler = task.params.get("fewshot_sampler", "random")
-        instruction = task.params.get("instruction")
+        p = task_params(task, GSM8KParams)
+        sampler, instruction = p.fewshot_sampler, p.instruction
         out = []
         for row in rows:
             sid = sample_id(row)
@@ -87,5 +94,3 @@ class GSM8K:
     def _user(question: str, instruction: str | None) -> str:
         return f"{instruction}\n\n{question}" if instruction else question_text(question)
 
-
-FAMILY = GSM8K()

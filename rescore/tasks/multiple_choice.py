@@ -22,12 +22,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
 from rescore.registry import Registry
-from rescore.tasks.common import IDX, check_common, draw_fewshot, load_records, sample_id
+from rescore.tasks.base import task_family, task_params
+from rescore.tasks.common import IDX, SourceParams, check_common, draw_fewshot, load_records, sample_id
 
 
 @dataclass(frozen=True)
@@ -176,10 +177,20 @@ def mmlu(row: dict[str, Any]) -> MCDoc:
     )
 
 
-PARAMS = {
-    "prompt", "schema", "subjects", "description", "target_delimiter", "fewshot_delimiter", "fewshot_sampler",
-    "skip_duplicate_choices",
-}
+class MCParams(SourceParams):
+    """Params of ``multiple_choice`` tasks."""
+
+    prompt: str  # a registered prompt format (:data:`formats`)
+    subjects: list[str] | None = None  # keep only rows of these subjects (MMLU)
+    description: str | None = None  # text in front of the few-shot examples; default: the format's
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    fewshot_sampler: Literal["random", "first_n"] | None = None  # default: first_n for mmlu, else random
+    skip_duplicate_choices: bool = False  # drop rows whose choices repeat
+
+    @property
+    def sampler(self) -> str:
+        return self.fewshot_sampler or ("first_n" if self.prompt == "mmlu" else "random")
 
 
 def render(doc: MCDoc, shots: Sequence[MCDoc], *, description: str, target_delimiter: str,
@@ -192,63 +203,56 @@ def render(doc: MCDoc, shots: Sequence[MCDoc], *, description: str, target_delim
     return (prefix + doc.query,) * len(doc.choices), tuple(target_delimiter + c for c in doc.choices)
 
 
+@task_family("multiple_choice", params=MCParams)
 class MultipleChoice:
-    name = "multiple_choice"
-
     def request_type(self, task: TaskConfig) -> RequestType:
         return "loglikelihood"
 
     def check(self, task: TaskConfig) -> list[str]:
-        problems = check_common(task, PARAMS)
-        prompt = task.params.get("prompt")
-        if prompt not in formats:
-            problems.append(f"task {task.name}: params.prompt {prompt!r} is not a prompt format (choices: {formats.names()})")
+        problems, p = check_common(task, MCParams)
+        if p is not None and p.prompt not in formats:
+            problems.append(f"task {task.name}: params.prompt {p.prompt!r} is not a prompt format (choices: {formats.names()})")
         if task.source is None:
             problems.append(f"task {task.name}: a multiple_choice task needs a source")
         elif task.num_fewshot and not (task.source.fewshot_split or task.source.fewshot_path):
             problems.append(f"task {task.name}: num_fewshot={task.num_fewshot} needs source.fewshot_split or fewshot_path")
-        if task.params.get("fewshot_sampler", "random") not in ("random", "first_n"):
-            problems.append(f"task {task.name}: params.fewshot_sampler must be random or first_n")
-        subjects = task.params.get("subjects")
-        if subjects is not None and not (isinstance(subjects, list) and all(isinstance(s, str) for s in subjects)):
-            problems.append(f"task {task.name}: params.subjects must be a list of subject names")
         return problems
 
     def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        prompt = task.params["prompt"]
-        rows = self._filter(task, load_records(task, data_root, fewshot=False, prompt=prompt))
+        p = task_params(task, MCParams)
+        rows = self._filter(p, load_records(task, data_root, fewshot=False, prompt=p.prompt, schema=p.schema_))
         fewshot = []
         if task.num_fewshot:
-            fewshot = self._filter(task, load_records(task, data_root, fewshot=True, prompt=prompt), dedupe=False)
+            fewshot = self._filter(p, load_records(task, data_root, fewshot=True, prompt=p.prompt, schema=p.schema_),
+                                   dedupe=False)
         return rows, fewshot
 
-    def _filter(self, task: TaskConfig, rows: list[dict[str, Any]], dedupe: bool = True) -> list[dict[str, Any]]:
-        subjects = task.params.get("subjects")
-        if subjects:
-            rows = [r for r in rows if r.get("subject") in set(subjects)]
-        if dedupe and task.params.get("skip_duplicate_choices"):
-            fmt = formats.get(task.params["prompt"])
+    def _filter(self, p: MCParams, rows: list[dict[str, Any]], dedupe: bool = True) -> list[dict[str, Any]]:
+        if p.subjects:
+            rows = [r for r in rows if r.get("subject") in set(p.subjects)]
+        if dedupe and p.skip_duplicate_choices:
+            fmt = formats.get(p.prompt)
             rows = [r for r in rows if len(set(fmt(r).choices)) == len(fmt(r).choices)]
         return rows
 
     def build_requests(self, task: TaskConfig, rows: Sequence[dict[str, Any]], fewshot_rows: Sequence[dict[str, Any]],
                        tokenizer: Tokenizer | None) -> list[Request]:
-        p = task.params
-        fmt = formats.get(p["prompt"])
-        sampler = p.get("fewshot_sampler", "first_n" if p["prompt"] == "mmlu" else "random")
-        tdel, fdel = p.get("target_delimiter", " "), p.get("fewshot_delimiter", "\n\n")
+        p = task_params(task, MCParams)
+        fmt = formats.get(p.prompt)
+        sampler = p.sampler
+        tdel, fdel = p.target_delimiter, p.fewshot_delimiter
         pool_by_cat: dict[str | None, list[dict[str, Any]]] = {}
         for r in fewshot_rows:
-            pool_by_cat.setdefault(fmt(r).category if p["prompt"] == "mmlu" else None, []).append(r)
+            pool_by_cat.setdefault(fmt(r).category if p.prompt == "mmlu" else None, []).append(r)
         out = []
         for row in rows:
             doc = fmt(row)
             sid = sample_id(row)
-            pool = pool_by_cat.get(doc.category if p["prompt"] == "mmlu" else None, [])
+            pool = pool_by_cat.get(doc.category if p.prompt == "mmlu" else None, [])
             same_split = _same_source(task)
             shots = draw_fewshot(pool, task.num_fewshot, seed=task.fewshot_seed, key=sid, sampler=sampler,
                                  exclude=row if same_split else None)
-            contexts, conts = render(doc, [fmt(s) for s in shots], description=p.get("description", doc.description),
+            contexts, conts = render(doc, [fmt(s) for s in shots], description=doc.description if p.description is None else p.description,
                                      target_delimiter=tdel, fewshot_delimiter=fdel)
             meta: dict[str, Any] = {"source_idx": int(row[IDX])}
             if shots:
@@ -272,5 +276,3 @@ def _same_source(task: TaskConfig) -> bool:
         return False
     return (s.path is not None and s.fewshot_path == s.path) or (s.hf is not None and s.fewshot_split == s.split)
 
-
-FAMILY = MultipleChoice()

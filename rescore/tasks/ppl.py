@@ -36,18 +36,49 @@ import inspect
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer, content_hash
 from rescore.errors import MissingDataError
-from rescore.tasks.common import IDX, check_common
+from rescore.tasks.base import task_family, task_params
+from rescore.tasks.common import IDX, SourceParams, check_common
 from rescore.tasks.schemas import convert
 from rescore.tasks.sources import iter_hf, read_local, require_exists, resolve_path
 
-COMMON_PARAMS = {"schema", "text_field", "text_fields", "documents", "line_ending", "skip_docs", "streaming"}
-PACKED_PARAMS = COMMON_PARAMS | {"target_tokens", "seq_len", "overlap", "prepare_chars"}
-DOC_PARAMS = COMMON_PARAMS | {"detokenize"}
+
+class PPLParams(SourceParams):
+    """Params of both perplexity families: where the documents' text is and how it is split."""
+
+    text_field: str = "text"
+    text_fields: list[str] | None = None  # several fields, joined by a blank line (instead of text_field)
+    documents: Literal["whole", "paragraphs", "wikitext_pages"] = "whole"  # how a local text file is split
+    line_ending: Literal["crlf_doubled"] | None = None  # the shipped WikiText-2 copy's layout
+    skip_docs: int = Field(0, ge=0)
+    streaming: bool | None = None  # Hugging Face sources: stream (default: ppl_packed yes, ppl_docs no)
+
+
+class PackedParams(PPLParams):
+    """Params of ``ppl_packed`` tasks."""
+
+    target_tokens: int = Field(ge=1)  # tokens scored in all
+    seq_len: int = Field(2048, ge=2)
+    overlap: int = Field(1, ge=1)  # context tokens at the start of every window after the first
+    prepare_chars: int | None = Field(None, ge=1)  # characters prepared (default 8 * target_tokens)
+
+    @model_validator(mode="after")
+    def _overlap_below_seq_len(self) -> PackedParams:
+        if self.overlap >= self.seq_len:
+            raise ValueError(f"params.overlap must be an integer in [1, seq_len), got {self.overlap}")
+        return self
+
+
+class DocParams(PPLParams):
+    """Params of ``ppl_docs`` tasks."""
+
+    detokenize: Literal["wikitext"] | None = None
 
 # Text for the tokenizer fingerprint: words, digits, code, whitespace runs and non-ASCII.
 PROBE_TEXT = (
@@ -139,44 +170,39 @@ def wikitext_detokenize(s: str) -> str:
     return s
 
 
-def _doc_text(task: TaskConfig, rec: dict[str, Any]) -> str:
-    fields = task.params.get("text_fields") or [task.params.get("text_field", "text")]
+def _doc_text(p: PPLParams, rec: dict[str, Any]) -> str:
+    fields = p.text_fields or [p.text_field]
     return "\n\n".join(str(rec[f]) for f in fields if rec.get(f) is not None)
 
 
-def iter_documents(task: TaskConfig, data_root: Path | None, *, streaming: bool = True) -> Iterator[str]:
+def iter_documents(task: TaskConfig, p: PPLParams, data_root: Path | None, *, streaming: bool = True) -> Iterator[str]:
     """Documents of the task's source, in source order, after ``skip_docs``."""
     src = task.source
     assert src is not None
-    p = task.params
-    skip = int(p.get("skip_docs", 0))
+    skip = p.skip_docs
     if src.path is not None:
         path = require_exists(resolve_path(src.path, data_root), f"data file of task {task.name!r}")
-        records = convert(p.get("schema", "hf"), read_local(path, src.format), "ppl")
+        records = convert(p.schema_, read_local(path, src.format), "ppl")
         docs: Iterator[str] = (
             d
             for rec in records
             for d in split_documents(
-                undouble_crlf(_doc_text(task, rec)) if p.get("line_ending") == "crlf_doubled" else _doc_text(task, rec),
-                p.get("documents", "whole"),
+                undouble_crlf(_doc_text(p, rec)) if p.line_ending == "crlf_doubled" else _doc_text(p, rec),
+                p.documents,
             )
         )
     else:
-        docs = (_doc_text(task, rec) for rec in iter_hf(src, src.split, streaming=bool(p.get("streaming", streaming))))
+        stream = streaming if p.streaming is None else p.streaming
+        docs = (_doc_text(p, rec) for rec in iter_hf(src, src.split, streaming=stream))
     for i, d in enumerate(docs):
         if i >= skip and d.strip():
             yield d
 
 
-def _check_source(task: TaskConfig, allowed: set[str]) -> list[str]:
-    problems = check_common(task, allowed)
-    p = task.params
+def _check_source(task: TaskConfig, model: type[PPLParams]) -> list[str]:
+    problems, _ = check_common(task, model)
     if task.source is None:
         problems.append(f"task {task.name}: a perplexity task needs a source")
-    if p.get("documents", "whole") not in ("whole", "paragraphs", "wikitext_pages"):
-        problems.append(f"task {task.name}: params.documents must be whole, paragraphs or wikitext_pages")
-    if p.get("line_ending") not in (None, "crlf_doubled"):
-        problems.append(f"task {task.name}: params.line_ending must be crlf_doubled or unset")
     if task.num_fewshot:
         problems.append(f"task {task.name}: perplexity tasks take no few-shot examples")
     return problems
@@ -240,32 +266,24 @@ def _scored_text_stats(tokenizer: Tokenizer, ids: Sequence[int]) -> tuple[int, i
     return sum(len(t.encode("utf-8")) for t in texts), sum(len(t.split()) for t in texts)
 
 
+@task_family("ppl_packed", params=PackedParams)
 class PackedPPL:
-    name = "ppl_packed"
-
     def request_type(self, task: TaskConfig) -> RequestType:
         return "rolling"
 
     def check(self, task: TaskConfig) -> list[str]:
-        problems = _check_source(task, PACKED_PARAMS)
-        p = task.params
-        t, s, o = p.get("target_tokens"), p.get("seq_len", 2048), p.get("overlap", 1)
-        if not isinstance(t, int) or t < 1:
-            problems.append(f"task {task.name}: params.target_tokens (a positive integer) is required")
-        if not isinstance(s, int) or s < 2:
-            problems.append(f"task {task.name}: params.seq_len must be an integer >= 2")
-        elif not isinstance(o, int) or not 1 <= o < s:
-            problems.append(f"task {task.name}: params.overlap must be an integer in [1, seq_len)")
+        problems = _check_source(task, PackedParams)
         if task.subset_size is not None:
             problems.append(f"task {task.name}: ppl_packed takes target_tokens, not subset_size")
         return problems
 
     def prepare_chars(self, task: TaskConfig) -> int:
-        return int(task.params.get("prepare_chars") or 8 * int(task.params["target_tokens"]))
+        p = task_params(task, PackedParams)
+        return p.prepare_chars or 8 * p.target_tokens
 
     def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         budget, total, rows = self.prepare_chars(task), 0, []
-        for i, doc in enumerate(iter_documents(task, data_root)):
+        for i, doc in enumerate(iter_documents(task, task_params(task, PackedParams), data_root)):
             rows.append({"text": doc, IDX: i})
             total += len(doc) + 1
             if total >= budget:
@@ -285,8 +303,8 @@ class PackedPPL:
 
     def windows(self, task: TaskConfig, rows: Sequence[dict[str, Any]], tokenizer: Tokenizer,
                 cache_dir: Path | None) -> list[tuple[list[int], int, int, int]]:
-        p = task.params
-        spec = {"target_tokens": p["target_tokens"], "seq_len": p.get("seq_len", 2048), "overlap": p.get("overlap", 1)}
+        p = task_params(task, PackedParams)
+        spec = {"target_tokens": p.target_tokens, "seq_len": p.seq_len, "overlap": p.overlap}
         cache = None
         if cache_dir is not None:
             cache = cache_dir / f"windows-{content_hash({'tok': tokenizer_fingerprint(tokenizer), **spec})}.parquet"
@@ -319,25 +337,21 @@ class PackedPPL:
             pass  # a read-only store still works: the windows are rebuilt next time
 
 
+@task_family("ppl_docs", params=DocParams)
 class DocPPL:
-    name = "ppl_docs"
-
     def request_type(self, task: TaskConfig) -> RequestType:
         return "rolling"
 
     def check(self, task: TaskConfig) -> list[str]:
-        problems = _check_source(task, DOC_PARAMS)
-        if task.params.get("detokenize") not in (None, "wikitext"):
-            problems.append(f"task {task.name}: params.detokenize must be wikitext or unset")
-        return problems
+        return _check_source(task, DocParams)
 
     def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        docs = iter_documents(task, data_root, streaming=False)
+        docs = iter_documents(task, task_params(task, DocParams), data_root, streaming=False)
         return [{"text": d, IDX: i} for i, d in enumerate(docs)], []
 
     def build_requests(self, task: TaskConfig, rows: Sequence[dict[str, Any]], fewshot_rows: Sequence[dict[str, Any]],
                        tokenizer: Tokenizer | None) -> list[Request]:
-        detok = task.params.get("detokenize") == "wikitext"
+        detok = task_params(task, DocParams).detokenize == "wikitext"
         out = []
         for row in rows:
             page = row["text"]
@@ -348,10 +362,6 @@ class DocPPL:
                 meta={"source_idx": int(row[IDX])},
             ))
         return out
-
-
-PACKED = PackedPPL()
-DOCS = DocPPL()
 
 
 def accepts_cache_dir(family: Any) -> bool:

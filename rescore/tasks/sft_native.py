@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
 from rescore.errors import ConfigError
+from rescore.params import Params
+from rescore.tasks.base import task_family, task_params
 from rescore.tasks.common import IDX, check_common
 from rescore.tasks.sources import require_exists, resolve_path
 
@@ -29,12 +31,18 @@ CHECKS = frozenset({
     "not_contains", "starts_with", "ends_with", "lowercase", "uppercase", "one_line", "refusal", "no_role_leak",
 })
 ROLES = ("system", "user", "assistant")
-PARAMS = {"categories", "prompts_file"}
 BUILTIN = Path(__file__).with_name("sft_native_prompts.yaml")
 
 
+class SFTParams(Params):
+    """Params of ``sft_native`` tasks."""
+
+    categories: list[Literal[CATEGORIES]] | None = None  # type: ignore[valid-type]  # keep only these
+    prompts_file: str | None = None  # another prompt file with the same layout (relative to the data root)
+
+
 def prompts_path(task: TaskConfig | None = None, data_root: Path | None = None) -> Path:
-    rel = task.params.get("prompts_file") if task is not None else None
+    rel = task_params(task, SFTParams).prompts_file if task is not None else None
     if rel is None:
         return BUILTIN
     return require_exists(resolve_path(rel, data_root), "SFT-native prompts file")
@@ -98,17 +106,13 @@ def _plain_prompt(messages: Sequence[dict[str, str]]) -> str:
     return "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
 
 
+@task_family("sft_native", params=SFTParams)
 class SFTNative:
-    name = "sft_native"
-
     def request_type(self, task: TaskConfig) -> RequestType:
         return "generate"
 
     def check(self, task: TaskConfig) -> list[str]:
-        problems = check_common(task, PARAMS)
-        cats = task.params.get("categories")
-        if cats is not None and (not isinstance(cats, list) or set(cats) - set(CATEGORIES)):
-            problems.append(f"task {task.name}: params.categories must be a list from {list(CATEGORIES)}")
+        problems, _ = check_common(task, SFTParams)
         if task.source is not None:
             problems.append(f"task {task.name}: sft_native prompts are built in (use params.prompts_file, not source)")
         if task.num_fewshot:
@@ -120,7 +124,7 @@ class SFTNative:
 
     def load_rows(self, task: TaskConfig, data_root: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         prompts = load_prompts(prompts_path(task, data_root))
-        cats = task.params.get("categories")
+        cats = task_params(task, SFTParams).categories
         rows = [{**p, IDX: i} for i, p in enumerate(prompts) if not cats or p["category"] in cats]
         return rows, []
 
@@ -137,5 +141,3 @@ class SFTNative:
                 out.append(Request(**common, prompt=_plain_prompt(msgs)))
         return out
 
-
-FAMILY = SFTNative()
