@@ -89,14 +89,19 @@ def register(app: typer.Typer) -> None:
         st = Store(store)
         if not st.gen_dir.is_dir():
             raise StoreError(f"no generation units in {store}", hint="run `rescore gen` first, or pass --store")
-        from rescore.score.coverage import check_plugin_columns, check_plugin_values
+        from rescore.errors import UserError
+        from rescore.score.coverage import check_plugin_columns, check_plugin_units, discard_empty_plugin_scores
 
-        # a plugin metric that reads a missing column, or has no value on any row, fails before anything is written
-        check_plugin_columns(st, specs)
-        plugin_notes = check_plugin_values(st, specs)
+        check_plugin_columns(st, specs)  # a misspelt column fails before anything is written
+        plugin_notes = check_plugin_units(st, specs)
         console = _console()
         with _Progress(console, progress) as prog:
             report = score_store(st, specs, force=force, jobs=jobs, progress=prog.update)
+        plugin_error: UserError | None = None
+        try:  # a plugin metric with no value on any row: its files are removed, the error comes after the summary
+            discard_empty_plugin_scores(st, specs)
+        except UserError as e:
+            plugin_error = e
         if json_out:
             print(json.dumps({
                 "computed": [{"run_id": r, "metric": m, "version": v} for r, m, v in report.computed],
@@ -108,6 +113,8 @@ def register(app: typer.Typer) -> None:
                 "damaged_score_files": [{"path": p, "why": w} for p, w in report.damaged],
                 "notes": plugin_notes,
             }, indent=2))
+            if plugin_error is not None:
+                raise plugin_error
             if report.corrupt_units:
                 raise typer.Exit(1)
             return
@@ -145,9 +152,11 @@ def register(app: typer.Typer) -> None:
         for note in plugin_notes:
             console.print(f"note: {note}", highlight=False)
         console.print(f"results: {report.results_rows} rows in {st.results_path}", highlight=False)
+        for run_id, message in report.corrupt_units:
+            print(f"error: unit {run_id[:12]} not scored: {message}", file=sys.stderr)
+        if plugin_error is not None:
+            raise plugin_error
         if report.corrupt_units:
-            for run_id, message in report.corrupt_units:
-                print(f"error: unit {run_id[:12]} not scored: {message}", file=sys.stderr)
             raise typer.Exit(1)
 
     @app.command("metrics")

@@ -1,6 +1,6 @@
 """Checks that the metrics a user brings (``--plugin`` files, ``rescore.metrics`` entry points) measure
 something: a plugin metric that reads a column no unit has, or that yields no value on any row, is a bug in
-the plugin, and ``score`` says so before it writes anything, instead of finishing with nothing to show.
+the plugin, and ``score`` says so instead of finishing with nothing to show (and caches no empty result).
 
 Built-in metrics are not checked here: one that applies to no row of a store (pass@8 on 2 candidates) is a
 note, not an error.
@@ -12,10 +12,10 @@ import difflib
 from collections.abc import Sequence
 
 from rescore.artifacts.store import Store, Unit
-from rescore.errors import ConfigError, CorruptArtifactError
-from rescore.score.engine import ScoreError, unit_columns
+from rescore.errors import ConfigError
+from rescore.score.engine import ScoreError, is_current, scan_scores, scores_dir, unit_columns
 from rescore.score.registry import plugin_of
-from rescore.score.spec import Metric, UnitInfo
+from rescore.score.spec import Metric
 
 
 def plugin_metrics(specs: Sequence[Metric]) -> list[Metric]:
@@ -54,43 +54,39 @@ def check_plugin_columns(store: Store, specs: Sequence[Metric]) -> None:
                                                     "prints a unit's columns)")
 
 
-def check_plugin_values(store: Store, specs: Sequence[Metric]) -> list[str]:
-    """Before scoring: compute each plugin metric on the complete units of its request type (that have its
-    columns) until one row gets a value. A metric with no value on any row (it returned only null or NaN)
-    raises ScoreError naming it, before any score file is written, so no empty result is cached as up to
-    date; a metric that fails or calls sys.exit() raises its ScoreError. Usually one unit per metric is
-    computed. Returns notes for plugin metrics whose request type no complete unit has (nothing to score,
-    not the plugin's fault); raises when that holds for every plugin metric."""
-    from rescore.score.engine import _score_one, load_unit, subsets_of
-
+def check_plugin_units(store: Store, specs: Sequence[Metric]) -> list[str]:
+    """Before scoring: notes for plugin metrics whose request type no complete unit has (nothing to score,
+    not the plugin's fault); ScoreError when that holds for every plugin metric (the command would do
+    nothing)."""
     plugins = plugin_metrics(specs)
-    empty, idle = [], []
-    for s in plugins:
-        units = [u for u in _complete(store, s.request_type) if set(s.columns) <= set(unit_columns(u))]
-        if not units:
-            idle.append(s)
-            continue
-        tried = 0
-        for u in units:
-            try:
-                table, names = load_unit(u, [s])
-            except CorruptArtifactError:
-                continue  # scoring reports the damaged unit
-            tried += 1
-            info = UnitInfo(run_id=u.run_id, manifest=u.manifest,
-                            read=lambda cols, u=u, names=names: u.read_table(columns=[c for c in cols if c in names]))
-            if _score_one(s, table, info, u, subsets_of(table))[1]["applies"]:
-                break
-        else:
-            if tried:
-                empty.append(f"metric {s.name!r} (plugin {plugin_of(s)}) has no value on any row of the "
-                             f"{tried} {s.request_type} unit(s)")
-    if empty:
-        raise ScoreError("; ".join(empty), hint="it returned only None/NaN: check the columns it reads and what it "
-                                                "computes from them (`rescore show RUN_ID --rows 1` prints a unit's rows)")
+    idle = [s for s in plugins if not _complete(store, s.request_type)]
     if plugins and len(idle) == len(plugins):
         kinds = sorted({s.request_type for s in plugins})
         raise ScoreError(f"the plugin metrics ({', '.join(repr(s.name) for s in plugins)}) found nothing to score: "
                          f"{store.root} holds no complete {' or '.join(kinds)} unit",
                          hint="generate or import units of that request type first, or check --store")
     return [f"metric {s.name!r} scored nothing: {store.root} holds no complete {s.request_type} unit" for s in idle]
+
+
+def discard_empty_plugin_scores(store: Store, specs: Sequence[Metric]) -> None:
+    """After scoring: a plugin metric with no value on any row of the units of its request type (it returned
+    only None or NaN) is a bug in the plugin. Its score files are removed, so no empty result stays cached as
+    up to date (the fixed plugin is computed again, even without a new version), and ScoreError names it.
+    The plugin runs once per unit, as scoring runs it: a metric may be costly or have side effects."""
+    empty = []
+    for s in plugin_metrics(specs):
+        current = []
+        for u in _complete(store, s.request_type):
+            meta = scan_scores(store, u.run_id).get(s.file_name)
+            if is_current(meta, s, u.manifest.get("rows_parquet_sha256")):
+                current.append((u, meta))
+        if not current or any(m.get("applies") for _, m in current):
+            continue
+        for u, _ in current:
+            (scores_dir(store, u.run_id) / s.file_name).unlink(missing_ok=True)
+            scan_scores(store, u.run_id)  # drops the file from the unit's index
+        empty.append(f"metric {s.name!r} (plugin {plugin_of(s)}) has no value on any row of the "
+                     f"{len(current)} {s.request_type} unit(s) it scored")
+    if empty:
+        raise ScoreError("; ".join(empty), hint="it returned only None/NaN: check the columns it reads and what it "
+                                                "computes from them (`rescore show RUN_ID --rows 1` prints a unit's rows)")
