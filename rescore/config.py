@@ -187,7 +187,10 @@ class ModelConfig(Strict):
 
     name: str = Field(description="label used in the store and reports")
     path: str = Field(description="local directory (or hub id when online); 'fake' for the fake backend")
-    backend: str = "hf"
+    backend: str = Field("hf", description="a registered backend (fake, hf, vllm, an entry point of rescore.backends) "
+                         "or 'package.module:Class'")
+    loader: str = Field("hf", description="checkpoint loader of the hf backend (a registered name, an entry point of "
+                        "rescore.loaders, or 'package.module:function')")
     precision: Precision = "fp32"
     step: int | None = Field(None, ge=0, description="training step of the checkpoint")
     stage: str | None = None
@@ -196,7 +199,7 @@ class ModelConfig(Strict):
     batch_size: int = Field(8, ge=1)
     max_batch_tokens: int = Field(8192, ge=1)
     max_length: int | None = Field(None, ge=2, description="context window; default from the model config")
-    options: dict[str, Any] = Field(default_factory=dict, description="backend-specific options")
+    options: dict[str, Any] = Field(default_factory=dict, description="the backend's and its loader's options")
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
 

@@ -140,8 +140,11 @@ def matrix_problems(data: Any, source: str) -> list[str]:
     from rescore.tasks.suites import suite_path
 
     backend = data.get("backend", "hf")
-    if isinstance(backend, str) and backend not in backends:
-        problems.append(f"{source}: backend: {backends.unknown(backend).render()}")
+    if isinstance(backend, str):
+        try:
+            backends.get(backend)  # a registered name, a plugin's, or package.module:Class
+        except ConfigError as e:
+            problems.append(f"{source}: backend: {e.render()}")
     stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
     names = [s.get("name") for s in stages]
     default_suites = data.get("suites") or []

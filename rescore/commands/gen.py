@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
         suite: Annotated[str, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML.")],
         model: Annotated[str, typer.Option("--model", "-m", help="Model directory, hub id, 'fake', or a models YAML.")],
         store: StoreOpt = DEFAULT_STORE,
-        backend: Annotated[str | None, typer.Option(help="Backend: hf, vllm or fake (default: hf; fake for --model fake).")] = None,
+        backend: Annotated[str | None, typer.Option(help="Backend: hf, vllm, fake, a plugin's, or package.module:Class (default: hf; fake for --model fake).")] = None,
+        loader: Annotated[str | None, typer.Option(help="Checkpoint loader of the hf backend: hf, a plugin's, or package.module:function (default: hf).")] = None,
         precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 | int8 | int4")] = None,
         name: Annotated[str | None, typer.Option(help="Model label in the store (default: the directory name).")] = None,
         step: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Training step of this checkpoint.")] = None,
@@ -65,7 +66,8 @@ def register(app: typer.Typer) -> None:
             options["rows_per_s"] = rows_per_s
         if fail_after is not None:
             options["fail_after"] = fail_after
-        fields = {"precision": precision, "name": name, "step": step, "batch_size": batch_size, "device": device}
+        fields = {"precision": precision, "name": name, "step": step, "batch_size": batch_size, "device": device,
+                  "loader": loader}
         models = resolve_models(model, backend=backend, overrides=fields)
         if options:
             models = [m.model_copy(update={"options": {**m.options, **options}}) for m in models]

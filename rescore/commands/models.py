@@ -17,17 +17,13 @@ def sanitize_name(text: str) -> str:
 
 
 def resolve_models(model: str, *, backend: str | None, overrides: dict[str, Any]) -> list[ModelConfig]:
-    """Model configs from ``--model``; every backend name is checked before anything loads."""
-    from rescore.gen.base import backends
+    """Model configs from ``--model``; every backend (its name, options and checkpoint) is checked before
+    anything is planned or loaded."""
+    from rescore.gen.base import check_model
 
     models = _resolve(model, backend=backend, overrides=overrides)
     for m in models:
-        if m.backend not in backends:
-            raise backends.unknown(m.backend)
-        if m.backend in ("hf", "vllm"):
-            from rescore.gen.loading import _resolve_path
-
-            _resolve_path(m)  # a missing model directory is reported before anything is planned or loaded
+        check_model(m)
     return models
 
 

@@ -12,8 +12,13 @@ row, and return rows for pending requests only (the runner drops any other). A b
 not depend on their batch (``fake``) or that makes no bit-exactness promise (``vllm``) may simply skip
 the done requests.
 
-Backends are registered in :data:`backends` as factories ``(ModelConfig) -> Backend``; heavy ones
-(``hf``, ``vllm``) are lazy ``"module:attr"`` entries so nothing imports torch until asked.
+Backends are classes ``(ModelConfig) -> Backend`` decorated with :func:`backend`, which names them and
+gives their options model (the keys of ``ModelConfig.options`` they understand, a
+:class:`~rescore.params.Params`). They are registered in :data:`backends`: the built-in ones as lazy
+``"module:attr"`` entries so nothing imports torch until asked, other packages' through the entry-point
+group ``rescore.backends``; a model config may also name one as ``backend: mypkg.mod:MyBackend``. A
+backend class may have a classmethod ``check(cfg)`` for what can be checked before anything is planned
+(its options, a missing checkpoint).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from typing import Any, Protocol
 
 from rescore.config import ModelConfig
 from rescore.core import GenParams, Request, Tokenizer
+from rescore.errors import ConfigError
+from rescore.params import NoParams, Params, parse_params, split_options
 from rescore.registry import Registry
 
 
@@ -49,6 +56,7 @@ class RunContext:
 
 class Backend(Protocol):
     name: str
+    options_model: type[Params]
 
     @property
     def tokenizer(self) -> Tokenizer: ...
@@ -67,10 +75,69 @@ class Backend(Protocol):
 
 BackendFactory = Callable[[ModelConfig], Backend]
 
-backends: Registry[BackendFactory] = Registry("backend")
+
+def _backend(obj: object) -> BackendFactory:
+    if not isinstance(obj, type) or not isinstance(getattr(obj, "options_model", None), type):
+        what = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+        raise ConfigError(f"{what} is not a backend",
+                          hint="decorate a class (ModelConfig) -> Backend with @rescore.gen.backend(NAME, options=Model)")
+    return obj  # type: ignore[return-value]
+
+
+backends: Registry[BackendFactory] = Registry("backend", group="rescore.backends", coerce=_backend)
 backends.register_lazy("fake", "rescore.gen.fake:FakeBackend")
 backends.register_lazy("hf", "rescore.gen.hf:HFBackend")
 backends.register_lazy("vllm", "rescore.gen.vllm:VLLMBackend")
+
+
+def backend(name: str, *, options: type[Params] = NoParams) -> Callable[[type], type]:
+    """Class decorator that registers a backend under ``name`` with its options model::
+
+        class EchoOptions(Params):
+            reverse: bool = False
+
+        @backend("echo", options=EchoOptions)
+        class EchoBackend:
+            def __init__(self, cfg: ModelConfig) -> None:
+                self.options = backend_options(self, cfg)
+            ...
+
+    The class is returned unchanged, with ``name`` and ``options_model`` set."""
+
+    def deco(cls: type) -> type:
+        cls.name = name  # type: ignore[attr-defined]
+        cls.options_model = options  # type: ignore[attr-defined]
+        backends.register(name, _backend(cls))
+        return cls
+
+    return deco
+
+
+def backend_options(b: Any, cfg: ModelConfig, values: dict[str, Any] | None = None) -> Any:
+    """``cfg.options`` (or ``values``, the backend's share of them) as the options model of backend ``b``
+    (a class or an instance); a one-line :class:`ConfigError` naming the model, the key and the valid keys."""
+    return parse_params(b.options_model, cfg.options if values is None else values,
+                        component=f"model {cfg.name!r} ({b.name} backend)", what="option")
+
+
+def backend_and_loader_options(b: Any, cfg: ModelConfig) -> tuple[Any, Any]:
+    """For a backend that loads through a checkpoint loader (``hf``): ``cfg.options`` split between the
+    backend's options model and the loader's, each parsed (an unknown key names both sets of keys)."""
+    from rescore.gen.loaders import loader_options, loaders
+
+    ld = loaders.get(cfg.loader)
+    mine, theirs = split_options(cfg.options, [b.options_model, ld.options_model],
+                                 component=f"model {cfg.name!r} ({b.name} backend, {cfg.loader} loader)")
+    return backend_options(b, cfg, mine), loader_options(cfg, theirs)[1]
+
+
+def check_model(model: ModelConfig) -> None:
+    """What can be checked of ``model`` before anything is planned: the backend's name, and its ``check``
+    (options, a missing checkpoint)."""
+    factory = backends.get(model.backend)
+    check = getattr(factory, "check", None)
+    if check is not None:
+        check(model)
 
 
 def make_backend(model: ModelConfig) -> Backend:

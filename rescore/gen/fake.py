@@ -4,7 +4,7 @@ Every value is a pure function of (sample id, run seed, candidate index), so a r
 batch size or another machine gives byte-identical rows. It is registered like the real backends and
 writes the same schema; the store, the scorer and their benchmarks run on it.
 
-Options (``ModelConfig.options``):
+Options (``ModelConfig.options``, :class:`FakeOptions`):
   rows_per_s   simulate a backend of that speed (sleeps); 0 = as fast as possible
   fail_after   raise :class:`InjectedFailure` after this many rows in this process (crash tests)
   p_correct    probability that a candidate or the gold choice "wins" (default 0.6)
@@ -19,11 +19,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from rescore.config import ModelConfig
 from rescore.core import GenParams, Request, canonical_json, derive_seed
-from rescore.errors import ConfigError, InjectedFailure
-from rescore.gen.base import RunContext
+from rescore.errors import InjectedFailure
+from rescore.gen.base import RunContext, backend, backend_options
+from rescore.params import Params
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -69,19 +71,26 @@ class ByteTokenizer:
         return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
 
 
+class FakeOptions(Params):
+    """Options of the ``fake`` backend."""
+
+    rows_per_s: float = Field(0.0, ge=0)  # simulated speed; 0 = as fast as possible
+    fail_after: int | None = Field(None, ge=0)  # crash after this many rows in this process
+    p_correct: float = Field(0.6, ge=0, le=1)
+
+
+@backend("fake", options=FakeOptions)
 class FakeBackend:
-    name = "fake"
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> None:
+        backend_options(cls, cfg)
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
-        opts = dict(cfg.options)
-        unknown = set(opts) - {"rows_per_s", "fail_after", "p_correct"}
-        if unknown:
-            raise ConfigError(f"unknown fake backend option(s) {sorted(unknown)}",
-                              hint="valid: rows_per_s, fail_after, p_correct")
-        self.rows_per_s = float(opts.get("rows_per_s", 0) or 0)
-        self.fail_after = opts.get("fail_after")
-        self.p_correct = float(opts.get("p_correct", 0.6))
+        opts = backend_options(self, cfg)
+        self.rows_per_s = opts.rows_per_s
+        self.fail_after = opts.fail_after
+        self.p_correct = opts.p_correct
         self._tok = ByteTokenizer()
         self._emitted = 0
 

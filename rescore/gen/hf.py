@@ -16,8 +16,10 @@ Stored per token: the target's logprob (float32, from the float32 log-softmax of
 and, when the task asks for ``topk > 0``, the top-k alternatives and (rolling) the entropy of the
 next-token distribution.
 
-Backend options (``ModelConfig.options``, besides the loader's): ``share_prefix`` (default true; off
-automatically under attention implementations that take no custom mask, e.g. flash_attention_2).
+The checkpoint comes from ``ModelConfig.loader`` (:mod:`rescore.gen.loaders`; ``hf`` by default: transformers
+``save_pretrained`` directories). Backend options (``ModelConfig.options``, besides the loader's,
+:class:`HFOptions`): ``share_prefix`` (default true; off automatically under attention implementations
+that take no custom mask, e.g. flash_attention_2).
 """
 
 from __future__ import annotations
@@ -29,35 +31,42 @@ import numpy as np
 
 from rescore.config import ModelConfig
 from rescore.core import Request
-from rescore.errors import ConfigError
-from rescore.gen.base import RunContext
-from rescore.gen.loading import load_model
+from rescore.gen.base import RunContext, backend, backend_and_loader_options
+from rescore.gen.loaders import loaders
 from rescore.gen.rows import RowCollector, loglikelihood_row, rolling_row
 from rescore.gen.sampling import run_generate
 from rescore.gen.units import RequestRules, SpanResult, Unit, eos_ids, plan_batches
+from rescore.params import Params
 
-HF_OPTIONS = ("share_prefix",)
 HEAD_CHUNK = 2048  # scored positions projected through the LM head at once (bounds N x vocab memory)
 
 
+class HFOptions(Params):
+    """Options of the ``hf`` backend (its loader's come on top)."""
+
+    share_prefix: bool = True  # one sequence per multiple-choice row (see the module docstring)
+
+
+@backend("hf", options=HFOptions)
 class HFBackend:
-    name = "hf"
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> None:
+        _, loader_opts = backend_and_loader_options(cls, cfg)
+        loaders.get(cfg.loader).check(cfg, loader_opts)
 
     def __init__(self, cfg: ModelConfig) -> None:
         import torch
 
         self.cfg = cfg
-        bad = {k: v for k, v in cfg.options.items() if k == "share_prefix" and not isinstance(v, bool)}
-        if bad:
-            raise ConfigError(f"model {cfg.name!r}: option share_prefix must be true or false", hint="e.g. share_prefix: false")
-        loaded = load_model(cfg, extra_options=HF_OPTIONS)
+        opts, loader_opts = backend_and_loader_options(self, cfg)
+        loaded = loaders.get(cfg.loader)(cfg, loader_opts)
         self.model, self._tok, self.info = loaded.model, loaded.tokenizer, loaded.info
         self.torch = torch
-        self.device = torch.device(self.info["device"])
-        self.max_length: int = int(self.info["max_length"])
+        self.device = torch.device(loaded.device)
+        self.max_length: int = loaded.max_length
         # Shared-prefix packing needs a custom 4D mask, which sdpa and eager attention take (flash does not).
-        attn = getattr(self.model.config, "_attn_implementation", "sdpa")
-        self.share_prefix: bool = bool(cfg.options.get("share_prefix", True)) and attn in ("sdpa", "eager")
+        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "sdpa")
+        self.share_prefix: bool = opts.share_prefix and attn in ("sdpa", "eager")
         tok = self._tok
         self.rules = RequestRules(tok, self.max_length, share_prefix=self.share_prefix, model_path=cfg.path)
         self.prefix_token_id = self.rules.prefix_token_id

@@ -1,13 +1,14 @@
-"""The one model loader: every transformers model rescore runs is loaded here.
+"""The ``hf`` checkpoint loader: every transformers model rescore runs is loaded here.
 
-``load_model(cfg)`` resolves the precision (fp32 | bf16 | fp16 | int8 | int4; the last two through
+``load_hf(cfg, options)`` (registered as the loader ``hf``; ``load_model(cfg)`` takes the options from
+``cfg.options``) resolves the precision (fp32 | bf16 | fp16 | int8 | int4; the last two through
 bitsandbytes, which also runs on CPU), the device (``auto`` = CUDA when available, else CPU) and the
 loading policy (offline by default: ``cfg.path`` must be a local directory unless ``options.online`` is
 true; ``trust_remote_code`` only when the config says so). It returns the model, its tokenizer and an
 ``info`` dict for the manifest: precision, dtype, device, a content fingerprint of the weights, tokenizer
 and chat-template hashes, library versions.
 
-Model options understood here (``ModelConfig.options``):
+Model options understood here (``ModelConfig.options``, :class:`HFLoaderOptions`):
   online               allow hub ids and downloads (default false: local directories only)
   revision             hub revision (online only)
   attn_implementation  e.g. "sdpa" (default), "eager", "flash_attention_2"
@@ -17,14 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rescore.config import ModelConfig
-from rescore.errors import BackendError, ConfigError
+from pydantic import field_validator
 
-LOADER_OPTIONS = ("online", "revision", "attn_implementation")
+from rescore.config import ModelConfig
+from rescore.errors import BackendError
+from rescore.gen.loaders import Loaded, loader, loader_options
+from rescore.params import Params
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -37,11 +40,17 @@ TOKENIZER_FILES = (
 )
 
 
-@dataclass
-class Loaded:
-    model: Any  # transformers PreTrainedModel, in eval mode
-    tokenizer: Any  # transformers tokenizer
-    info: dict[str, Any]
+class HFLoaderOptions(Params):
+    """Options of the ``hf`` loader."""
+
+    online: bool = False  # allow hub ids and downloads
+    revision: str | None = None  # hub revision (online only)
+    attn_implementation: str = "sdpa"
+
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _revision_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # a YAML commit id of digits
 
 
 def resolve_device(device: str) -> str:
@@ -54,23 +63,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_options(cfg: ModelConfig, extra: tuple[str, ...] = ()) -> None:
-    unknown = sorted(set(cfg.options) - set(LOADER_OPTIONS) - set(extra))
-    if unknown:
-        raise ConfigError(
-            f"model {cfg.name!r}: unknown option(s) {unknown}",
-            hint=f"valid options for the hf backend: {', '.join(sorted(LOADER_OPTIONS + extra))}",
-        )
-
-
-def _resolve_path(cfg: ModelConfig) -> tuple[str, Path | None]:
+def _resolve_path(cfg: ModelConfig, online: bool) -> tuple[str, Path | None]:
     """(name or path for from_pretrained, local directory or None when it is a hub id)."""
     p = Path(cfg.path).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise BackendError(f"model directory {p} has no config.json", hint="point path at a save_pretrained directory")
         return str(p), p
-    if cfg.options.get("online"):
+    if online:
         return cfg.path, None
     raise BackendError(
         f"model path {cfg.path!r} is not a local directory and loading is offline",
@@ -108,23 +108,34 @@ def _quantization_config(precision: str, dtype: Any) -> Any:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
 
 
-def load_model(cfg: ModelConfig, *, extra_options: tuple[str, ...] = ()) -> Loaded:
+def check_hf(cfg: ModelConfig, options: HFLoaderOptions) -> None:
+    """A missing model directory is reported before anything is planned or loaded."""
+    _resolve_path(cfg, options.online)
+
+
+def load_model(cfg: ModelConfig) -> Loaded:
+    """:func:`load_hf` with the options of ``cfg.options`` (all of them must be the loader's)."""
+    _, options = loader_options(cfg.model_copy(update={"loader": "hf"}))
+    return load_hf(cfg, options)  # type: ignore[arg-type]
+
+
+@loader("hf", options=HFLoaderOptions, check=check_hf)
+def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
     """Load ``cfg``'s model and tokenizer under its precision/device policy; raise BackendError if it cannot."""
-    check_options(cfg, extra_options)
     try:
         import torch  # noqa: F401  (fail here, with the install hint, if either is missing)
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise BackendError(f"the hf backend needs torch and transformers: {e}", hint="pip install 'rescore[hf]'") from None
 
-    source, local = _resolve_path(cfg)
+    online = options.online
+    source, local = _resolve_path(cfg, online)
     device = resolve_device(cfg.device)
     dtype = _dtype_for(cfg.precision, device)
     quant = _quantization_config(cfg.precision, dtype)
-    online = bool(cfg.options.get("online"))
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": not online}
-    if online and cfg.options.get("revision"):
-        common["revision"] = str(cfg.options["revision"])
+    if online and options.revision:
+        common["revision"] = options.revision
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
@@ -132,7 +143,7 @@ def load_model(cfg: ModelConfig, *, extra_options: tuple[str, ...] = ()) -> Load
         raise BackendError(f"cannot load the tokenizer of {cfg.path!r}: {e}", hint="check the model directory") from None
 
     kwargs: dict[str, Any] = dict(common, dtype=dtype)
-    kwargs["attn_implementation"] = str(cfg.options.get("attn_implementation", "sdpa"))
+    kwargs["attn_implementation"] = options.attn_implementation
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": device}

