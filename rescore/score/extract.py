@@ -38,9 +38,13 @@ from rescore.score.spec import Extractor, extractors
 
 INVALID = "[invalid]"
 
-STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
-FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-_FLEXIBLE_REV = re.compile(r"[$0-9.,]{2,}-?|[0-9]-?")
+# The one definition of the GSM8K patterns, for Python's re and Arrow's RE2 alike: they involve only ASCII
+# classes and literals, where both find the same leftmost-first match.
+STRICT_NUMBER = r"\-?[0-9\.\,]+"  # lm-eval strict-match: "#### (\-?[0-9\.\,]+)"
+STRICT_RE = re.compile(f"#### ({STRICT_NUMBER})")
+FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")  # lm-eval flexible-extract (group_select -1)
+FLEXIBLE_REVERSED = r"[$0-9.,]{2,}-?|[0-9]-?"  # its last match, found first in the reversed text
+_FLEXIBLE_REV = re.compile(FLEXIBLE_REVERSED)
 GSM8K_IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
 
 
@@ -64,6 +68,19 @@ def strict_extract(text: str) -> str:
 def flexible_extract(text: str) -> str:
     m = _FLEXIBLE_REV.search(text[::-1])
     return m.group(0)[::-1] if m else INVALID
+
+
+def strict_extract_arrow(texts: pa.Array) -> pa.Array:
+    """:func:`strict_extract` of every text (no nulls) with Arrow's RE2."""
+    got = pc.struct_field(pc.extract_regex(texts, f"#### (?P<m>{STRICT_NUMBER})"), "m")
+    return got.fill_null(INVALID)
+
+
+def flexible_extract_arrow(texts: pa.Array) -> pa.Array:
+    """:func:`flexible_extract` of every text (no nulls) with Arrow's RE2; Arrow reverses by code point, as
+    Python's ``[::-1]``."""
+    got = pc.struct_field(pc.extract_regex(reverse_strings(texts), f"(?P<m>{FLEXIBLE_REVERSED})"), "m")
+    return reverse_strings(got).fill_null(INVALID)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -239,10 +256,12 @@ register_cache(exact_match_norm.cache_clear)
 register_cache(_clear_parses)
 
 for _ex in (
-    Extractor("gsm8k_strict", lambda t: strict_extract(t), "lm-eval GSM8K strict-match: first '#### N'"),
-    Extractor("gsm8k_flexible", lambda t: flexible_extract(t), "lm-eval GSM8K flexible-extract: last number"),
+    Extractor("gsm8k_strict", lambda t: strict_extract(t), "lm-eval GSM8K strict-match: first '#### N'",
+              arrow=strict_extract_arrow),
+    Extractor("gsm8k_flexible", lambda t: flexible_extract(t), "lm-eval GSM8K flexible-extract: last number",
+              arrow=flexible_extract_arrow),
     Extractor("regex", regex_extract, "lm-eval RegexFilter (params pattern, group_select, fallback)",
-              params=(("pattern", r"#### (\-?[0-9\.\,]+)"),)),
+              params=(("pattern", f"#### ({STRICT_NUMBER})"),)),
     Extractor("choice_letter", choice_letter, "multiple-choice letter (param letters)"),
     Extractor("code_block", code_block, "first fenced code block (param language, fallback_whole)"),
     Extractor("json_block", json_block, "a JSON object/array that parses (param strict)"),

@@ -18,7 +18,10 @@ strip everything up to ``#### ``); ``meta["answer"]`` is used when there is no t
 - ``math_equiv``: math-verify's equivalence of candidate 0 with the reference answer (needs the optional
   ``math-verify`` package; skipped cleanly without it).
 
-The extraction used by maj/pass/bon is a parameter (``extract``: ``flexible`` (default) or ``strict``).
+Every metric names its answer extractor (registered in :data:`rescore.score.extractors`, where the GSM8K
+patterns are defined once): exact_match_strict ``gsm8k_strict``, exact_match_flexible ``gsm8k_flexible``;
+maj/pass/bon take it as the parameter ``extract``: ``flexible`` (default) or ``strict``, or the name of
+another extractor.
 """
 
 from __future__ import annotations
@@ -42,17 +45,11 @@ from rescore.score.columns import (
     segment_argmax,
     segment_sums,
 )
-from rescore.score.extract import (
-    INVALID,
-    exact_match_norm,
-    exact_match_norm_arrow,
-    flexible_extract,
-    reverse_strings,
-    strict_extract,
-)
-from rescore.score.spec import Metric, UnitInfo, register_metric
+from rescore.score.extract import INVALID, exact_match_norm, exact_match_norm_arrow
+from rescore.score.spec import UnitInfo, extractors, metric
 
-EXTRACT = {"strict": strict_extract, "flexible": flexible_extract}
+EXTRACTORS = {"strict": "gsm8k_strict", "flexible": "gsm8k_flexible"}  # short names of the ``extract`` parameter
+_GEN = ("candidates", "target", "meta")  # the columns every metric here reads
 
 
 def _cands_arrow(table: pa.Table) -> tuple[pa.Array, np.ndarray]:
@@ -108,23 +105,10 @@ def _refs(table: pa.Table) -> pa.Array:
     return memo(table, "gen:refs", f)
 
 
-_STRICT_RE2 = r"#### (?P<m>-?[0-9.,]+)"
-# flexible-extract's last match is the first match of the reversed pattern in the reversed text (see
-# rescore.score.extract); Arrow reverses by code point, as Python's [::-1]
-_FLEXIBLE_REV_RE2 = r"(?P<m>[$0-9.,]{2,}-?|[0-9]-?)"
-
-
 def extract_arrow(flat: pa.Array, mode: str) -> pa.Array:
-    """``strict_extract`` / ``flexible_extract`` of every text of an Arrow string array (no nulls) with
-    Arrow's RE2. The patterns only involve ASCII classes and literals, where RE2 and Python's re find the
-    same leftmost-first match."""
-    if mode == "strict":
-        got = pc.struct_field(pc.extract_regex(flat, _STRICT_RE2), "m")
-    elif mode == "flexible":
-        got = reverse_strings(pc.struct_field(pc.extract_regex(reverse_strings(flat), _FLEXIBLE_REV_RE2), "m"))
-    else:
-        raise KeyError(mode)
-    return got.fill_null(INVALID)
+    """The answers of every text of an Arrow string array (no nulls) by the extractor ``mode`` names
+    (``strict``, ``flexible`` or a registered extractor's name); ``INVALID`` where it finds none."""
+    return extractors.get(EXTRACTORS.get(mode, mode)).extract_all(flat).fill_null(INVALID)
 
 
 def _has_ref(table: pa.Table) -> np.ndarray:
@@ -217,10 +201,16 @@ def _exact_match(table: pa.Table, mode: str) -> dict[str, Any]:
     return {"value": _first(table, corr), "answer": pa.array(first_ans, pa.string()), "per_candidate": per_cand}
 
 
+@metric("exact_match_strict", version=1, request_type="generate", columns=_GEN,
+        description="lm-eval GSM8K strict-match ('#### N') exact match of candidate 0",
+        lm_eval_key="exact_match,strict-match")
 def exact_match_strict(table: pa.Table) -> dict[str, Any]:
     return _exact_match(table, "strict")
 
 
+@metric("exact_match_flexible", version=1, request_type="generate", columns=_GEN,
+        description="lm-eval GSM8K flexible-extract (last number) exact match of candidate 0",
+        lm_eval_key="exact_match,flexible-extract")
 def exact_match_flexible(table: pa.Table) -> dict[str, Any]:
     return _exact_match(table, "flexible")
 
@@ -259,6 +249,8 @@ def _vote_arrays(table: pa.Table, mode: str, k: int | None) -> tuple[np.ndarray,
     return value, chosen
 
 
+@metric("maj_at_n", version=1, request_type="generate", columns=_GEN,
+        description="majority vote over all candidates (param k: the first k only, e.g. --metric maj_at_n:k=4 -> maj_at_4)")
 def maj_at_k(table: pa.Table, k: int | None = None, extract: str = "flexible") -> dict[str, Any]:
     value, chosen = _vote(table, extract, k)
     return {"value": value, "selected": chosen}
@@ -271,6 +263,10 @@ def pass_at_k_estimate(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+@metric("pass_at_1", version=1, request_type="generate", columns=_GEN,
+        description="unbiased pass@1 over the candidates (Chen et al.)", params={"k": 1})
+@metric("pass_at_k", version=1, request_type="generate", columns=_GEN,
+        description="unbiased pass@k (Chen et al.); param k, e.g. --metric pass_at_k:k=8", required_params=("k",))
 def pass_at_k(table: pa.Table, k: int = 1, extract: str = "flexible") -> dict[str, Any]:
     corr = _correct(table, extract)
     _, off = _cands_arrow(table)
@@ -405,6 +401,9 @@ def _math_verify_missing() -> str | None:
     return None
 
 
+@metric("math_equiv", version=1, request_type="generate", columns=_GEN,
+        description="math-verify equivalence of candidate 0 with the reference answer (optional math-verify)",
+        available=_math_verify_missing)
 def math_equiv(table: pa.Table) -> dict[str, Any]:
     from math_verify import parse, verify  # optional dependency, imported only when the metric runs
 
@@ -427,7 +426,6 @@ def math_equiv(table: pa.Table) -> dict[str, Any]:
     return {"value": value}
 
 
-_GEN = ("candidates", "target", "meta")
 _BON = {
     "first": "candidate 0",
     "random": "a seeded random candidate per sample (param seed)",
@@ -437,29 +435,10 @@ _BON = {
     "majority": "the majority-vote answer",
     "reranker": "the candidate with the highest external reranker score (param file: CSV/JSONL of sample_id, candidate, score)",
 }
-for spec in (
-    Metric("exact_match_strict", exact_match_strict, _GEN, "generate", True, "mean", 1,
-           "lm-eval GSM8K strict-match ('#### N') exact match of candidate 0", lm_eval_key="exact_match,strict-match"),
-    Metric("exact_match_flexible", exact_match_flexible, _GEN, "generate", True, "mean", 1,
-           "lm-eval GSM8K flexible-extract (last number) exact match of candidate 0",
-           lm_eval_key="exact_match,flexible-extract"),
-    Metric("maj_at_n", maj_at_k, _GEN, "generate", True, "mean", 1,
-           "majority vote over all candidates (param k: the first k only, e.g. --metric maj_at_n:k=4 -> maj_at_4)"),
-    Metric("pass_at_1", pass_at_k, _GEN, "generate", True, "mean", 1,
-           "unbiased pass@1 over the candidates (Chen et al.)", params=(("k", 1),)),
-    Metric("pass_at_k", pass_at_k, _GEN, "generate", True, "mean", 1,
-           "unbiased pass@k (Chen et al.); param k, e.g. --metric pass_at_k:k=8", required_params=("k",)),
-    Metric("math_equiv", math_equiv, _GEN, "generate", True, "mean", 1,
-           "math-verify equivalence of candidate 0 with the reference answer (optional math-verify)",
-           available=_math_verify_missing),
-):
-    register_metric(spec)
-
 for _strategy, _desc in _BON.items():
-    cols = _GEN + (("cand_logprobs",) if "logprob" in _strategy else ())
-    register_metric(Metric(
-        f"bon_{_strategy}", best_of_n, cols, "generate", True, "mean", 1, f"best-of-n selection: {_desc}",
-        params=(("strategy", _strategy),), required_params=("file",) if _strategy == "reranker" else (),
-        needs_unit=_strategy == "reranker"))
+    metric(f"bon_{_strategy}", version=1, request_type="generate",
+           columns=_GEN + (("cand_logprobs",) if "logprob" in _strategy else ()),
+           description=f"best-of-n selection: {_desc}", params={"strategy": _strategy},
+           required_params=("file",) if _strategy == "reranker" else (), needs_unit=_strategy == "reranker")(best_of_n)
 
 __all__ = ["pass_at_k_estimate", "best_of_n", "maj_at_k", "pass_at_k", "math_equiv", "INVALID"]

@@ -36,7 +36,7 @@ from rescore.score.columns import (
     to_float,
     uniform_width,
 )
-from rescore.score.spec import Metric, UnitInfo, register_metric
+from rescore.score.spec import UnitInfo, metric
 
 LL = "choice_sum_logprob"
 
@@ -67,6 +67,9 @@ def _pred(table: pa.Table) -> np.ndarray:
     return memo(table, "mc:pred", lambda: segment_argmax(*_lls(table)))
 
 
+@metric("acc", version=1, request_type="loglikelihood", columns=("choice_sum_logprob", "gold"), aggregator="mean",
+        description="accuracy: the choice with the highest loglikelihood is the gold one (lm-eval acc)",
+        lm_eval_key="acc,none")
 def acc(table: pa.Table) -> np.ndarray:
     return _score(table, _pred(table))
 
@@ -207,14 +210,22 @@ def _normed_pred(table: pa.Table, unit: UnitInfo | None, by: str) -> np.ndarray:
         return segment_argmax(lls / lens, off)
 
 
+@metric("acc_norm", version=1, request_type="loglikelihood", columns=("choice_sum_logprob", "gold", "choice_n_chars", "choices"),
+        description="accuracy with loglikelihoods divided by the choice's character length (lm-eval acc_norm)",
+        needs_unit=True, lm_eval_key="acc_norm,none")
 def acc_norm(table: pa.Table, unit: UnitInfo | None = None) -> np.ndarray:
     return _score(table, _normed_pred(table, unit, "chars"))
 
 
+@metric("acc_bytes", version=1, request_type="loglikelihood", columns=("choice_sum_logprob", "gold", "choice_n_bytes", "choices"),
+        description="accuracy with loglikelihoods divided by the choice's UTF-8 byte length (lm-eval acc_bytes)",
+        needs_unit=True, lm_eval_key="acc_bytes,none")
 def acc_bytes(table: pa.Table, unit: UnitInfo | None = None) -> np.ndarray:
     return _score(table, _normed_pred(table, unit, "bytes"))
 
 
+@metric("acc_norm_tokens", version=1, request_type="loglikelihood", columns=("choice_sum_logprob", "gold", "choice_n_tokens"),
+        description="accuracy with loglikelihoods divided by the continuation's token count")
 def acc_norm_tokens(table: pa.Table) -> np.ndarray:
     # rows without token counts (imported from lm-eval: per_token_available false) do not apply
     return np.full(table.num_rows, np.nan) if table.column("choice_n_tokens").null_count else _score(table, _normed_pred(table, None, "tokens"))
@@ -224,6 +235,9 @@ def _probs(table: pa.Table) -> np.ndarray:
     return memo(table, "mc:probs", lambda: segment_softmax(*_lls(table)))
 
 
+@metric("brier_score", version=1, request_type="loglikelihood", columns=("choice_sum_logprob", "gold"), higher_is_better=False,
+        description="Brier score of the softmax over choice loglikelihoods (lm-eval brier_score)",
+        lm_eval_key="brier_score,none")
 def brier_score(table: pa.Table) -> np.ndarray:
     lls, off = _lls(table)
     p = _probs(table)
@@ -246,6 +260,9 @@ def brier_score(table: pa.Table) -> np.ndarray:
     return out
 
 
+@metric("ece", version=1, request_type="loglikelihood", columns=("choice_sum_logprob", "gold"), higher_is_better=False, aggregator="ece",
+        description="expected calibration error of the top choice's softmax probability (10 equal-width bins)",
+        agg_params={"n_bins": 10})
 def ece(table: pa.Table) -> dict[str, Any]:
     p = _probs(table)
     _, off = _lls(table)
@@ -256,24 +273,3 @@ def ece(table: pa.Table) -> dict[str, Any]:
     conf[ok] = p[off[:-1][ok] + pred[ok]]
     value = correct - conf
     return {"value": value, "conf": conf, "correct": correct}
-
-
-_MC = ("choice_sum_logprob", "gold")
-for spec in (
-    Metric("acc", acc, _MC, "loglikelihood", True, "mean", 1,
-           "accuracy: the choice with the highest loglikelihood is the gold one (lm-eval acc)", lm_eval_key="acc,none"),
-    Metric("acc_norm", acc_norm, _MC + ("choice_n_chars", "choices"), "loglikelihood", True, "mean", 1,
-           "accuracy with loglikelihoods divided by the choice's character length (lm-eval acc_norm)",
-           needs_unit=True, lm_eval_key="acc_norm,none"),
-    Metric("acc_bytes", acc_bytes, _MC + ("choice_n_bytes", "choices"), "loglikelihood", True, "mean", 1,
-           "accuracy with loglikelihoods divided by the choice's UTF-8 byte length (lm-eval acc_bytes)",
-           needs_unit=True, lm_eval_key="acc_bytes,none"),
-    Metric("acc_norm_tokens", acc_norm_tokens, _MC + ("choice_n_tokens",), "loglikelihood", True, "mean", 1,
-           "accuracy with loglikelihoods divided by the continuation's token count"),
-    Metric("brier_score", brier_score, _MC, "loglikelihood", False, "mean", 1,
-           "Brier score of the softmax over choice loglikelihoods (lm-eval brier_score)", lm_eval_key="brier_score,none"),
-    Metric("ece", ece, _MC, "loglikelihood", False, "ece", 1,
-           "expected calibration error of the top choice's softmax probability (10 equal-width bins)",
-           agg_params=(("n_bins", 10),)),
-):
-    register_metric(spec)

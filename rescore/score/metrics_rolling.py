@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from rescore.score.columns import to_float
-from rescore.score.spec import Metric, register_metric
+from rescore.score.spec import metric
 
 
 def _ratio(table: pa.Table, den_col: str, transform: str) -> dict[str, Any]:
@@ -34,35 +34,36 @@ def _ratio(table: pa.Table, den_col: str, transform: str) -> dict[str, Any]:
     return {"value": value, "num": np.where(bad, np.nan, num), "den": np.where(bad, np.nan, den)}
 
 
+@metric("token_perplexity", version=1, request_type="rolling", columns=("sum_logprob", "n_tokens"),
+        higher_is_better=False, aggregator="perplexity",
+        description="exp(-sum logprob / sum tokens) over the corpus (slice)")
 def token_perplexity(table: pa.Table) -> dict[str, Any]:
     return _ratio(table, "n_tokens", "exp_neg")
 
 
+@metric("word_perplexity", version=1, request_type="rolling", columns=("sum_logprob", "n_words"),
+        higher_is_better=False, aggregator="perplexity",
+        description="exp(-sum logprob / sum words) (lm-eval word_perplexity)", lm_eval_key="word_perplexity,none")
 def word_perplexity(table: pa.Table) -> dict[str, Any]:
     return _ratio(table, "n_words", "exp_neg")
 
 
+@metric("byte_perplexity", version=1, request_type="rolling", columns=("sum_logprob", "n_bytes"),
+        higher_is_better=False, aggregator="perplexity",
+        description="exp(-sum logprob / sum bytes) (lm-eval byte_perplexity)", lm_eval_key="byte_perplexity,none")
 def byte_perplexity(table: pa.Table) -> dict[str, Any]:
     return _ratio(table, "n_bytes", "exp_neg")
 
 
+@metric("bits_per_byte", version=1, request_type="rolling", columns=("sum_logprob", "n_bytes"),
+        higher_is_better=False, aggregator="bits_per_byte",
+        description="-sum logprob / sum bytes / ln 2 (lm-eval bits_per_byte)", lm_eval_key="bits_per_byte,none")
 def bits_per_byte(table: pa.Table) -> dict[str, Any]:
     return _ratio(table, "n_bytes", "bits")
 
 
+@metric("tokens", version=1, request_type="rolling", columns=("n_tokens",), higher_is_better=True, aggregator="sum",
+        description="number of scored tokens")
 def tokens(table: pa.Table) -> np.ndarray:
     return to_float(table.column("n_tokens"))
 
-
-for spec in (
-    Metric("token_perplexity", token_perplexity, ("sum_logprob", "n_tokens"), "rolling", False, "perplexity", 1,
-           "exp(-sum logprob / sum tokens) over the corpus (slice)"),
-    Metric("word_perplexity", word_perplexity, ("sum_logprob", "n_words"), "rolling", False, "perplexity", 1,
-           "exp(-sum logprob / sum words) (lm-eval word_perplexity)", lm_eval_key="word_perplexity,none"),
-    Metric("byte_perplexity", byte_perplexity, ("sum_logprob", "n_bytes"), "rolling", False, "perplexity", 1,
-           "exp(-sum logprob / sum bytes) (lm-eval byte_perplexity)", lm_eval_key="byte_perplexity,none"),
-    Metric("bits_per_byte", bits_per_byte, ("sum_logprob", "n_bytes"), "rolling", False, "bits_per_byte", 1,
-           "-sum logprob / sum bytes / ln 2 (lm-eval bits_per_byte)", lm_eval_key="bits_per_byte,none"),
-    Metric("tokens", tokens, ("n_tokens",), "rolling", True, "sum", 1, "number of scored tokens"),
-):
-    register_metric(spec)

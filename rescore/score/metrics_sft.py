@@ -29,7 +29,7 @@ from rescore.score import checks as ck
 from rescore.score.checks import CHECKS, FORMAT_CHECKS, json_valid, python_check
 from rescore.score.columns import _parse_meta, memo
 from rescore.score.metrics_answer import _cands_arrow
-from rescore.score.spec import Metric, register_metric
+from rescore.score.spec import metric
 
 # result codes of one check on one response
 ABSENT, FAILED, PASSED, NOT_EVALUATED = -1, 0, 1, 2
@@ -191,6 +191,8 @@ def _all_pass(passed: np.ndarray, ev: np.ndarray, rows: np.ndarray) -> np.ndarra
     return value
 
 
+@metric("instruction_match_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="ratio",
+        description="passed checks / evaluated checks, pooled over SFT prompts (instruction level)")
 def instruction_match_rate(table: pa.Table) -> dict[str, Any]:
     c = checked(table)
     passed, ev = c.evaluated()
@@ -230,18 +232,24 @@ def _details(c: Checked) -> pa.Array:
     return pa.array(strings, pa.string()).take(pa.array(idx, mask=idx < 0))
 
 
+@metric("all_checks_pass_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="mean",
+        description="SFT prompts whose every check passes (prompt level)")
 def all_checks_pass_rate(table: pa.Table) -> dict[str, Any]:
     c = checked(table)
     passed, ev = c.evaluated()
     return {"value": _all_pass(passed, ev, c.applies), "checks": _details(c)}
 
 
+@metric("format_valid_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="mean",
+        description="SFT prompts with format checks whose format checks all pass")
 def format_valid_rate(table: pa.Table) -> np.ndarray:
     c = checked(table)
     passed, ev = c.evaluated(FORMAT_CHECKS)
     return _all_pass(passed, ev, c.applies)
 
 
+@metric("chat_clean_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="mean",
+        description="non-empty responses without role markers or special tokens")
 def chat_clean_rate(table: pa.Table) -> np.ndarray:
     applies = _applying(table)
     rows = np.flatnonzero(applies)
@@ -273,38 +281,25 @@ def _category_rate(table: pa.Table, category: str, check: str, fn: Any, reuse: b
     return value
 
 
+@metric("code_parse_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="mean",
+        description="python_code prompts whose code block parses with ast.parse")
 def code_parse_rate(table: pa.Table) -> np.ndarray:
     return _category_rate(table, "python_code", "python_parses", python_check, reuse=True)
 
 
+@metric("json_valid_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="mean",
+        description="strict_json prompts whose whole response is strict JSON of the requested kind")
 def json_valid_rate(table: pa.Table) -> np.ndarray:
     return _category_rate(table, "strict_json", "json", json_valid, reuse=False)
 
 
+@metric("concise_rate", version=1, request_type="generate", columns=("candidates", "meta", "category"), aggregator="mean",
+        description="concise prompts whose length limits (max_words, max_sentences) hold")
 def concise_rate(table: pa.Table) -> np.ndarray:
     c = checked(table)
     passed, ev = c.evaluated(("max_words", "max_sentences"))
     return _all_pass(passed, ev, c.applies & _category_is(table, "concise"))
 
-
-_SFT = ("candidates", "meta", "category")
-for spec in (
-    Metric("instruction_match_rate", instruction_match_rate, _SFT, "generate", True, "ratio", 1,
-           "passed checks / evaluated checks, pooled over SFT prompts (instruction level)"),
-    Metric("all_checks_pass_rate", all_checks_pass_rate, _SFT, "generate", True, "mean", 1,
-           "SFT prompts whose every check passes (prompt level)"),
-    Metric("format_valid_rate", format_valid_rate, _SFT, "generate", True, "mean", 1,
-           "SFT prompts with format checks whose format checks all pass"),
-    Metric("chat_clean_rate", chat_clean_rate, _SFT, "generate", True, "mean", 1,
-           "non-empty responses without role markers or special tokens"),
-    Metric("code_parse_rate", code_parse_rate, _SFT, "generate", True, "mean", 1,
-           "python_code prompts whose code block parses with ast.parse"),
-    Metric("json_valid_rate", json_valid_rate, _SFT, "generate", True, "mean", 1,
-           "strict_json prompts whose whole response is strict JSON of the requested kind"),
-    Metric("concise_rate", concise_rate, _SFT, "generate", True, "mean", 1,
-           "concise prompts whose length limits (max_words, max_sentences) hold"),
-):
-    register_metric(spec)
 
 SFT_METRICS = ("instruction_match_rate", "all_checks_pass_rate", "format_valid_rate", "chat_clean_rate",
                "code_parse_rate", "json_valid_rate", "concise_rate")

@@ -110,15 +110,25 @@ aggregators: Registry[Aggregator] = Registry("aggregator")
 # -- extraction ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Extractor:
-    """Text -> answer string (or None when nothing is found). ``with_params`` returns a new spec."""
+    """Text -> answer string (or None when nothing is found). ``with_params`` returns a new spec.
+
+    ``arrow``, when set, is the same extraction over a whole Arrow string array at once (no nulls in, one
+    answer per text out); metrics name an extractor and call :meth:`extract_all`, never a regex of their own."""
 
     name: str
     fn: Callable[..., str | None]
     description: str = ""
     params: Params = ()
+    arrow: Callable[[pa.Array], pa.Array] | None = field(default=None, compare=False)
 
     def __call__(self, text: str | None) -> str | None:
         return self.fn("" if text is None else text, **dict(self.params))
+
+    def extract_all(self, texts: pa.Array) -> pa.Array:
+        """The answer of every text of ``texts`` (a string array without nulls); nulls where none is found."""
+        if self.arrow is not None and not self.params:
+            return self.arrow(texts)
+        return pa.array([self(t) for t in texts.to_pylist()], pa.string())
 
     def with_params(self, **params: Any) -> Extractor:
         return replace(self, params=freeze_params({**dict(self.params), **params}))
@@ -301,8 +311,9 @@ def metric(
     required_params: tuple[str, ...] = (),
     needs_unit: bool = False,
     lm_eval_key: str | None = None,
+    available: Callable[[], str | None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator that registers a per-row metric. This is the plugin API::
+    """Decorator that registers a per-row metric (the built-in ones too). This is the plugin API::
 
         from rescore.score import metric
 
@@ -311,7 +322,9 @@ def metric(
             import pyarrow.compute as pc
             return pc.utf8_length(pc.list_element(table["candidates"], 0))
 
-    The function is returned unchanged (its spec is ``fn.metric_spec``), so it stays testable.
+    The function is returned unchanged (its spec is ``fn.metric_spec``, the last one when several
+    decorators register one function under several names), so it stays testable. Other packages register
+    theirs through the entry-point group ``rescore.metrics`` (the module that holds the decorated functions).
     """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -321,6 +334,7 @@ def metric(
             higher_is_better=higher_is_better, aggregator=aggregator, version=version, description=desc,
             params=freeze_params(params), agg_params=freeze_params(agg_params), required_params=tuple(required_params),
             needs_unit=needs_unit, lm_eval_key=lm_eval_key,
+            **({"available": available} if available is not None else {}),
         )
         register_metric(spec)
         fn.metric_spec = spec  # type: ignore[attr-defined]
@@ -330,24 +344,67 @@ def metric(
 
 
 def parse_metric_arg(arg: str) -> tuple[str, dict[str, Any]]:
-    """``name`` or ``name:key=value,key=value`` (values parsed as YAML scalars) from the command line."""
+    """``name``, ``name:key=value,key=value`` (values parsed as YAML: ``k=[1,2]``, ``ks={a: 1}``) or
+    ``name:{key: value, ...}`` (a YAML flow mapping) from the command line."""
     import yaml
 
     name, _, rest = arg.partition(":")
+    rest = rest.strip()
     params: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        k, eq, v = item.partition("=")
-        if not eq or not k.strip():
-            raise ConfigError(f"bad metric parameter {item!r} in {arg!r}", hint="write NAME:key=value,key=value")
-        try:
-            params[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            params[k.strip()] = v
-        except RecursionError:
-            raise ConfigError(f"metric parameter {k.strip()!r} in {arg!r} is nested too deeply to read") from None
-        from rescore.config import value_problem
+    if rest.startswith("{"):
+        data = _yaml_value(rest, arg, "parameters")
+        if not isinstance(data, dict) or not all(isinstance(k, str) and k for k in data):
+            raise ConfigError(f"metric parameters {rest!r} in {arg!r} are not a mapping of names to values",
+                              hint="write NAME:{key: value, key: value}")
+        params = data
+    else:
+        for item in filter(None, (s.strip() for s in _split_top_level(rest))):
+            k, eq, v = item.partition("=")
+            if not eq or not k.strip():
+                raise ConfigError(f"bad metric parameter {item!r} in {arg!r}", hint="write NAME:key=value,key=value")
+            try:
+                params[k.strip()] = _yaml_value(v, arg, f"parameter {k.strip()!r}")
+            except yaml.YAMLError:
+                params[k.strip()] = v  # not YAML (e.g. a path with a colon and a space): the text itself
+    from rescore.config import value_problem
 
-        why = value_problem(params[k.strip()])
+    for k, v in params.items():
+        why = value_problem(v)
         if why:  # parameters are recorded in score files (JSON metadata) and results
-            raise ConfigError(f"metric parameter {k.strip()!r} in {arg!r}: {why}", hint="write NAME:key=value,key=value")
+            raise ConfigError(f"metric parameter {k!r} in {arg!r}: {why}", hint="write NAME:key=value,key=value")
     return name.strip(), params
+
+
+def _yaml_value(text: str, arg: str, what: str) -> Any:
+    """``text`` parsed as YAML; a flow mapping's syntax error is a :class:`ConfigError`, a plain value's is
+    raised as it is (the caller keeps the text)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"metric {what} in {arg!r} is nested too deeply to read") from None
+    except yaml.YAMLError as e:
+        if what != "parameters":
+            raise
+        raise ConfigError(f"metric parameters {text!r} in {arg!r} are not valid YAML: {getattr(e, 'problem', e)}",
+                          hint="write NAME:{key: value, key: value}") from None
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets, braces and quotes (``k=[1,2],x=1`` -> two items)."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
