@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,12 +125,12 @@ def assert_complete(store: Store, plans: Sequence[UnitPlan]) -> None:
 
 def run_workers(matrix_path: Path, store: Path, n: int, extra: Sequence[str] = ()) -> int:
     """Run ``n`` local worker processes, each ``backfill --shard k/n``; returns the worst exit code."""
-    procs = []
-    for k in range(n):
-        cmd = [sys.executable, "-m", "rescore.cli", "backfill", str(matrix_path), "--store", str(store),
-               "--executor", "local", "--shard", f"{k}/{n}", "--no-progress", *extra]
-        procs.append(subprocess.Popen(cmd))
-    codes = [p.wait() for p in procs]
+    from rescore.children import spawn, wait_all
+
+    # the workers die with this process (even a kill -9 of it), and SIGTERM or Ctrl-C here is passed on to them
+    procs = spawn([[sys.executable, "-m", "rescore.cli", "backfill", str(matrix_path), "--store", str(store),
+                    "--executor", "local", "--shard", f"{k}/{n}", "--no-progress", *extra] for k in range(n)])
+    codes = wait_all(procs)
     bad = [c for c in codes if c != 0]  # a worker killed by a signal has a negative code
     return (bad[0] if bad[0] > 0 else 128 - bad[0]) if bad else 0
 

@@ -111,6 +111,9 @@ def main() -> None:
 
     warnings.formatwarning = _one_line_warning  # users see "warning: ...", not a source location
     signal.signal(signal.SIGTERM, _sigterm)  # Slurm's time limit: stop like Ctrl-C, releasing unit locks
+    from rescore.children import die_with_parent_from_env
+
+    die_with_parent_from_env()  # a local backfill worker ends (SIGTERM) when the command that started it does
     cmd = typer.main.get_command(app)
     _plain_metavars(cmd)
     cmd(prog_name="rescore")

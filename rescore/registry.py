@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, overload
 
-from rescore.errors import ConfigError, UnknownNameError
+from rescore.errors import UnknownNameError
+
+# names reach the filesystem: one rule for them all, kept in rescore.names and re-exported here
+from rescore.names import NAME_RE as NAME_RE
+from rescore.names import check_name as check_name
 
 T = TypeVar("T")
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-
-
-def check_name(name: str, kind: str = "name") -> str:
-    """Names reach the filesystem: only ``[a-z0-9_.-]``, not starting with a dot or dash."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise ConfigError(
-            f"invalid {kind} {name!r}",
-            hint="use lowercase letters, digits, '_', '.', '-' and start with a letter or digit",
-        )
-    return name
 
 
 class Registry(Generic[T]):

@@ -7,9 +7,11 @@ sees the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,56 @@ def _read_umask() -> int:
 FILE_MODE = 0o666 & ~_read_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(path: str | Path, hint: str | None = None) -> StoreError:
+    """The error for a full disk (or quota) while writing ``path``."""
+    return StoreError(f"no space left on the device to write {path}",
+                      hint=hint or "free space on that disk (or use a --store on a larger one) and run the same "
+                                   "command again; files are replaced atomically, so nothing was half-written")
+
+
+def refuse_symlinks(root: str | Path, *paths: str | Path) -> None:
+    """Refuse to write ``paths`` when one of them, or a directory between ``root`` and it, is a symbolic link:
+    the store (and an export) writes, truncates and replaces only its own files, never a link's target. ``root``
+    itself may be a link (a store kept on another disk is often linked into place)."""
+    for path in paths:
+        root_abs, path_abs = Path(os.path.abspath(root)), Path(os.path.abspath(path))
+        if root_abs not in path_abs.parents:  # a path built from the root with its links resolved
+            root_abs = Path(root).resolve()
+        if root_abs not in path_abs.parents:
+            raise StoreError(f"refusing to write {path}: it is outside {root}")
+        cur = root_abs
+        for part in path_abs.relative_to(root_abs).parts:
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except (FileNotFoundError, NotADirectoryError):
+                break  # nothing below exists yet: it is created as real directories and files
+            if stat.S_ISLNK(st.st_mode):
+                raise symlink_error(cur)
+
+
+def symlink_error(path: str | Path) -> StoreError:
+    return StoreError(f"refusing to write through the symbolic link {path}",
+                      hint="rescore never follows links for the files it writes: replace the link by a real file or "
+                           "directory (or remove it) and run again")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True, root: str | Path | None = None) -> None:
     """Write ``data`` to ``path`` atomically. ``sync=False`` skips the fsyncs, for cache files that the
-    caller flushes in bulk (the scorer syncs a unit's score files once)."""
+    caller flushes in bulk (the scorer syncs a unit's score files once). A symbolic link at ``path`` is
+    refused, and with ``root`` one anywhere between ``root`` and ``path`` too (:func:`refuse_symlinks`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if root is not None:
+        refuse_symlinks(root, path)
+    elif path.is_symlink():
+        raise symlink_error(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; a shared store must be readable by the team
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -58,31 +103,35 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> N
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise no_space(path) from None
         raise
     if sync:
         fsync_dir(path.parent)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, root: str | Path | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), root=root)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+def atomic_write_json(path: str | Path, obj: Any, *, root: str | Path | None = None) -> None:
+    atomic_write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n", root=root)
 
 
-def atomic_write_table(path: str | Path, table: pa.Table, *, compression: str = "zstd") -> str:
+def atomic_write_table(path: str | Path, table: pa.Table, *, compression: str = "zstd",
+                       root: str | Path | None = None) -> str:
     """Write ``table`` as Parquet atomically; returns the sha256 of the written file."""
     buf = io.BytesIO()
     # page CRCs let every read verify exactly the pages it uses (see Unit.read_table)
     pq.write_table(table, buf, compression=compression, write_page_checksum=True)
     data = buf.getvalue()
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, root=root)
     return hashlib.sha256(data).hexdigest()
 
 

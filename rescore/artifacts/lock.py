@@ -1,26 +1,41 @@
 """One writer per unit: an exclusive lock file holding the owner's pid, host and a random token.
 
-The lock is created with ``O_CREAT | O_EXCL`` (atomic on local and NFS-v3+ filesystems). The writer touches
+The lock is written whole to a private temporary file, then hard-linked to its name (``link`` fails when the
+name exists: atomic on local and NFS filesystems), so a lock file is never empty, not even after a full disk
+or a kill mid-write. Filesystems without hard links fall back to ``O_CREAT | O_EXCL``. The writer touches
 it after every batch (a heartbeat). A lock is *stale* when its process is gone (same host) or when it has not
 been touched for ``STALE_AFTER_S`` (any host: a job killed on another node). Taking over a stale lock
 happens under a second exclusive file, ``<lock>.takeover``, and re-checks staleness there, so two processes
-can never both take it; a writer only ever removes a lock that still holds its own token.
+can never both take it; a writer only ever removes a lock that still holds its own token. An empty or
+unreadable lock (left by an earlier version, or by a damaged disk) is stale once it is a few seconds old, and
+its takeover is reported.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import socket
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from rescore.artifacts.io import NO_SPACE, no_space, symlink_error
 from rescore.errors import LockedError
 
 STALE_AFTER_S = 15 * 60  # a lock not touched for this long is stale, whatever host wrote it
 TAKEOVER_STALE_S = 30  # a takeover guard left by a killed process
+UNREADABLE_STALE_S = 2  # an empty or unreadable lock this old is stale (a fallback writer fills it in microseconds)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+
+
+class UnreadableLockWarning(UserWarning):
+    pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -41,25 +56,35 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path) -> dict[str, Any]:
+    """The lock's owner ({"pid", "host", "token"}), or {} when the file is missing, empty or not a lock."""
     try:
-        return orjson.loads(path.read_bytes())
+        owner = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return {}
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int) or not isinstance(owner.get("host"), str):
+        return {}
+    return owner
 
 
 def is_stale(path: Path, *, now: float | None = None) -> bool:
     """Whether the lock at ``path`` belongs to nobody any more (see the module docstring)."""
     try:
-        age = (now or time.time()) - path.stat().st_mtime
+        age = (now or time.time()) - path.lstat().st_mtime
     except FileNotFoundError:
         return True
     owner = _read(path)
     if age > STALE_AFTER_S:
         return True
-    if not owner:  # being written right now, or an empty leftover: only an old one is stale
-        return age > 5
-    return owner.get("host") == socket.gethostname() and not _pid_alive(int(owner.get("pid", -1)))
+    if not owner:  # empty or unreadable: only a fallback writer's lock, for microseconds, is legitimately so
+        return age > UNREADABLE_STALE_S
+    return owner["host"] == socket.gethostname() and not _pid_alive(owner["pid"])
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class UnitLock:
@@ -71,25 +96,81 @@ class UnitLock:
 
     def acquire(self) -> None:
         me = orjson.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": self.token})
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._take_over_if_stale():
-                    continue
-                owner = _read(self.path)
+        try:
+            self._acquire(me)
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise no_space(self.path, hint="free space on that disk and run the same command again; no lock "
+                                               "was left behind") from None
+            raise
+
+    def _acquire(self, me: bytes) -> None:
+        deadline = time.monotonic() + UNREADABLE_STALE_S + 3  # long enough to outlive a young unreadable lock
+        while True:
+            if self.path.is_symlink():
+                raise symlink_error(self.path)
+            if self._create(me):
+                self.held = True
+                return
+            if self._take_over_if_stale():
+                if time.monotonic() > deadline:
+                    break
+                continue
+            owner = _read(self.path)
+            if owner:
                 raise LockedError(
-                    f"{self.what} is being written by pid {owner.get('pid')} on {owner.get('host')} (lock {self.path})",
+                    f"{self.what} is being written by pid {owner['pid']} on {owner['host']} (lock {self.path})",
                     hint=f"wait for that run to finish; a lock not refreshed for {STALE_AFTER_S // 60} minutes is "
                          "taken over automatically, or delete it if that process is gone",
-                ) from None
-            with os.fdopen(fd, "wb") as f:
-                f.write(me)
-                f.flush()
-                os.fsync(f.fileno())
-            self.held = True
-            return
+                )
+            if time.monotonic() > deadline:  # a fresh unreadable lock that nobody finishes writing
+                raise LockedError(f"the lock {self.path} of {self.what} is empty or unreadable",
+                                  hint="if no other run is writing this unit, delete the lock file and run again")
+            time.sleep(0.1)  # young and unreadable: a fallback writer is filling it in, or it becomes stale
         raise LockedError(f"could not take the lock {self.path}", hint="retry; another process keeps taking it")
+
+    def _create(self, me: bytes) -> bool:
+        """Create the lock holding ``me`` in one step; False when a lock is there already."""
+        tmp = self.path.with_name(f"{self.path.name}.{self.token}.tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o644)
+        try:
+            try:
+                _write_all(fd, me)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)  # the lock appears whole, or not at all
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if e.errno not in _NO_LINKS:
+                    raise
+                return self._create_in_place(me)  # a filesystem without hard links
+            return True
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+    def _create_in_place(self, me: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            _write_all(fd, me)
+            os.fsync(fd)
+        except BaseException:  # a full disk: never leave an empty lock behind
+            os.close(fd)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            raise
+        os.close(fd)
+        return True
 
     def _take_over_if_stale(self) -> bool:
         """Remove a stale lock under the takeover guard; True when the caller should retry creating it."""
@@ -109,6 +190,9 @@ class UnitLock:
         os.close(gfd)
         try:
             if is_stale(self.path):  # re-check under the guard: nobody took it in between
+                if not _read(self.path) and self.path.exists():
+                    warnings.warn(f"{self.path}: took over an empty or unreadable lock (left by a run that could not "
+                                  "write it, e.g. on a full disk)", UnreadableLockWarning, stacklevel=4)
                 try:
                     self.path.unlink()
                 except FileNotFoundError:

@@ -24,7 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import atomic_write_json, atomic_write_table, read_json, safe_join, sha256_file
+from rescore.artifacts.io import (
+    NO_SPACE,
+    atomic_write_json,
+    atomic_write_table,
+    no_space,
+    read_json,
+    refuse_symlinks,
+    safe_join,
+    sha256_file,
+)
 from rescore.artifacts.lock import UnitLock
 from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
 from rescore.errors import CorruptArtifactError, StoreError
@@ -41,6 +50,9 @@ def now_iso() -> str:
 
 class TornLineWarning(UserWarning):
     pass
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # rows.jsonl is appended to and truncated, never through a link
 
 
 class Store:
@@ -229,6 +241,9 @@ class UnitWriter:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def __enter__(self) -> UnitWriter:
+        # the unit's files are written, truncated and replaced here: never through a link to somewhere else
+        unit = self.store.gen_dir / self.run_id  # as reached from the store root (self.dir has its links resolved)
+        refuse_symlinks(self.store.root, *(unit / n for n in (MANIFEST, ROWS_JSONL, ROWS_PARQUET, LOCK)))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
@@ -269,7 +284,7 @@ class UnitWriter:
         jsonl = self.dir / ROWS_JSONL
         self.done_ids = scan_jsonl(jsonl, repair=True)
         self._resume_bytes = jsonl.stat().st_size if jsonl.exists() else 0
-        self._fh = open(jsonl, "ab")
+        self._fh = os.fdopen(os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666), "ab")
 
     # -- writing ---------------------------------------------------------------------------------------
     def append(self, rows: Iterable[dict[str, Any]]) -> int:
@@ -284,9 +299,15 @@ class UnitWriter:
             raise StoreError(f"backend produced rows that do not match the {self.manifest['request_type']} schema: {e}",
                              hint="this is a backend bug; the row schema is rescore.artifacts.schema") from None
         buf = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for r in rows)
-        self._fh.write(buf)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(buf)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise no_space(self.dir / ROWS_JSONL, hint="free space on that disk and run the same command again: "
+                                                           "it resumes after the rows already written") from None
+            raise
         self._batches.append(batch)
         self.lock.heartbeat()
         for r in rows:
@@ -378,7 +399,7 @@ def scan_jsonl(path: Path, *, repair: bool) -> set[str]:
         warnings.warn(f"{path}: dropped a torn last line ({end - cut} bytes) left by an interrupted write",
                       TornLineWarning, stacklevel=2)
         if repair:
-            with open(path, "r+b") as f:
+            with os.fdopen(os.open(path, os.O_RDWR | _NOFOLLOW), "r+b") as f:
                 f.truncate(cut)
                 f.flush()
                 os.fsync(f.fileno())

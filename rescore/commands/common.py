@@ -60,7 +60,11 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("RESCORE_DEBUG"):
                 raise
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            fail(f"{e.strerror or e}{where}", 1)
+            import errno
+
+            hint = (" (free space on the disk of the store, or of the file named, or use a --store on a larger disk; "
+                    "then run the same command again)") if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            fail(f"{e.strerror or e}{where}{hint}", 1)
         except KeyboardInterrupt:
             fail("interrupted; everything finished before it is saved: run the same command again to go on",
                  143 if TERMINATED else 130)  # the shell's codes for SIGTERM and Ctrl-C

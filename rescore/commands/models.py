@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,9 @@ from rescore.config import ConfigProblems, ModelConfig, format_validation_error,
 
 
 def sanitize_name(text: str) -> str:
-    s = re.sub(r"[^a-z0-9_.-]+", "-", text.lower()).strip("-.") or "model"
-    return re.sub(r"\.{2,}", ".", s)
+    from rescore.names import sanitize
+
+    return sanitize(text, fallback="model")
 
 
 def resolve_models(model: str, *, backend: str | None, overrides: dict[str, Any]) -> list[ModelConfig]:

@@ -51,6 +51,7 @@ from rescore.importers.common import (
     source_file,
     write_unit,
 )
+from rescore.names import child
 
 IMPORTS = "imports"
 RERANKER_FILE = "reranker_scores.jsonl"
@@ -266,16 +267,16 @@ def import_jsonl(store: Store, path: Path, m: JsonlMapping, command: str | None 
 def write_reranker_scores(store: Store, run_id: str, scores: list[tuple[str, list[float | None] | None]]) -> Path:
     """The unit's scores file (written once) and the store-wide merge of every unit's file (rebuilt)."""
     d = store.root / IMPORTS
-    own = d / run_id / RERANKER_FILE
+    own = child(d, run_id, RERANKER_FILE, kind="run id")
     if not own.is_file():
         lines = []
         for sid, sc in scores:
             for j, v in enumerate(sc or []):
                 if v is not None and math.isfinite(v):
                     lines.append(orjson.dumps({"run_id": run_id, "sample_id": sid, "candidate": j, "score": v}))
-        atomic_write_bytes(own, b"".join(x + b"\n" for x in lines))
+        atomic_write_bytes(own, b"".join(x + b"\n" for x in lines), root=store.root)
     parts = sorted(p for p in d.glob(f"*/{RERANKER_FILE}") if p.is_file())
-    atomic_write_bytes(d / RERANKER_FILE, b"".join(p.read_bytes() for p in parts))
+    atomic_write_bytes(d / RERANKER_FILE, b"".join(p.read_bytes() for p in parts), root=store.root)
     return d / RERANKER_FILE
 
 

@@ -103,6 +103,9 @@ def find_runs(root: Path) -> list[LmEvalRun]:
             raise fail(p, None, "configs", "is missing: this is not an lm-evaluation-harness 0.4 results file")
         run = LmEvalRun(p, res, m.group("date"))
         for task in res["configs"]:
+            if not isinstance(task, str) or "/" in task or "\\" in task or "\x00" in task or task in (".", ".."):
+                raise fail(p, None, "configs", f"names a task {task!r} that cannot be part of a file name "
+                                               "(samples_<task>_<date>.jsonl)", hint="the file was modified or damaged")
             s = p.parent / f"samples_{task}_{run.date}.jsonl"
             if s.is_file():
                 run.samples[task] = s

@@ -14,6 +14,9 @@ picks one. A task's tier is its suite's ``tier`` (else rolling -> tier2, multipl
 tier3, SFT-native prompts -> tier4). Values are the seed aggregates (``seed="agg"``: mean over seeds,
 with ``std``/``n_seeds``).
 
+Nothing is written through a symbolic link below OUTDIR, and names read from the store become file names only
+through :mod:`rescore.names` (sanitised), so no stored name can point outside OUTDIR.
+
 ``rescore export lm-eval OUTDIR`` writes ``OUTDIR/<model>/results.json`` per checkpoint, shaped like
 lm-eval's results file (``results`` with ``"acc,none"`` / ``"acc_stderr,none"`` keys, ``versions``,
 ``n-samples``, ``higher_is_better``, ``config``), so tools that read lm-eval output can read ours.
@@ -30,9 +33,10 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import atomic_write_bytes, atomic_write_json
+from rescore.artifacts.io import atomic_write_bytes, atomic_write_json, refuse_symlinks
 from rescore.artifacts.store import Store
 from rescore.errors import ConfigError, StoreError
+from rescore.names import child, sanitize
 
 TIER_FILES = {"tier2": "tier2_ppl.json", "tier3": "tier3_cf.json", "tier4": "tier4_sft_native.json"}
 GENERATIONS = "tier4_sft_native_generations.jsonl"
@@ -103,7 +107,7 @@ def export_tiers(store: Store, outdir: Path, models: Sequence[str] | None = None
         crow = [r for k, rs in by_ckpt.items() if k[:2] == key[:2] for r in rs]
         step = resolve_step(key[2], key[1])
         head = {"model": key[0], "checkpoint": key[1], "step": step, "precision": key[3], "stage": key[4]}
-        base = outdir / "by_checkpoint" / d
+        base = child(outdir, "by_checkpoint", d, kind="step directory")
         for tier, fname in TIER_FILES.items():
             trows = [r for r in crow if r.get("tier") == tier]
             if trows:
@@ -111,11 +115,12 @@ def export_tiers(store: Store, outdir: Path, models: Sequence[str] | None = None
         t4 = [r for r in crow if r.get("tier") == "tier4"]
         if t4:
             docs.append((base / GENERATIONS, b"".join(orjson.dumps(x) + b"\n" for x in generation_lines(store, t4))))
+    refuse_symlinks(outdir, *(path for path, _ in docs))  # before the first write: all or nothing
     for path, doc in docs:
         if isinstance(doc, bytes):
-            atomic_write_bytes(path, doc)
+            atomic_write_bytes(path, doc, root=outdir)
         else:
-            atomic_write_json(path, doc)
+            atomic_write_json(path, doc, root=outdir)
     return [path for path, _ in docs]
 
 
@@ -260,18 +265,23 @@ def lm_eval_key(metric: str) -> tuple[str, str]:
 
 def export_lm_eval(store: Store, outdir: Path, models: Sequence[str] | None = None) -> list[Path]:
     rows = _agg_rows(store, models)
-    written = []
+    docs: list[tuple[Path, dict[str, Any]]] = []
     by_ckpt = _checkpoints(rows)
-    names: dict[str, int] = {}
+    used: set[str] = set()
     for key, crow in by_ckpt.items():
         doc = lm_eval_doc(store, key, crow)
-        base = key[0]
-        names[base] = names.get(base, 0) + 1
-        dname = base if names[base] == 1 else f"{base}-{names[base]}"
-        path = outdir / dname / "results.json"
-        atomic_write_json(path, doc)
-        written.append(path)
-    return written
+        base = sanitize(key[0], fallback="model")  # a stored name, made safe: never "../x" or "/abs"
+        dname, k = base, 1
+        while dname in used:  # checkpoints of one model (or names that sanitise alike) get -2, -3, ...
+            k += 1
+            dname = f"{base}-{k}"
+        used.add(dname)
+        doc["model_name_sanitized"] = dname
+        docs.append((child(outdir, dname, "results.json", kind="model directory"), doc))
+    refuse_symlinks(outdir, *(path for path, _ in docs))  # before the first write: all or nothing
+    for path, doc in docs:
+        atomic_write_json(path, doc, root=outdir)
+    return [path for path, _ in docs]
 
 
 def lm_eval_doc(store: Store, key: tuple[Any, ...], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import atomic_write_bytes, atomic_write_table
+from rescore.artifacts.io import atomic_write_bytes, atomic_write_table, refuse_symlinks
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, CorruptArtifactError, UserError
@@ -168,7 +168,9 @@ def _keeps_name(spec: Metric, kw: dict[str, Any]) -> bool:
 
 # -- the score cache ----------------------------------------------------------------------------------
 def scores_dir(store: Store, run_id: str) -> Path:
-    return store.scores_dir / run_id
+    from rescore.names import child
+
+    return child(store.scores_dir, run_id, kind="run id")
 
 
 SCORE_SUFFIXES = (".arrow", ".parquet")  # written as Arrow IPC; Parquet score files of earlier versions are read
@@ -253,6 +255,7 @@ def scan_scores(store: Store, run_id: str, damaged: list[tuple[str, str]] | None
     if stale or changed:
         for k in stale:
             index.pop(k, None)
+        refuse_symlinks(store.root, d / INDEX)
         _write_index(d, index)
     return out
 
@@ -494,6 +497,7 @@ def score_unit(store: Store, unit: Unit, specs: Sequence[Metric], loaded: tuple[
 
     info = UnitInfo(run_id=unit.run_id, manifest=unit.manifest, read=read_more)
     d = scores_dir(store, unit.run_id)
+    refuse_symlinks(store.root, d / INDEX)  # score files are written here, never through a link elsewhere
     written: list[tuple[str, dict[str, Any]]] = []
     pending: list[Future[None]] = []
     try:
@@ -670,6 +674,9 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         todo = plan_unit(store, unit, specs, force, report)
         if todo:
             work.append((unit, todo))
+    # every file this run writes is checked for symbolic links before the first is written: all or nothing
+    refuse_symlinks(store.root, *([store.results_path] if rebuild else []),
+                    *(scores_dir(store, u.run_id) / n for u, todo in work for n in (INDEX, *(s.file_name for s in todo))))
     total = len(work)
     if jobs is None:
         jobs = auto_jobs(work)
@@ -679,6 +686,8 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         report.jobs = min(jobs, total)
         import multiprocessing
 
+        import rescore.children  # noqa: F401  (for the workers: their start-up imports nothing)
+
         # forked workers inherit the registered metrics (plugins included) and the work list, so specs
         # (closures, lambdas) never need pickling; each worker gets an index
         global _FORK_WORK
@@ -686,13 +695,19 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
         work.sort(key=lambda w: -_size(w[0]))
         _FORK_WORK = (store, work)
         pool = ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_worker_signals)
+                                   initializer=_worker_signals, initargs=(os.getpid(),))
         try:
             with warnings.catch_warnings():
                 # Python >= 3.12 warns about fork() in a process with threads (Arrow's idle pools here);
                 # the workers only score and write their own files
                 warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-                futs = [(u, pool.submit(_score_unit_job, i)) for i, (u, _) in enumerate(work)]
+                # the first submit forks every worker; until a worker has set its own handlers, a signal
+                # waits (blocked), so it never runs this process's handlers in the fork
+                mask = _block_stop_signals()
+                try:
+                    futs = [(u, pool.submit(_score_unit_job, i)) for i, (u, _) in enumerate(work)]
+                finally:
+                    _restore_signals(mask)
             for i, (u, fut) in enumerate(futs):
                 try:
                     _record(report, u, fut.result())
@@ -736,12 +751,37 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
     return report
 
 
-def _worker_signals() -> None:
-    """Workers leave Ctrl-C to the parent (which stops them) and end quietly when it terminates them."""
+def _worker_signals(parent: int) -> None:
+    """Workers leave Ctrl-C to the parent (which stops them), end quietly when it terminates them, and end
+    when it dies (a kill -9 of it too) instead of waiting forever to hand it their results."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _restore_signals(_STOP_SIGNALS_BLOCKED)  # blocked by the parent around the fork (see score_store)
+    from rescore.children import die_with_parent  # imported by the parent already
+
+    die_with_parent(parent, signal.SIGTERM)
+
+
+_STOP_SIGNALS_BLOCKED: set[int] | None = None  # the mask before _block_stop_signals, inherited by the workers
+
+
+def _block_stop_signals() -> set[int] | None:
+    import signal
+
+    global _STOP_SIGNALS_BLOCKED
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    _STOP_SIGNALS_BLOCKED = set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}))
+    return _STOP_SIGNALS_BLOCKED
+
+
+def _restore_signals(mask: set[int] | None) -> None:
+    import signal
+
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
@@ -923,7 +963,7 @@ def _agg_row(base: dict[str, Any], tier: str, name: str, subset: str,
 
 
 def write_results(store: Store, table: pa.Table) -> None:
-    atomic_write_table(store.results_path, table)
+    atomic_write_table(store.results_path, table, root=store.root)
 
 
 def read_results(store: Store) -> pa.Table:

@@ -106,7 +106,24 @@ def is_local(task: TaskConfig) -> bool:
 
 
 def task_dir(store_root: Path, task: TaskConfig) -> Path:
-    return Path(store_root) / "data" / task.name
+    from rescore.names import child
+
+    return child(Path(store_root) / "data", task.name, kind="task name")
+
+
+def _unlinked(store_root: Path, data: TaskData) -> TaskData:
+    """Prepared data reached through a symbolic link is read, but nothing is written there (the token
+    windows cache of perplexity tasks): the store writes no file through a link."""
+    from rescore.artifacts.io import refuse_symlinks
+    from rescore.errors import StoreError
+
+    if data.path is None:
+        return data
+    try:
+        refuse_symlinks(store_root, data.path / META)
+    except StoreError:
+        return TaskData(data.data_fp, data.rows, data.fewshot_rows, data.meta, None)
+    return data
 
 
 def prepare_command(task: TaskConfig, store_root: Path, suite: str | None) -> str:
@@ -120,13 +137,13 @@ def get_task_data(store_root: Path, task: TaskConfig, *, data_root: Path | None 
     if content is None:  # a local file is missing here: a copy prepared elsewhere may still be in the store
         found = _find_prepared_by_key(store_root, task)
         if found is not None:
-            return read_prepared(found)
+            return _unlinked(store_root, read_prepared(found))
         families.get(task.family).load_rows(task, data_root)  # raises MissingDataError naming the file
         raise MissingDataError(f"data of task {task.name!r} not found")
     fp = fingerprint(task, content)
     d = task_dir(store_root, task) / fp
     if (d / META).is_file() and (d / ROWS).is_file():
-        return read_prepared(d)
+        return _unlinked(store_root, read_prepared(d))
     if is_local(task) or allow_direct:
         return load_direct(task, data_root, fp, content)
     raise MissingDataError(
@@ -182,7 +199,7 @@ def prepare_task(store_root: Path, task: TaskConfig, *, data_root: Path | None =
     fp = fingerprint(task, content or {})
     d = task_dir(store_root, task) / fp
     if not force and (d / META).is_file() and (d / ROWS).is_file():
-        return read_prepared(d)
+        return _unlinked(store_root, read_prepared(d))
     data = load_direct(task, data_root, fp, content or {})
     import pyarrow as pa
 
@@ -194,10 +211,10 @@ def prepare_task(store_root: Path, task: TaskConfig, *, data_root: Path | None =
         "idx": pa.array([int(r[IDX]) for _, r in parts], pa.int64()),
         "row": pa.array([canonical_json({k: v for k, v in r.items() if k != IDX}) for _, r in parts], pa.string()),
     })
-    sha = atomic_write_table(d / ROWS, table)
+    sha = atomic_write_table(d / ROWS, table, root=store_root)
     meta = {**data.meta, "rows_sha256": sha, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "revision": hf_revision(task.source) if task.source is not None and task.source.hf else None}
-    atomic_write_json(d / META, meta)
+    atomic_write_json(d / META, meta, root=store_root)
     return TaskData(fp, data.rows, data.fewshot_rows, meta, d)
 
 
