@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def score(
         store: StoreOpt = DEFAULT_STORE,
-        metric: Annotated[list[str] | None, typer.Option("--metric", "-M", help="Only this metric (NAME or NAME:key=value,...). Repeatable.")] = None,
+        metric: Annotated[list[str] | None, typer.Option("--metric", "-M", help="Only this metric: NAME, NAME:key=value,... (YAML values, e.g. k=[1,2]) or NAME:{key: value}. Repeatable.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Recompute even scores that are up to date.")] = False,
         plugin: PluginOpt = None,
         reranker: Annotated[Path | None, typer.Option("--reranker", help="CSV/JSONL of sample_id, candidate, score for bon_reranker.")] = None,
