@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from rescore.artifacts.io import atomic_write_bytes, atomic_write_table, refuse_symlinks
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
-from rescore.errors import ConfigError, CorruptArtifactError, UserError
+from rescore.errors import ConfigError, CorruptArtifactError, StoreError, UserError
 from rescore.score.aggregate import seed_aggregate
 from rescore.score.columns import float_array
 from rescore.score.registry import load_builtin
@@ -314,8 +314,8 @@ def _index_written(d: Path, written: Sequence[tuple[str, dict[str, Any]]]) -> No
 def _write_index(d: Path, index: dict[str, Any]) -> None:
     try:  # not fsynced: a lost or torn index only means footers are read again
         atomic_write_bytes(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS), sync=False)
-    except OSError:
-        pass  # the index is only a cache
+    except (OSError, StoreError):
+        pass  # the index is only a cache (a full disk, say); its callers refuse a link before they get here
 
 
 def is_current(meta: dict[str, Any] | None, spec: Metric, source_sha: str | None) -> bool:

@@ -324,6 +324,7 @@ class PackedPPL:
         import pyarrow as pa
 
         from rescore.artifacts.io import atomic_write_table
+        from rescore.errors import StoreError
 
         table = pa.table({
             "token_ids": pa.array([w[0] for w in windows], pa.list_(pa.int32())),
@@ -333,8 +334,8 @@ class PackedPPL:
         })
         try:
             atomic_write_table(path, table)
-        except OSError:
-            pass  # a read-only store still works: the windows are rebuilt next time
+        except (OSError, StoreError):
+            pass  # a read-only or full store still works (the windows are rebuilt next time); never through a link
 
 
 @task_family("ppl_docs", params=DocParams)
