@@ -45,6 +45,7 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM, poll_s: float = 0.5)
     child, after installing the handler of ``sig``."""
     watched = _pdeathsig(sig)
     if os.getppid() != parent:  # orphaned before the kernel (or the watchdog) was watching: nothing started yet
+        print(f"error: the process that started this one (pid {parent}) has ended; stopping", file=sys.stderr)
         os._exit(128 + int(sig))
     if not watched:
         threading.Thread(target=_watch, args=(parent, sig, poll_s), daemon=True, name="rescore-parent-watch").start()

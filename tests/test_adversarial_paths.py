@@ -553,3 +553,43 @@ def test_scoring_workers_die_with_their_parent(ws: Path, sig: signal.Signals) ->
             proc.kill()
         _assert_all_die(workers)
     assert proc.returncode == (143 if sig == signal.SIGTERM else -signal.SIGKILL), err
+
+
+@needs_linux
+def test_a_worker_whose_parent_is_already_gone_stops_at_once(ws: Path) -> None:
+    r = cli("status", "--store", ws / "store", env={"RESCORE_PARENT_PID": "1"}, timeout=120)  # pid 1 is not its parent
+    assert r.returncode == 128 + signal.SIGTERM and "Traceback" not in r.stderr, r.stderr
+    assert "has ended; stopping" in r.stderr and not r.stdout
+
+
+WATCHED_CHILD = """
+import os, sys, time
+from rescore import children
+children._pdeathsig = lambda sig: False  # as where prctl is missing: the watchdog thread alone
+children.die_with_parent(int(sys.argv[1]), poll_s=0.1)
+open(sys.argv[2], "w").write(str(os.getpid()))
+time.sleep(600)
+"""
+
+MIDDLE = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], str(__import__("os").getpid()), sys.argv[2]])
+time.sleep(600)
+"""
+
+
+@needs_linux
+def test_without_prctl_the_watchdog_ends_a_child_whose_parent_died(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    middle = subprocess.Popen([sys.executable, "-c", MIDDLE, WATCHED_CHILD, str(pid_file)])
+    child: list[int] = []
+    try:
+        _wait_for(lambda: pid_file.is_file() and pid_file.read_text(), "the watched child to start")
+        child = [int(pid_file.read_text())]
+        assert _alive(child[0])
+        middle.kill()
+        middle.wait()
+    finally:
+        if middle.poll() is None:
+            middle.kill()
+        _assert_all_die(child)

@@ -177,8 +177,10 @@ class UnitLock:
         if not is_stale(self.path):
             return False
         guard = self.path.with_name(self.path.name + ".takeover")
+        if guard.is_symlink():
+            raise symlink_error(guard)
         try:
-            gfd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            gfd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o644)
         except FileExistsError:
             try:
                 if time.time() - guard.stat().st_mtime > TAKEOVER_STALE_S:
