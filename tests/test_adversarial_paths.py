@@ -352,11 +352,18 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="need
 
 
 @needs_proc
-def test_a_full_disk_while_taking_the_lock_leaves_no_lock(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("hard_links", [True, False], ids=["linked-into-place", "no-hard-links"])
+def test_a_full_disk_while_taking_the_lock_leaves_no_lock(ws: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          hard_links: bool) -> None:
     u = _partial_unit(ws)
     before = tree_hashes(ws)
     with monkeypatch.context() as m:
         no_space_for(m, "write", lambda p: "/.lock" in p)
+        if not hard_links:  # a filesystem without them: the lock is created in place, then written
+            def no_link(*a: object, **k: object) -> None:
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+            m.setattr(os, "link", no_link)
         r = gen(ws / "partial", ws / "suite.yaml", "-t", "arc_easy")
     line = one_error(r, 1, contains="no space left")
     assert str(u / ".lock") in line and "free space" in line

@@ -141,9 +141,12 @@ class UnitLock:
                 os.close(fd)
             try:
                 os.link(tmp, self.path)  # the lock appears whole, or not at all
-            except FileExistsError:
-                return False
             except OSError as e:
+                # NFS may report a retried link that succeeded as an error: the link count says what happened
+                if os.stat(tmp).st_nlink == 2:
+                    return True
+                if isinstance(e, FileExistsError):
+                    return False
                 if e.errno not in _NO_LINKS:
                     raise
                 return self._create_in_place(me)  # a filesystem without hard links
