@@ -6,13 +6,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+
+from support import cli
 
 from rescore.artifacts.store import Store
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def one_line_error(out: subprocess.CompletedProcess, code: int, needle: str) -> None:
@@ -130,10 +127,11 @@ def test_sigterm_stops_like_ctrl_c_and_releases_the_lock(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "rescore.cli", "gen", "demo", "--model", "fake", "--store", str(store),
                              "-t", "arc_easy", "--fake-rows-per-s", "2", "--batch-size", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while time.time() < deadline and not list((store / "gen").glob("*/.lock")):
+    deadline = time.monotonic() + 120  # a guard against a hang: wait for the first row written under the lock
+    while proc.poll() is None and time.monotonic() < deadline and not any(
+            u.rows_done() >= 1 for u in Store(store).units() if (u.path / ".lock").exists()):
         time.sleep(0.1)
-    time.sleep(1.0)
+    assert proc.poll() is None, proc.communicate()[1]
     os.kill(proc.pid, signal.SIGTERM)  # what Slurm sends at the time limit
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "interrupted" in err and "Traceback" not in err

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from support import cli as _cli
+from support import invoke
 
 from rescore.artifacts.io import atomic_write_json, atomic_write_table
 from rescore.artifacts.store import Store
-from rescore.cli import app
 from rescore.score.engine import (
     RESULTS_SCHEMA,
     read_results,
@@ -32,7 +32,6 @@ from rescore.score.registry import load_builtin
 from rescore.score.spec import metrics
 
 load_builtin()
-runner = CliRunner()
 
 SUITE = """
 name: scoretest
@@ -82,8 +81,8 @@ def write_data(d: Path) -> None:
 
 
 def gen(store: Path, data: Path, *extra: str) -> None:
-    r = runner.invoke(app, ["gen", str(data / "suite.yaml"), "--model", str(data / "models.yaml"), "--store", str(store),
-                            "--data-root", str(data), "--direct", "--no-progress", *extra])
+    r = invoke("gen", str(data / "suite.yaml"), "--model", str(data / "models.yaml"), "--store", str(store),
+               "--data-root", str(data), "--direct", "--no-progress", *extra)
     assert r.exit_code == 0, r.output
 
 
@@ -106,9 +105,8 @@ def store(base_store: Path, tmp_path: Path) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in a fresh interpreter (plugins and crashes must not touch this process)."""
-    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200"})
+    """The CLI in a fresh interpreter (plugins and crashes must not touch this process), on a wide terminal."""
+    return _cli(*args, env={"COLUMNS": "200"}, timeout=300)
 
 
 def test_second_score_computes_nothing(store: Path) -> None:
@@ -209,7 +207,7 @@ def test_force_and_metric_filter(store: Path) -> None:
 
 
 def test_unknown_metric_is_a_config_error_with_suggestion(store: Path) -> None:
-    r = runner.invoke(app, ["score", "--store", str(store), "--metric", "acc_nrom"])
+    r = invoke("score", "--store", str(store), "--metric", "acc_nrom")
     assert r.exit_code == 2
     assert "acc_norm" in r.output and "did you mean" in r.output
 
@@ -261,11 +259,11 @@ def test_plugin_metric_is_computed_alone_and_stays_in_results(store: Path, tmp_p
 def test_bad_plugin_is_a_config_error(tmp_path: Path, store: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import nothing_here_at_all\n")
-    r = runner.invoke(app, ["score", "--store", str(store), "--plugin", str(bad)])
+    r = invoke("score", "--store", str(store), "--plugin", str(bad))
     assert r.exit_code == 2 and "failed to import" in r.output
     empty = tmp_path / "empty.py"
     empty.write_text("x = 1\n")
-    r = runner.invoke(app, ["score", "--store", str(store), "--plugin", str(empty)])
+    r = invoke("score", "--store", str(store), "--plugin", str(empty))
     assert r.exit_code == 2 and "registered no metric" in r.output
 
 
@@ -321,8 +319,8 @@ def test_partial_units_are_skipped_and_reported(tmp_path: Path) -> None:
     (d / "suite.yaml").write_text(SUITE)
     (d / "models.yaml").write_text(MODELS.split("  - {name: ckpt-b")[0])
     store = d / "store"
-    r = runner.invoke(app, ["gen", str(d / "suite.yaml"), "--model", str(d / "models.yaml"), "--store", str(store),
-                            "--data-root", str(d), "--direct", "--no-progress", "--fake-fail-after", "25"])
+    r = invoke("gen", str(d / "suite.yaml"), "--model", str(d / "models.yaml"), "--store", str(store),
+               "--data-root", str(d), "--direct", "--no-progress", "--fake-fail-after", "25")
     assert r.exit_code != 0
     st = Store(store)
     partial = [u.run_id for u in st.units() if not u.complete]
@@ -330,7 +328,7 @@ def test_partial_units_are_skipped_and_reported(tmp_path: Path) -> None:
     report = score_store(st)
     assert report.partial_units == partial
     assert not any(run_id in partial for run_id, _, _ in report.computed)
-    r = runner.invoke(app, ["score", "--store", str(store)])
+    r = invoke("score", "--store", str(store))
     assert r.exit_code == 0 and "partial unit" in r.output
 
 
@@ -346,7 +344,7 @@ def test_reranker_table(store: Path, tmp_path: Path) -> None:
                 lines.append(f"{sid},{j},{ok},{u.run_id}")
     f = tmp_path / "scores.csv"
     f.write_text("\n".join(lines) + "\n")
-    r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f)])
+    r = invoke("score", "--store", str(store), "--reranker", str(f))
     assert r.exit_code == 0, r.output
     assert "reranker file scores no candidate" not in r.output  # it covers every sample
     t = read_results(st).filter(pc.and_(pc.equal(read_results(st)["task"], "gsm"), pc.equal(read_results(st)["seed"], "agg")))
@@ -356,14 +354,14 @@ def test_reranker_table(store: Path, tmp_path: Path) -> None:
         assert vals[(m, "bon_random")] <= vals[(m, "bon_oracle")]
     # editing the file changes the metric's identity: the next run with it recomputes
     f.write_text("\n".join(lines[:1] + [ln.replace(",1.0,", ",0.0,") for ln in lines[1:]]) + "\n")
-    r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker"])
+    r = invoke("score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker")
     n_gen = len([u for u in st.units() if u.request_type == "generate"])
     assert r.exit_code == 0 and f"computed {n_gen} scores" in r.output
     # a file that misses some samples: scoring says how many do not count
     first_sid = lines[1].split(",")[0]
     dropped = [ln for ln in lines[1:] if ln.split(",")[0] == first_sid]
     f.write_text("\n".join([lines[0]] + [ln for ln in lines[1:] if ln not in dropped]) + "\n")
-    r = runner.invoke(app, ["score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker"])
+    r = invoke("score", "--store", str(store), "--reranker", str(f), "--metric", "bon_reranker")
     units_with_it = len({ln.split(",")[3] for ln in dropped})
     assert r.exit_code == 0, r.output
     total = sum(int(x["n"]) for x in read_results(st).to_pylist() if x["metric"] == "bon_first" and x["subset"] == "all"
@@ -374,31 +372,31 @@ def test_reranker_table(store: Path, tmp_path: Path) -> None:
 
 def test_results_formats(store: Path) -> None:
     score_store(Store(store))
-    r = runner.invoke(app, ["results", "--store", str(store), "--format", "csv", "--task", "arc", "--metric", "acc"])
+    r = invoke("results", "--store", str(store), "--format", "csv", "--task", "arc", "--metric", "acc")
     assert r.exit_code == 0
     lines = r.output.strip().splitlines()
     assert lines[0].startswith("model,checkpoint,step") and len(lines) == 3
-    r = runner.invoke(app, ["results", "--store", str(store), "--format", "json", "--metric", "bon_*", "--model", "ckpt-b"])
+    r = invoke("results", "--store", str(store), "--format", "json", "--metric", "bon_*", "--model", "ckpt-b")
     rows = json.loads(r.output)
     assert {x["metric"] for x in rows} == {"bon_first", "bon_random", "bon_oracle", "bon_max_mean_logprob",
                                            "bon_max_sum_logprob", "bon_majority"}
-    r = runner.invoke(app, ["results", "--store", str(store), "--format", "markdown", "--task", "arc"])
+    r = invoke("results", "--store", str(store), "--format", "markdown", "--task", "arc")
     md = r.output
     assert "## ckpt-a @ step 100" in md and "## ckpt-b @ step 200" in md and "## Comparison" in md
     assert "| Task | Metric | Result | Error Range |" in md
     acc_line = next(ln for ln in md.split("## Comparison")[1].splitlines() if ln.startswith("| arc | acc ↑"))
     assert acc_line.count("**") == 2 and acc_line.split("|")[4].strip().startswith("**")  # ckpt-b is best
     assert " ± " in acc_line
-    r = runner.invoke(app, ["results", "--store", str(store), "--seed", "*", "--subset", "*", "--format", "json"])
+    r = invoke("results", "--store", str(store), "--seed", "*", "--subset", "*", "--format", "json")
     assert {x["seed"] for x in json.loads(r.output)} == {"0", "1", "agg"}
-    r = runner.invoke(app, ["results", "--store", str(store), "--format", "yaml"])
+    r = invoke("results", "--store", str(store), "--format", "yaml")
     assert r.exit_code == 2
 
 
 def test_export_tiers_and_lm_eval(store: Path, tmp_path: Path) -> None:
     score_store(Store(store))
     out = tmp_path / "out"
-    r = runner.invoke(app, ["export", "tiers", str(out), "--store", str(store)])
+    r = invoke("export", "tiers", str(out), "--store", str(store))
     assert r.exit_code == 0, r.output
     for step in (100, 200):
         d = out / "by_checkpoint" / f"step_{step}"
@@ -414,7 +412,7 @@ def test_export_tiers_and_lm_eval(store: Path, tmp_path: Path) -> None:
         assert len(t4["prompts"]) == 12 and all("checks" in p for p in t4["prompts"])
         gens = [json.loads(x) for x in (d / "tier4_sft_native_generations.jsonl").read_text().splitlines()]
         assert len(gens) == 12 and all("response" in g and "checks" in g for g in gens)
-    r = runner.invoke(app, ["export", "lm-eval", str(tmp_path / "lm"), "--store", str(store)])
+    r = invoke("export", "lm-eval", str(tmp_path / "lm"), "--store", str(store))
     assert r.exit_code == 0
     doc = json.loads((tmp_path / "lm" / "ckpt-a" / "results.json").read_text())
     assert {"acc,none", "acc_stderr,none", "acc_norm,none"} <= set(doc["results"]["arc"])
@@ -430,17 +428,22 @@ def test_export_step_collision_needs_model(store: Path, tmp_path: Path) -> None:
         m["model"] = {**m["model"], "step": None, "path": "/ckpts/" + m["model"]["name"]}
         atomic_write_json(u.path / "manifest.json", m)
     score_store(st)
-    r = runner.invoke(app, ["export", "tiers", str(tmp_path / "o"), "--store", str(store)])
+    r = invoke("export", "tiers", str(tmp_path / "o"), "--store", str(store))
     assert r.exit_code == 2 and "--model" in r.output
-    r = runner.invoke(app, ["export", "tiers", str(tmp_path / "o"), "--store", str(store), "--model", "ckpt-a"])
+    r = invoke("export", "tiers", str(tmp_path / "o"), "--store", str(store), "--model", "ckpt-a")
     assert r.exit_code == 0 and (tmp_path / "o" / "by_checkpoint" / "step_unknown" / "tier3_cf.json").is_file()
 
 
-def test_math_equiv_is_skipped_cleanly_without_math_verify(store: Path) -> None:
+def test_math_equiv_is_skipped_cleanly_without_math_verify(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    if importlib.util.find_spec("math_verify") is not None:
-        pytest.skip("math-verify is installed here")
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object, **kw: object) -> object:  # as on a machine without math-verify
+        return None if name.split(".")[0] == "math_verify" else real_find_spec(name, *args, **kw)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # `import math_verify` raises ImportError
     report = score_store(Store(store))
     assert "math_equiv" in report.unavailable
     assert not any(m == "math_equiv" for _, m, _ in report.computed)
@@ -627,32 +630,79 @@ def test_a_plugin_cannot_take_a_built_in_metric_name(store: Path, tmp_path: Path
 
 
 SLOW_PLUGIN = '''
+import os
 import time
+from pathlib import Path
+
 from rescore.score import metric
+
+MAIN = os.getpid()  # the scoring command; its workers are forked from it after it imported this file
+
+
+def _slow(table):
+    if os.getpid() == MAIN:  # the command's own check of a plugin before it starts any worker
+        return [1.0] * table.num_rows
+    marks = Path(os.environ["ZZ_MARKS"])
+    (marks / f"start-{os.getpid()}-{time.monotonic_ns()}").touch()
+    time.sleep(float(os.environ.get("ZZ_SLEEP_S", "600")))
+    (marks / f"done-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return [1.0] * table.num_rows
+
 
 @metric(version=1, request_type="loglikelihood", columns=["gold"])
 def zz_slow(table):
-    time.sleep(8)
-    return [1.0] * table.num_rows
+    return _slow(table)
+
+
+@metric(version=1, request_type="generate", columns=["candidates"])
+def zz_slow_gen(table):
+    return _slow(table)
 '''
 
 
 def test_sigterm_stops_worker_processes_at_once(store: Path, tmp_path: Path) -> None:
+    """SIGTERM while both workers are inside a metric and more units are queued: the workers are ended (not
+    waited for), no queued unit starts, nothing half-written is kept, and the next `score` finishes the job."""
     import signal
     import time
 
     plugin = tmp_path / "slow.py"
     plugin.write_text(SLOW_PLUGIN)
-    proc = subprocess.Popen([sys.executable, "-m", "rescore.cli", "score", "--store", str(store), "--plugin",
-                             str(plugin), "--jobs", "2", "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)  # both workers are inside the slow metric (8 s a unit), more units queued
-    t = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert time.monotonic() - t < 5, "the queued units ran on after SIGTERM"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cmd = [sys.executable, "-m", "rescore.cli", "score", "--store", str(store), "--plugin", str(plugin), "--jobs", "2",
+           "--no-progress"]
+    env = {**os.environ, "ZZ_MARKS": str(marks)}
+    st = Store(store)
+    assert len(st.units()) > 2  # units left in the queue while both workers are busy
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120  # a guard against a hang, not a bound under test
+        while len(list(marks.glob("start-*"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        started = sorted(marks.glob("start-*"))
+        assert len(started) == 2, "both workers should be inside the slow metric"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 143 and "Traceback" not in err, err
     assert "interrupted" in err
+    # the workers were ended, not waited for, and no queued unit started after the signal
+    for pid in {int(p.name.split("-")[1]) for p in started}:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} is still running"
+    assert sorted(marks.glob("start-*")) == started and not list(marks.glob("done-*"))
+    assert not list(st.scores_dir.glob("*/zz_slow*"))  # no score file for an interrupted unit, not even a partial one
+    # the next run completes every unit
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "ZZ_SLEEP_S": "0"})
+    assert again.returncode == 0, again.stderr
+    for u in st.units():
+        name = "zz_slow@1.arrow" if u.request_type == "loglikelihood" else "zz_slow_gen@1.arrow"
+        if u.request_type in ("loglikelihood", "generate"):
+            assert (st.scores_dir / u.run_id / name).is_file(), (u.run_id, name)
 
 
 def test_compare_and_report_refuse_a_metric_typo_and_an_empty_gate(store: Path, tmp_path: Path) -> None:
@@ -675,7 +725,7 @@ def test_compare_and_report_refuse_a_metric_typo_and_an_empty_gate(store: Path, 
                                          ("acc:foo=1", "metric 'acc' has no parameter 'foo'"),
                                          ("bon_random:seed=1.5", "parameter seed=1.5 should be int")])
 def test_bad_metric_parameters_are_configuration_errors(store: Path, arg: str, message: str) -> None:
-    r = runner.invoke(app, ["score", "--store", str(store), "--metric", arg])
+    r = invoke("score", "--store", str(store), "--metric", arg)
     assert r.exit_code == 2 and message in r.output, r.output
     assert not (store / "scores").exists()
 
@@ -684,12 +734,12 @@ def test_a_failed_export_leaves_the_earlier_one_as_it_was(store: Path, tmp_path:
     st = Store(store)
     score_store(st)
     out = tmp_path / "out"
-    r = runner.invoke(app, ["export", "tiers", str(out), "--store", str(store)])
+    r = invoke("export", "tiers", str(out), "--store", str(store))
     assert r.exit_code == 0, r.output
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert any(p.name == "tier4_sft_native.json" for p in before)
     sft = next(u for u in st.units() if u.manifest["task"]["name"] == "sft")
     (st.scores_dir / sft.run_id / "all_checks_pass_rate@1.arrow").unlink()
-    r = runner.invoke(app, ["export", "tiers", str(out), "--store", str(store)])
+    r = invoke("export", "tiers", str(out), "--store", str(store))
     assert r.exit_code != 0 and "per-prompt all_checks_pass_rate scores" in r.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

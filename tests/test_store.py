@@ -132,7 +132,7 @@ def test_stale_lock_of_dead_pid_is_reclaimed(tmp_path):
 
 
 def test_live_lock_of_other_process_is_kept(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # killed below
     try:
         lock = UnitLock(tmp_path / ".lock", "unit x")
         import socket
@@ -311,11 +311,14 @@ def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
         "import sys, time; from pathlib import Path; from rescore.artifacts.lock import UnitLock\n"
         "from rescore.errors import LockedError\n"
         f"lk = UnitLock(Path({str(path)!r}), 'u')\n"
-        "try:\n    lk.acquire(); print('won', flush=True); time.sleep(2)\n"
+        "try:\n    lk.acquire(); print('won', flush=True); sys.stdin.read()\n"  # holds the lock until told
         "except LockedError:\n    print('lost', flush=True)\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    outs = [p.communicate()[0].strip() for p in procs]
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.stdout.readline().strip() for p in procs]  # every process has tried before the winner lets go
+    for p in procs:
+        p.communicate("")
     assert sorted(outs) == ["lost", "lost", "lost", "won"], outs
 
 

@@ -212,21 +212,17 @@ def test_demo_suite_end_to_end_on_the_fake_backend(shared_data: Path, tmp_path: 
 
 
 def test_demo_suite_end_to_end_on_the_tiny_model(tiny_model: Path, shared_data: Path, tmp_path: Path):
-    """The demo suite on a real (tiny) transformers model: prepare -> gen -> rows, in seconds."""
-    import time
-
+    """The demo suite on a real (tiny) transformers model: prepare -> gen -> rows."""
     from rescore.artifacts.store import Store
     from rescore.gen.runner import plan_units, run_units
 
     suite = load_suite("demo")
     root = suite_data_root(suite, shared_data)
     store = Store(tmp_path / "store")
-    t0 = time.perf_counter()
     for t in suite.tasks:
         prepare_task(store.root, t, data_root=root)
     model = ModelConfig(name="tiny", path=str(tiny_model), backend="hf", device="cpu")
     results = run_units(store, plan_units(store, suite, [model], data_root=root))
-    assert time.perf_counter() - t0 < 120
     packed = next(r for r in results if r.plan.task.name == "wikitext2_packed")
     rows = store.unit(packed.plan.run_id).read_table(columns=["n_tokens", "logprobs"]).to_pylist()
     assert [r["n_tokens"] for r in rows] == [127] * 4  # 508 scored tokens in 4 windows of 128
