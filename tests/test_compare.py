@@ -15,16 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from support import invoke
 
 from rescore.artifacts.store import Store
-from rescore.cli import app
 from rescore.errors import ConfigError
 from rescore.report.bootstrap import aggregate_fn, paired_bootstrap, two_sided_p
 from rescore.report.compare import MixedRunsError, build_catalog, compare, resolve_baseline
 from rescore.report.policy import Policy, Rule, evaluate, load_policy
-
-RUNNER = CliRunner()
 
 
 # -- constructed stores ---------------------------------------------------------------------------------
@@ -321,45 +318,45 @@ def test_cli_exit_code_gates_on_the_policy(toy: ToyStore, tmp_path: Path) -> Non
     fails = write_policy(tmp_path / "fails.yaml", "policy:\n  rules:\n    - tier: tier3\n      max_regression: 0.01\n")
     passes = write_policy(tmp_path / "passes.yaml", "rules:\n  - tier: tier3\n    max_regression: 0.05\n")
     base = ["compare", "--store", str(toy.root), "--baseline", "bridge", "--resamples", "200"]
-    r = RUNNER.invoke(app, [*base, "--policy", str(fails)])
+    r = invoke(*base, "--policy", str(fails))
     assert r.exit_code == 1, r.output
     assert "**FAIL**" in r.stdout and "policy FAILED: 1 of 1" in r.stdout
-    r = RUNNER.invoke(app, [*base, "--policy", str(passes)])
+    r = invoke(*base, "--policy", str(passes))
     assert r.exit_code == 0, r.output
     assert "| toy | toy_score ↑ |" in r.stdout and "policy passed" in r.stdout
-    r = RUNNER.invoke(app, base)  # no policy: report only
+    r = invoke(*base)  # no policy: report only
     assert r.exit_code == 0
 
 
 def test_cli_formats(toy: ToyStore, tmp_path: Path) -> None:
     shifted_store(toy, 0.1)
     base = ["compare", "--store", str(toy.root), "--baseline", "bridge@10", "--resamples", "100"]
-    r = RUNNER.invoke(app, [*base, "--format", "json"])
+    r = invoke(*base, "--format", "json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["baseline"] == "bridge@10" and doc["resamples"] == 100 and doc["passed"] is None
     assert doc["rows"][0]["delta"] == pytest.approx(0.1)
     out = tmp_path / "c.csv"
-    r = RUNNER.invoke(app, [*base, "--format", "csv", "-o", str(out)])
+    r = invoke(*base, "--format", "csv", "-o", str(out))
     assert r.exit_code == 0, r.output
     lines = out.read_text().splitlines()
     assert lines[0].startswith("model,step,stage,precision,baseline,task,tier,metric") and len(lines) == 2
-    r = RUNNER.invoke(app, [*base, "--format", "xml"])
+    r = invoke(*base, "--format", "xml")
     assert r.exit_code == 2 and "markdown, csv or json" in r.output
 
 
 def test_cli_user_errors_are_one_line(toy: ToyStore, tmp_path: Path) -> None:
     toy.scores(toy.unit(name="bridge", step=1), "toy_acc", ids(4), value=np.ones(4))
     toy.scores(toy.unit(name="ckpt", step=2, precision="int4"), "toy_acc", ids(4), value=np.ones(4))
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--baseline", "bridge"])
+    r = invoke("compare", "--store", str(toy.root), "--baseline", "bridge")
     assert r.exit_code == 1
     err = r.stderr.strip()
     assert err.count("\n") == 0 and "precision differs" in err and "--allow-mixed" in err
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--baseline", "nope"])
+    r = invoke("compare", "--store", str(toy.root), "--baseline", "nope")
     assert r.exit_code == 2 and "no checkpoint matches baseline 'nope'" in r.stderr
     bad = write_policy(tmp_path / "bad.yaml", "rules:\n  - tier: tier3\n    max_regresion: 0.01\n")
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--baseline", "bridge", "--policy", str(bad),
-                            "--allow-mixed"])
+    r = invoke("compare", "--store", str(toy.root), "--baseline", "bridge", "--policy", str(bad),
+               "--allow-mixed")
     assert r.exit_code == 2 and "max_regresion" in r.stderr
 
 
@@ -411,8 +408,8 @@ def test_matrix_compares_each_stage_with_its_bridge(toy: ToyStore, tmp_path: Pat
     matrix_store(toy, drop=0.1)
     mfile = tmp_path / "m.yaml"
     mfile.write_text("policy:\n  rules:\n    - metric: toy_acc\n      max_regression: 0.05\n" + MATRIX)
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile), "--format", "json",
-                            "--resamples", "100"])
+    r = invoke("compare", "--store", str(toy.root), "--matrix", str(mfile), "--format", "json",
+               "--resamples", "100")
     assert r.exit_code == 1, r.output  # the matrix's own policy gates
     doc = json.loads(r.stdout)
     (row,) = doc["rows"]
@@ -420,8 +417,8 @@ def test_matrix_compares_each_stage_with_its_bridge(toy: ToyStore, tmp_path: Pat
     assert row["delta"] == pytest.approx(-0.1) and row["status"] == "fail"
     # an explicit --policy replaces the matrix's
     loose = write_policy(tmp_path / "loose.yaml", "rules:\n  - metric: toy_acc\n    max_regression: 0.2\n")
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile), "--policy", str(loose),
-                            "--resamples", "100"])
+    r = invoke("compare", "--store", str(toy.root), "--matrix", str(mfile), "--policy", str(loose),
+               "--resamples", "100")
     assert r.exit_code == 0, r.output
     assert "## stage2-step50 vs stage1-step300" in r.stdout
 
@@ -434,10 +431,10 @@ def test_matrix_with_a_missing_bridge_fails_the_gate(tmp_path: Path, bridge: str
     mfile = tmp_path / "m.yaml"
     mfile.write_text(MATRIX)
     pol = write_policy(tmp_path / "p.yaml", "rules:\n  - metric: toy_acc\n    max_regression: 0.2\n")
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile), "--policy", str(pol)])
+    r = invoke("compare", "--store", str(toy.root), "--matrix", str(mfile), "--policy", str(pol))
     assert r.exit_code == 1, r.output
     assert says in r.stdout and "policy FAILED" in r.stdout
-    r = RUNNER.invoke(app, ["compare", "--store", str(toy.root), "--matrix", str(mfile)])
+    r = invoke("compare", "--store", str(toy.root), "--matrix", str(mfile))
     assert r.exit_code == 0  # no policy: reported, not gated
 
 

@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from support import cli
 
 from rescore.artifacts.store import Store
-
-
-def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, **kw)
 
 
 def suite(tmp: Path, shared: Path) -> Path:

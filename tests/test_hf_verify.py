@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import invoke
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -68,21 +69,17 @@ def test_compare_rows_counts():
 def test_cli_verify_determinism(generated, tmp_path):
     import json
 
-    from typer.testing import CliRunner
-
-    from rescore.cli import app
     from rescore.gen.tiny import build_tiny_model
 
     root, ids = generated
-    runner = CliRunner()
-    res = runner.invoke(app, ["verify", "determinism", ids["hellaswag"], "--store", str(root), "--rows", "2", "--json"])
+    res = invoke("verify", "determinism", ids["hellaswag"], "--store", str(root), "--rows", "2", "--json")
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout[res.stdout.index("{"):])
     assert rep["ok"] and rep["rows"] == 2 and rep["token_mismatches"] == 0
     other = build_tiny_model(tmp_path / "other", seed=3)
-    res = runner.invoke(app, ["verify", "determinism", ids["gsm8k_chat"], "--store", str(root), "--rows", "1",
-                              "--model-path", str(other)])
+    res = invoke("verify", "determinism", ids["gsm8k_chat"], "--store", str(root), "--rows", "1",
+                 "--model-path", str(other))
     assert res.exit_code == 1, res.output
     assert "NOT reproduced" in res.stdout and "DIFFERENT" in res.stdout
-    res = runner.invoke(app, ["verify", "determinism", "nosuchrun", "--store", str(root)])
+    res = invoke("verify", "determinism", "nosuchrun", "--store", str(root))
     assert res.exit_code != 0 and "Traceback" not in res.output

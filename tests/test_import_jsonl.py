@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from support import invoke
 
 from rescore.artifacts.store import Store
-from rescore.cli import app
 from rescore.score.engine import read_results
 
-RUNNER = CliRunner()
 N = 20
 PATTERNS = [[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]
 
@@ -60,10 +58,6 @@ def bon(shared_data: Path, tmp_path: Path) -> tuple[Path, Path, list[dict]]:
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(yaml.safe_dump(MAPPING))
     return data, mapping, lines
-
-
-def invoke(*args: str):
-    return RUNNER.invoke(app, list(args))
 
 
 def sha(p: Path) -> str:

@@ -9,7 +9,6 @@ importable.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -18,13 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from support import invoke, tree_hashes
 
 from rescore.artifacts.store import Store
-from rescore.cli import app
 from rescore.score.engine import read_results, read_scores
 
-RUNNER = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval"
 CHECKED_IN = FIXTURES / "v0.4.13"
 # lm-eval task -> [(lm-eval metric key, rescore metric, relative tolerance)]
@@ -41,15 +38,6 @@ METRICS = {
 STDERR = {"acc,none": "acc_stderr,none", "acc_norm,none": "acc_norm_stderr,none", "acc_bytes,none": "acc_bytes_stderr,none",
           "exact_match,strict-match": "exact_match_stderr,strict-match",
           "exact_match,flexible-extract": "exact_match_stderr,flexible-extract"}
-
-
-def invoke(*args: str):
-    return RUNNER.invoke(app, list(args))
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def results_json(run: Path) -> dict:
@@ -246,6 +234,7 @@ def live_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return mod.main([str(out), "--model", str(tiny_model)])
 
 
+@pytest.mark.slow  # lm-eval runs the tiny model first (over a minute on 2 cores)
 @needs_lm_eval
 def test_live_lm_eval_run_rescored_equals_lm_eval(live_run, tmp_path):
     before = tree_hashes(live_run)
@@ -264,6 +253,7 @@ def test_live_lm_eval_run_rescored_equals_lm_eval(live_run, tmp_path):
         assert any(a != "[invalid]" for a in want.values()) or metric == "exact_match_strict"
 
 
+@pytest.mark.slow
 @needs_lm_eval
 def test_gsm8k_answers_scored_like_lm_eval(live_run, tmp_path):
     """The tiny model never solves a GSM8K problem, so give half the docs answers that lm-eval's own filters

@@ -11,27 +11,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from support import invoke
 
 from rescore.artifacts.store import Store
-from rescore.cli import app
 from rescore.score.engine import read_results
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 tokenizers = pytest.importorskip("tokenizers")
 
-RUNNER = CliRunner()
 N = 8
 PAD = 2
 
 
 def final(answer: str) -> str:
     return answer.split("####")[-1].strip().replace(",", "")
-
-
-def invoke(*args: str):
-    return RUNNER.invoke(app, list(args))
 
 
 def sha(p: Path) -> str:

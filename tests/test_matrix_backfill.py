@@ -9,13 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+from support import cli
+
 from rescore.artifacts.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, env=env)
 
 
 def small_suite(tmp: Path, shared: Path) -> Path:

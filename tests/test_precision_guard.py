@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True)
+from support import cli
 
 
 def test_mixed_precision_is_refused_everywhere_unless_allowed(tmp_path, shared_data):

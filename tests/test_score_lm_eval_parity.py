@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import yaml
+from support import invoke
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
@@ -179,15 +180,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str
     for t in TASKS:
         path = next(results_json.parent.glob(f"samples_{t}_local_*.jsonl"))
         samples[t] = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-    from typer.testing import CliRunner
-
-    from rescore.cli import app
-
     store = d / "store"
-    r = CliRunner().invoke(app, ["gen", str(write_suite(d, files)), "--model", str(tiny_model), "--store", str(store),
-                                 "--direct", "--no-progress", "--precision", "fp32", "--device", "cpu"])
+    r = invoke("gen", str(write_suite(d, files)), "--model", str(tiny_model), "--store", str(store),
+               "--direct", "--no-progress", "--precision", "fp32", "--device", "cpu")
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["score", "--store", str(store)])
+    r = invoke("score", "--store", str(store))
     assert r.exit_code == 0, r.output
     return {"store": store, "results": json.loads(results_json.read_text()), "samples": samples}
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import cli
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +52,6 @@ def slurm() -> None:
 def env() -> dict[str, str]:
     # the sbatch script calls `rescore`; submitit jobs use sys.executable
     return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rescore.cli", *args], capture_output=True, text=True, env=env(),
-                          timeout=120)
 
 
 def small_matrix(tmp: Path, shared: Path) -> Path:
@@ -92,7 +88,7 @@ def small_matrix(tmp: Path, shared: Path) -> Path:
 
 
 def plan(matrix: Path, store: Path) -> dict:
-    out = cli("plan", str(matrix), "--store", str(store), "--json")
+    out = cli("plan", str(matrix), "--store", str(store), "--json", env=env(), timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -119,7 +115,7 @@ def test_backfill_executor_slurm_runs_every_unit_as_array_tasks(slurm, tmp_path,
     before = plan(matrix, store)
     assert len(before["units"]) == 6 and before["jobs"] == 2  # 2 checkpoints x (arc + gsm8k x 2 seeds)
 
-    out = cli("backfill", str(matrix), "--executor", "slurm", "--store", str(store))
+    out = cli("backfill", str(matrix), "--executor", "slurm", "--store", str(store), env=env(), timeout=120)
     assert out.returncode == 0, out.stderr
     m = re.search(r"submitted 2 array task\(s\) \((\d+)_\d+", out.stdout)
     assert m, out.stdout
@@ -138,7 +134,7 @@ def test_backfill_executor_slurm_runs_every_unit_as_array_tasks(slurm, tmp_path,
         status, result = su.pickle_load(next(d.glob("*_result.pkl")))
         assert status == "success", result
         assert result["units"] == 3
-    again = cli("backfill", str(matrix), "--executor", "slurm", "--store", str(store))
+    again = cli("backfill", str(matrix), "--executor", "slurm", "--store", str(store), env=env(), timeout=120)
     assert again.returncode == 0 and "nothing to run" in again.stdout
 
 
@@ -146,7 +142,7 @@ def test_emitted_sbatch_script_runs_under_sbatch(slurm, tmp_path, shared_data):
     matrix = small_matrix(tmp_path, shared_data)
     store = tmp_path / "st"
     script = tmp_path / "job.sbatch"
-    out = cli("backfill", str(matrix), "--store", str(store), "--emit-sbatch", str(script))
+    out = cli("backfill", str(matrix), "--store", str(store), "--emit-sbatch", str(script), env=env(), timeout=120)
     assert out.returncode == 0, out.stderr
     assert "#SBATCH --array=0-1%2" in script.read_text()
     r = subprocess.run(["sbatch", "--wait", "--parsable", str(script)], capture_output=True, text=True, env=env(),

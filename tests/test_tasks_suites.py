@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from support import invoke
 
 from rescore.config import ConfigProblems
 from rescore.errors import ConfigError
@@ -110,31 +110,28 @@ def test_overrides_apply_before_validation():
 
 
 def test_cli_suites_and_prepare(shared_data: Path, tmp_path: Path):
-    from rescore.cli import app
 
-    runner = CliRunner()
-    out = runner.invoke(app, ["suites", "--json"])
+    out = invoke("suites", "--json")
     assert out.exit_code == 0, out.output
     assert {"stage1", "demo"} <= {s["name"] for s in json.loads(out.output)}
     store = tmp_path / "store"
-    out = runner.invoke(app, ["prepare", "demo", "--store", str(store), "--data-root", str(shared_data),
-                              "--task", "hellaswag", "--task", "arc_easy"])
+    out = invoke("prepare", "demo", "--store", str(store), "--data-root", str(shared_data),
+                 "--task", "hellaswag", "--task", "arc_easy")
     assert out.exit_code == 0, out.output
     assert sorted(p.name for p in (store / "data").iterdir()) == ["arc_easy", "hellaswag"]
-    out = runner.invoke(app, ["prepare", "demo", "--store", str(store), "--task", "nope"])
+    out = invoke("prepare", "demo", "--store", str(store), "--task", "nope")
     assert out.exit_code == 2 and "no task 'nope'" in out.output
 
 
 def test_cli_prepare_offline_hf_source_fails_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import datasets
 
-    from rescore.cli import app
 
     def offline(*a, **k):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    out = CliRunner().invoke(app, ["prepare", "gsm8k_chat", "--store", str(tmp_path)])
+    out = invoke("prepare", "gsm8k_chat", "--store", str(tmp_path))
     assert out.exit_code == 1
     assert "could not load Hugging Face dataset 'openai/gsm8k'" in out.output
     assert "Traceback" not in out.output
