@@ -4,6 +4,7 @@ fake backend: three checkpoints over two stages, two seeds on the sampled task."
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,11 +14,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from support import invoke
 
-from rescore.cli import app
-
-RUNNER = CliRunner()
 CHROMIUM = Path("/usr/bin/chromium")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -29,7 +27,7 @@ MODELS = """models:
 
 
 def run(*args: str) -> Any:
-    r = RUNNER.invoke(app, list(args))
+    r = invoke(*args)
     assert r.exit_code == 0, f"rescore {' '.join(args)} -> {r.exit_code}\n{r.output}"
     return r
 
@@ -150,10 +148,10 @@ def test_report_refuses_mixed_precision(demo_store: Path, tmp_path: Path) -> Non
         "--no-progress")
     run("score", "--store", str(store), "--no-progress")
     out = tmp_path / "r.html"
-    r = RUNNER.invoke(app, ["report", str(out), "--store", str(store)])
+    r = invoke("report", str(out), "--store", str(store))
     assert r.exit_code == 1 and not out.exists()
     assert "precision differs" in r.stderr and "quant@200" in r.stderr and "--allow-mixed" in r.stderr
-    r = RUNNER.invoke(app, ["compare", "--store", str(store), "--baseline", "bridge", "-t", "hellaswag"])
+    r = invoke("compare", "--store", str(store), "--baseline", "bridge", "-t", "hellaswag")
     assert r.exit_code == 1 and "int8: quant@200" in r.stderr
     run("report", str(out), "--store", str(store), "--allow-mixed", "-t", "hellaswag")
     page, src = parse(out)
@@ -166,8 +164,8 @@ def test_compare_on_the_demo_store(demo_store: Path, tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("policy:\n  rules:\n    - tier: tier2\n      max_rel_regression: 0.005\n"
                       "    - tier: tier3\n      no_material_regression: 0.05\n")
-    r = RUNNER.invoke(app, ["compare", "--store", str(demo_store), "--baseline", "bridge", "--policy", str(policy),
-                            "--format", "json", "--resamples", "300"])
+    r = invoke("compare", "--store", str(demo_store), "--baseline", "bridge", "--policy", str(policy),
+               "--format", "json", "--resamples", "300")
     doc = json.loads(r.stdout)
     rows = doc["rows"]
     assert {row["model"] for row in rows} == {"sft@100", "sft@200"}
@@ -193,22 +191,90 @@ def test_results_markdown_record(demo_store: Path) -> None:
     assert "**" in comparison
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian package chromium)")
-def test_screenshot_in_headless_chromium(demo_report: Path, tmp_path: Path) -> None:
-    out = demo_report
-    shot = tmp_path / "shot.png"
-    subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                    "--window-size=1280,2400", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                    out.as_uri()], check=True, capture_output=True, timeout=120)
-    from PIL import Image
+# Headless Chromium as root, offline: every request the browser makes goes to a closed loopback proxy port and
+# no host name resolves, so nothing leaves the machine; the network log shows what the page asked for.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                  "--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
+LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:", "chrome:", "chrome-error:")
+# an attribute or CSS reference that a browser would fetch from another host
+REMOTE_REF = re.compile(r"""(?:\b(?:src|href|srcset|poster|action|data|background)\s*=\s*["']?\s*|url\(\s*["']?\s*|@import\s+["']?)"""
+                        r"(?:[a-z][a-z0-9+.-]*:)?//", re.I)
 
-    img = Image.open(shot).convert("L")
-    assert img.size == (1280, 2400)
-    lo, hi = img.getextrema()
-    assert hi - lo > 100  # something was drawn (text and plots), not a blank page
-    # rows below the header hold dark pixels (tables and plots rendered, not just the title)
-    band = img.crop((0, 600, 1280, 2400))
-    dark = sum(band.histogram()[:128])
-    assert dark > 2000
+
+def chromium(page: str, tmp: Path, *flags: str) -> tuple[str, list[str]]:
+    """Open ``page`` in headless Chromium with ``flags``; returns the dumped DOM and the URLs the page requested
+    (the browser's own background requests, which belong to no page, are left out)."""
+    exe = shutil.which("chromium") or str(CHROMIUM)
+    netlog = tmp / "netlog.json"
+    r = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--log-net-log={netlog}",
+                        "--dump-dom", *flags, page], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = netlog.read_text(encoding="utf-8").rstrip().rstrip(",")
+    log = json.loads(text if text.endswith("}") else text + "]}")  # an unfinished log lacks its closing brackets
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    urls = [e["params"]["url"] for e in log["events"]
+            if e["type"] == start_job and "url" in e.get("params", {})
+            and "file://" in e["params"].get("network_isolation_key", "")]  # requested by the file:// page
+    return r.stdout, urls
+
+
+class Plots(HTMLParser):
+    """The plot figures of a DOM, each with the number of SVG shapes drawn inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[tuple[str, str], int] = {}
+        self.current: tuple[str, str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "figure" and "plot" in a.get("class", ""):
+            self.current = (a["data-task"], a["data-metric"])
+            self.shapes[self.current] = 0
+        elif self.current and tag in ("path", "polyline", "line", "circle", "use"):
+            self.shapes[self.current] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self.current = None
+
+
+def test_screenshot_in_headless_chromium(demo_store: Path, demo_report: Path, tmp_path: Path) -> None:
+    """The report as a browser shows it: the page draws something, every plot is in the browser's DOM with its
+    shapes, and the page requests nothing from the network."""
+    if not (shutil.which("chromium") or CHROMIUM.exists()):
+        if os.environ.get("RESCORE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is not installed (`apt-get install -y chromium`)")
+        pytest.skip("needs chromium (Debian package chromium)")
+    from PIL import Image, ImageStat
+
+    src = demo_report.read_text(encoding="utf-8")
+    assert not REMOTE_REF.findall(src)
+    shot = tmp_path / "shot.png"
+    dom, requested = chromium(demo_report.as_uri() + "#plots", tmp_path / "report", "--window-size=1280,1600",
+                              f"--screenshot={shot}")
+    # not blank: the view at the plots holds dark text and colored plot marks and lines
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1280, 1600)
+    assert ImageStat.Stat(img.convert("L")).stddev[0] > 8
+    hsv = img.convert("HSV")
+    saturated = sum(hsv.getchannel("S").point(lambda s: 255 if s > 120 else 0).histogram()[255:])
+    assert saturated > 500, saturated  # gray text and tables alone have none
+    # every plot is in the DOM the browser built, and holds drawn shapes
+    plots = Plots()
+    plots.feed(dom)
+    assert set(plots.shapes) == expected_plots(demo_store)
+    assert all(n > 5 for n in plots.shapes.values()), {k: n for k, n in plots.shapes.items() if n <= 5}
+    # nothing fetched from the network
+    remote = [u for u in requested if not u.startswith(LOCAL_SCHEMES)]
+    assert remote == [], remote
+    # the same checks see a page that does reach out (a stylesheet, an image, an SVG image)
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text('<!doctype html><html><head><link rel="stylesheet" href="http://127.0.0.1:9/a.css"></head>'
+                     '<body><img src="https://example.invalid/b.png"><svg><image href="http://192.0.2.1/c.svg"/>'
+                     "</svg></body></html>", encoding="utf-8")
+    assert len(REMOTE_REF.findall(leaky.read_text(encoding="utf-8"))) == 3
+    _, leaked = chromium(leaky.as_uri(), tmp_path / "leaky")
+    assert {u for u in leaked if not u.startswith(LOCAL_SCHEMES)} == {
+        "http://127.0.0.1:9/a.css", "https://example.invalid/b.png", "http://192.0.2.1/c.svg"}, leaked
