@@ -86,6 +86,7 @@ def test_kill_9_and_resume_on_the_tiny_model_gives_bit_identical_rows(tmp_path, 
     assert ver.returncode == 0 and "bit-identical" in ver.stdout, ver.stdout + ver.stderr[-2000:]
 
 
+@pytest.mark.slow  # a backfill of the matrix on the tiny model, then two regenerations
 def test_verify_determinism_on_a_matrix_sample(tmp_path, tiny_model, shared_data):
     s = suite(tmp_path, shared_data)
     ck = tmp_path / "ck" / "s1" / "step_1"

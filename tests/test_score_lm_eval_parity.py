@@ -30,6 +30,7 @@ from support import invoke
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # one live lm-eval run of the tiny model first (about a minute on 2 cores)
 
 ROWS = 20
 MC_TASKS = ("hellaswag", "arc_easy", "piqa", "winogrande", "mmlu_hs_cs")
