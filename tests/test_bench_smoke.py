@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from rescore.artifacts.store import Store
 from rescore.score.registry import load_builtin
@@ -17,6 +18,7 @@ from rescore.score.spec import metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # builds a store and scores it with every metric a few times
 def test_rescore_scale_runs_and_prints_both_ratios(tmp_path: Path) -> None:
     store = tmp_path / "st"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "rescore_scale.py"), "--store", str(store),

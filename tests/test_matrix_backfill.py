@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from support import cli
 
 from rescore.artifacts.store import Store
@@ -108,6 +109,7 @@ def test_backfill_resumes_partial_units_and_dry_run_writes_nothing(tmp_path, sha
     assert {u["state"] for u in plan_json(fixed, store)["units"]} == {"complete"}
 
 
+@pytest.mark.slow  # three backfill runs, one with three worker processes
 def test_shards_partition_the_plan_and_parallel_workers_share_one_store(tmp_path, shared_data):
     matrix = write_matrix(tmp_path, small_suite(tmp_path, shared_data))
     store = tmp_path / "st"
@@ -122,6 +124,7 @@ def test_shards_partition_the_plan_and_parallel_workers_share_one_store(tmp_path
     assert bad.returncode == 2 and "0 <= i < N" in bad.stderr
 
 
+@pytest.mark.slow  # runs the emitted script once per array task
 def test_emit_sbatch_script_runs_every_array_task(tmp_path, shared_data):
     matrix = write_matrix(tmp_path, small_suite(tmp_path, shared_data))
     store = tmp_path / "st"

@@ -89,6 +89,7 @@ def test_plugin_options_and_names_are_checked_before_anything_runs(plugin_site: 
     assert "valid: max_operand, n, seed" in out.stdout + out.stderr
 
 
+@pytest.mark.slow  # three gen runs that each start torch and the hf backend
 def test_plugin_loader_feeds_the_hf_backend(plugin_site: Path, tmp_path: Path, tiny_model: Path) -> None:
     (tmp_path / "suite.yaml").write_text(textwrap.dedent("""\
         name: plugin-hf

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from support import cli
 
 
+@pytest.mark.slow  # a dozen CLI processes; test_report checks the report's and compare's refusal in-process
 def test_mixed_precision_is_refused_everywhere_unless_allowed(tmp_path, shared_data):
     store = str(tmp_path / "st")
     for name, precision, step in (("ckpt", "fp32", "100"), ("ckpt", "bf16", "200")):

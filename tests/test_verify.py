@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from support import cli
 
 
-@pytest.fixture
-def scored_store(tmp_path) -> Path:
-    store = tmp_path / "st"
+@pytest.fixture(scope="module")
+def scored_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("verify") / "st"
     assert cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy", "-t", "gsm8k_chat",
                "-t", "wikitext2_docs").returncode == 0
     out = cli("score", "--store", str(store))
     assert out.returncode == 0, out.stderr
+    return store
+
+
+@pytest.fixture
+def scored_store(scored_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of one generated and scored store, for a test to change."""
+    store = tmp_path / "st"
+    shutil.copytree(scored_template, store, symlinks=True)
     return store
 
 
