@@ -21,7 +21,8 @@ from rescore.artifacts.store import Store
 from rescore.errors import ConfigError
 from rescore.report.bootstrap import aggregate_fn, paired_bootstrap, two_sided_p
 from rescore.report.compare import MixedRunsError, build_catalog, compare, resolve_baseline
-from rescore.report.policy import Policy, Rule, evaluate, load_policy
+from rescore.plan.policy import Policy, Rule, load_policy
+from rescore.report.policy import evaluate
 
 
 # -- constructed stores ---------------------------------------------------------------------------------

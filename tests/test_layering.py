@@ -1,13 +1,19 @@
-"""The CPU side never imports torch, transformers or vllm: checked in a fresh interpreter."""
+"""The layering: the CPU side never imports torch, transformers or vllm (checked in a fresh interpreter), and
+the import-linter contracts in pyproject.toml hold (gen never imports score; score and artifacts never import a
+framework, gen, tasks or report; only the CLI imports commands; plan never imports report)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "vllm", "accelerate", "bitsandbytes", "datasets")
 
 CHECK = """
@@ -44,3 +50,28 @@ def test_cli_help_imports_no_torch():
         "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0, cmd\n"
     )
     assert heavy_modules_after(["rescore.cli"], extra) == []
+
+
+def lint_imports() -> str:
+    """The venv's ``lint-imports`` (the one next to this interpreter), else the one on PATH."""
+    here = Path(sys.executable).parent / "lint-imports"
+    found = str(here) if here.exists() else shutil.which("lint-imports")
+    if found is None:
+        pytest.fail('lint-imports not found: pip install -e ".[dev]"')
+    return found
+
+
+def test_import_contracts():
+    out = subprocess.run([lint_imports(), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout, out.stdout
+
+
+def test_commands_contract_covers_every_module():
+    """Every top-level module and package but the CLI is a source of the "only the CLI imports commands" contract,
+    so a new one is covered when it is added."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contract = next(c for c in config["contracts"] if c["forbidden_modules"] == ["rescore.commands"])
+    pkg = ROOT / "rescore"
+    top = {p.stem for p in pkg.glob("*.py") if p.stem != "__init__"} | {p.parent.name for p in pkg.glob("*/__init__.py")}
+    assert {f"rescore.{m}" for m in top - {"cli", "commands"}} == set(contract["source_modules"])

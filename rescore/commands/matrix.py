@@ -25,13 +25,13 @@ def _units(store: Path, matrix: Path | None, from_results: str | None, mapping: 
             raise ConfigError("give either a MATRIX or --from-results, not both", hint="drop one of them")
         if mapping is None:
             raise ConfigError("--from-results needs --map MAPPING.yaml", hint="see the README section on backfill")
-        from rescore.from_results import plan_from_results
+        from rescore.plan.from_results import plan_from_results
 
         return plan_from_results(st, from_results, mapping, data_root=data_root, allow_direct=direct), None
     if matrix is None:
         raise ConfigError("missing MATRIX", hint="rescore plan MATRIX.yaml (e.g. rescore/configs/models/demo_fake.yaml), or --from-results GLOB --map FILE")
-    from rescore.backfill import plan_matrix
-    from rescore.matrix import load_matrix
+    from rescore.plan.backfill import plan_matrix
+    from rescore.plan.matrix import load_matrix
 
     m = load_matrix(matrix)
     return plan_matrix(st, m, source=str(matrix), data_root=data_root, allow_direct=direct, check_paths=check_paths), m
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show every unit of MATRIX (checkpoint x task x seed) as complete / partial / missing, and what
         `backfill` would run."""
-        from rescore.backfill import group_units, todo
+        from rescore.plan.backfill import group_units, todo
 
         units, m = _units(store, matrix, from_results, mapping, data_root, direct)
         upj = units_per_job if units_per_job is not None else (m.slurm.units_per_job if m else 0)
@@ -117,20 +117,11 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
 
         from rescore.artifacts.store import Store
-        from rescore.backfill import (
-            group_units,
-            parse_shard,
-            run_local,
-            run_workers,
-            sbatch_script,
-            set_offline_env,
-            shard_groups,
-            submit_slurm,
-            todo,
-        )
         from rescore.config import ConfigProblems, format_validation_error
         from rescore.errors import ConfigError
-        from rescore.matrix import SlurmConfig
+        from rescore.plan.backfill import group_units, parse_shard, shard_groups, todo
+        from rescore.plan.executors import run_local, run_workers, sbatch_script, set_offline_env, submit_slurm
+        from rescore.plan.matrix import SlurmConfig
 
         if executor not in ("local", "slurm"):
             raise ConfigError(f"unknown executor {executor!r}", hint="use --executor local or --executor slurm")

@@ -8,12 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rescore.config import ConfigProblems, ModelConfig, format_validation_error, read_yaml
-
-
-def sanitize_name(text: str) -> str:
-    from rescore.names import sanitize
-
-    return sanitize(text, fallback="model")
+from rescore.names import sanitize
 
 
 def resolve_models(model: str, *, backend: str | None, overrides: dict[str, Any]) -> list[ModelConfig]:
@@ -49,7 +44,7 @@ def _resolve(model: str, *, backend: str | None, overrides: dict[str, Any]) -> l
             raise ConfigProblems(str(p), problems)
         return out
     be = backend or ("fake" if model == "fake" else "hf")
-    name = overrides.pop("name", None) or sanitize_name(p.name if p.name else model)
+    name = overrides.pop("name", None) or sanitize(p.name if p.name else model, fallback="model")
     fields = {k: v for k, v in overrides.items() if v is not None}
     try:
         return [ModelConfig(name=name, path=model, backend=be, **fields)]

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from rescore.errors import ConfigError, UserError
         from rescore.report.compare import compare as run_compare
         from rescore.report.compare import render, summary_line
-        from rescore.report.policy import load_policy
+        from rescore.plan.policy import load_policy
         from rescore.report.results import check_patterns
 
         if fmt not in ("markdown", "csv", "json"):

@@ -56,7 +56,7 @@ def validate_paths(paths: list[Path]) -> tuple[list[str], int]:
             problems += validate_file(p)
         elif kind == "matrix":
             try:
-                from rescore.matrix import validate_matrix_file
+                from rescore.plan.matrix import validate_matrix_file
             except ImportError:
                 problems.append(f"{p}: checkpoint matrices are not supported by this version")
                 continue

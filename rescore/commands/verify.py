@@ -147,9 +147,9 @@ def sample_matrix_units(store: Path, matrix: Path, k: int, seed: int, data_root:
     import random
 
     from rescore.artifacts.store import Store
-    from rescore.backfill import plan_matrix
+    from rescore.plan.backfill import plan_matrix
     from rescore.errors import UserError
-    from rescore.matrix import load_matrix
+    from rescore.plan.matrix import load_matrix
 
     st = Store(store)
     units = plan_matrix(st, load_matrix(matrix), source=str(matrix), data_root=data_root, check_paths=False)

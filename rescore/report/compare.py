@@ -39,7 +39,8 @@ from rescore.core import content_hash
 from rescore.errors import ConfigError, UserError
 from rescore.report import MAX_RESAMPLES
 from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
-from rescore.report.policy import Policy, evaluate
+from rescore.plan.policy import Policy
+from rescore.report.policy import evaluate
 from rescore.score.engine import (
     choose_files,
     infer_tier,
@@ -389,15 +390,15 @@ class StagePair:
 
 @dataclass
 class MatrixFile:
-    config: Any  # rescore.matrix.MatrixConfig
+    config: Any  # rescore.plan.matrix.MatrixConfig
     policy: Policy | None
 
 
 def load_matrix_file(path: str | Path) -> MatrixFile:
     """A checkpoint matrix (validated as ``rescore plan`` does) and its optional ``policy:`` mapping."""
     from rescore.config import ConfigProblems, read_yaml
-    from rescore.matrix import MatrixConfig, matrix_problems
-    from rescore.report.policy import policy_from
+    from rescore.plan.matrix import MatrixConfig, matrix_problems
+    from rescore.plan.policy import policy_from
 
     data = read_yaml(path)
     pol = None
@@ -412,7 +413,7 @@ def load_matrix_file(path: str | Path) -> MatrixFile:
 
 def matrix_pairs(cat: Catalog, m: Any, selected: Sequence[Checkpoint] | None) -> list[StagePair]:
     """Per bridged stage: (its bridge checkpoint, the stage's checkpoints in the store, its suites' tasks)."""
-    from rescore.matrix import checkpoint_name
+    from rescore.plan.matrix import checkpoint_name
     from rescore.tasks.suites import load_suite
 
     by_name = {s.name: s for s in m.stages}

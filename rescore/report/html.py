@@ -250,7 +250,7 @@ def _bridges(d: ReportData) -> dict[str | None, Checkpoint | None]:
         return {s: d.baseline for s in stages}
     out: dict[str | None, Checkpoint | None] = {}
     if d.matrix is not None:
-        from rescore.matrix import checkpoint_name
+        from rescore.plan.matrix import checkpoint_name
 
         by_name = {s.name: s for s in d.matrix.stages}
         for s in stages:

@@ -157,7 +157,7 @@ def matrix_problems(data: Any, source: str) -> list[str]:
             except ConfigError as e:
                 problems.append(f"{source}: stages.{i}.suites: {e.render()}")
     if data.get("policy") is not None:
-        from rescore.report.policy import policy_from
+        from rescore.plan.policy import policy_from
 
         try:
             policy_from(data["policy"], f"{source}: policy")

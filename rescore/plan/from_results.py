@@ -29,6 +29,7 @@ from rescore.config import (
     value_problem,
 )
 from rescore.errors import ConfigError, UserError
+from rescore.names import sanitize
 
 DEFAULT_PRECISION = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "half": "fp16", "fp16": "fp16",
                      "float32": "fp32", "float": "fp32", "fp32": "fp32"}
@@ -96,8 +97,6 @@ def parse_model_args(args: Any) -> dict[str, str]:
 
 
 def model_from_config(config: dict[str, Any], mm: ModelMapping, source: str) -> ModelConfig:
-    from rescore.commands.models import sanitize_name
-
     args = parse_model_args(config.get("model_args"))
     path = args.get(mm.path_arg)
     if not path:
@@ -116,7 +115,7 @@ def model_from_config(config: dict[str, Any], mm: ModelMapping, source: str) -> 
     stage = None
     if mm.stage_regex:
         s = re.search(mm.stage_regex, path)
-        stage = sanitize_name(s.group(1)) if s else None
+        stage = sanitize(s.group(1), fallback="model") if s else None
     dtype = str(args.get("dtype", "")).replace("torch.", "")
     precisions = {**DEFAULT_PRECISION, **mm.precision}
     if args.get("load_in_8bit") in ("True", "true"):
@@ -125,7 +124,8 @@ def model_from_config(config: dict[str, Any], mm: ModelMapping, source: str) -> 
         precision = "int4"
     else:
         precision = precisions.get(dtype, mm.default_precision)
-    name = sanitize_name(mm.name.format(basename=Path(path.rstrip("/")).name, stage=stage or "", step=step or ""))
+    name = sanitize(mm.name.format(basename=Path(path.rstrip("/")).name, stage=stage or "", step=step or ""),
+                    fallback="model")
     try:
         return ModelConfig(name=name, path=path, backend=mm.backend, precision=precision, step=step, stage=stage,
                            **mm.fields)
@@ -155,7 +155,7 @@ def gen_from_kwargs(kwargs: dict[str, Any] | None, base: GenConfig | None) -> Ge
 
 def plan_from_results(store: Store, pattern: str, mapping_path: Path, *, data_root: Path | None = None,
                       allow_direct: bool = False) -> list[Any]:
-    from rescore.backfill import PlannedUnit
+    from rescore.plan.backfill import PlannedUnit
     from rescore.gen.runner import plan_units, unit_state
     from rescore.tasks.suites import load_suite
 
