@@ -11,23 +11,17 @@ they share none. Per-row values come from the scorer's per-row files ``scores/<r
 (the same current files ``results.parquet`` is built from), aggregated exactly as the scorer aggregates
 them: a mean, or sum(num)/sum(den) for perplexities and other ratios.
 
-A *checkpoint* is a (model name, path, step, stage, precision) found in the unit manifests; its label is
-``name@step``. The baseline is named by label (``bridge@1000``), model name, checkpoint path, step, or
-run-id prefix (the checkpoint of that unit); an ambiguous name is an error listing the candidates.
-
-Runs are put side by side only when they agree on precision, dtype, tokenizer hash and (for chat tasks)
-chat template hash; otherwise :class:`MixedRunsError` names the runs that differ (``--allow-mixed``
-overrides it).
+Checkpoints and the baseline are resolved by :mod:`rescore.report.catalog`, runs that differ in precision,
+dtype, tokenizer or chat template are refused by :mod:`rescore.report.guard`, and the comparison is rendered
+by :mod:`rescore.report.results`.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import math
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,11 +30,19 @@ import numpy as np
 
 from rescore.artifacts.store import Store, Unit
 from rescore.core import content_hash
-from rescore.errors import ConfigError, UserError
+from rescore.errors import ConfigError
+from rescore.plan.policy import Policy
 from rescore.report import MAX_RESAMPLES
 from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
-from rescore.plan.policy import Policy
+from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models
+from rescore.report.guard import MixedRunsError, guard_mixed, guard_result_rows
 from rescore.report.policy import evaluate
+from rescore.report.results import COMPARE_COLUMNS as COLUMNS
+from rescore.report.results import compare_csv as to_csv
+from rescore.report.results import compare_json as to_json
+from rescore.report.results import compare_markdown as to_markdown
+from rescore.report.results import compare_summary as summary_line
+from rescore.report.results import render_compare as render
 from rescore.score.engine import (
     choose_files,
     infer_tier,
@@ -49,210 +51,6 @@ from rescore.score.engine import (
     score_file_path,
     select_metrics,
 )
-
-GUARDED = ("precision", "dtype", "tokenizer_hash", "chat_template_hash")
-
-
-class MixedRunsError(UserError):
-    """Runs with different precision, dtype, tokenizer or chat template would be compared."""
-
-
-# -- checkpoints and the catalog of units -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Checkpoint:
-    name: str
-    path: str
-    step: int | None
-    stage: str | None
-    precision: str
-
-    @classmethod
-    def of(cls, manifest: dict[str, Any]) -> Checkpoint:
-        m = manifest.get("model") or {}
-        step = m.get("step")
-        return cls(name=str(m.get("name")), path=str(m.get("path")),
-                   step=int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None,
-                   stage=m.get("stage"), precision=str(m.get("precision")))
-
-    @property
-    def sort_key(self) -> tuple[Any, ...]:
-        return (series_name(self), self.step if self.step is not None else -1, self.name, self.path, self.precision)
-
-
-@dataclass
-class Catalog:
-    """Complete units by checkpoint, task and seed (the newest unit when a cell has several)."""
-
-    store: Store
-    units: dict[Checkpoint, dict[str, dict[str, Unit]]] = field(default_factory=dict)
-    labels: dict[Checkpoint, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def checkpoints(self) -> list[Checkpoint]:
-        return sorted(self.units, key=lambda c: c.sort_key)
-
-    def all_units(self, ckpts: Iterable[Checkpoint] | None = None) -> list[Unit]:
-        return [u for c in (ckpts if ckpts is not None else self.units) for t in self.units[c].values() for u in t.values()]
-
-
-def suite_tasks(store: Store, suite: str) -> set[str] | None:
-    """Task names of a suite (shipped name or YAML path); falls back to the manifests' suite field."""
-    try:
-        from rescore.tasks.suites import load_suite
-
-        return {t.name for t in load_suite(suite).tasks}
-    except ConfigError:
-        names = {(u.manifest.get("task") or {}).get("name") for u in store.units() if u.manifest.get("suite") == suite}
-        if names:
-            return {n for n in names if n}
-        raise
-
-
-def build_catalog(store: Store, *, suites: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> Catalog:
-    if not store.gen_dir.is_dir():
-        raise UserError(f"no generation units in {store.root}", hint="run `rescore gen` first, or pass --store")
-    allowed: set[str] | None = None
-    for s in suites or []:
-        allowed = (allowed or set()) | (suite_tasks(store, s) or set())
-    cat = Catalog(store)
-    seen: set[str] = set()  # the tasks --task may name
-    for u in store.units():
-        if not u.complete:
-            continue
-        task = str((u.manifest.get("task") or {}).get("name"))
-        if allowed is not None and task not in allowed:
-            continue
-        seen.add(task)
-        if tasks and not any(fnmatch.fnmatchcase(task, p) for p in tasks):
-            continue
-        ck = Checkpoint.of(u.manifest)
-        seed = str(u.manifest.get("seed"))
-        cell = cat.units.setdefault(ck, {}).setdefault(task, {})
-        old = cell.get(seed)
-        if old is not None:
-            keep, drop = sorted([old, u], key=lambda x: str(x.manifest.get("completed_at")), reverse=True)
-            cat.notes.append(f"{task} seed {seed} of {ck.name}@{ck.step} has several units; using the newest "
-                             f"{keep.run_id[:12]}, not {drop.run_id[:12]}")
-            u = keep
-        cell[seed] = u
-    if tasks:  # a --task that matches nothing is named, not reported as an empty store
-        from rescore.report.results import check_patterns
-
-        what = f"complete unit of suite(s) {', '.join(suites)}" if suites else "complete unit"
-        check_patterns("task", tasks, seen, what=what, listing="tasks of the complete units")
-    if not cat.units:
-        what = f" for suite(s) {', '.join(suites)}" if suites else ""
-        raise UserError(f"no complete units in {store.root}{what}", hint="`rescore status` shows what has been generated")
-    cat.labels = unique_labels(cat.units)
-    return cat
-
-
-def unique_labels(ckpts: Iterable[Checkpoint]) -> dict[Checkpoint, str]:
-    """``name@step`` (``name`` when it has no step or already ends with it, as a matrix's ``stage1-step300``),
-    with ``[precision]`` and then the path added where needed to be unique."""
-    cks = list(ckpts)
-    labels = {c: c.name if c.step is None or names_step(c.name, c.step) else f"{c.name}@{c.step}" for c in cks}
-    for extra in (lambda c: c.precision, lambda c: c.path):
-        counts: dict[str, int] = {}
-        for lab in labels.values():
-            counts[lab] = counts.get(lab, 0) + 1
-        for c in cks:
-            if counts[labels[c]] > 1:
-                labels[c] = f"{labels[c]}[{extra(c)}]"
-    return labels
-
-
-def names_step(name: str, step: int) -> bool:
-    """Whether ``name`` ends with its step (``stage1-step300``, ``ckpt_300``)."""
-    return re.search(rf"(?:^|[-_.@]|step)0*{step}$", name) is not None
-
-
-def series_name(c: Checkpoint) -> str:
-    """The name of the run a checkpoint belongs to: its model name without a trailing step."""
-    if c.step is None or not names_step(c.name, c.step):
-        return c.name
-    return re.sub(rf"[-_.@]*(?:step)?[-_]?0*{c.step}$", "", c.name) or c.name
-
-
-def select_models(cat: Catalog, patterns: Sequence[str] | None) -> list[Checkpoint]:
-    """Checkpoints whose name, label or path matches one of the globs (all when none given)."""
-    if not patterns:
-        return cat.checkpoints
-    out = [c for c in cat.checkpoints
-           if any(fnmatch.fnmatchcase(s, p) for p in patterns for s in (c.name, cat.labels[c], c.path))]
-    if not out:
-        raise ConfigError(f"no checkpoint matches --models {' '.join(patterns)}",
-                          hint="checkpoints here: " + ", ".join(cat.labels[c] for c in cat.checkpoints))
-    return out
-
-
-_HEX = re.compile(r"^[0-9a-f]{4,}$")
-
-
-def resolve_baseline(cat: Catalog, spec: str) -> Checkpoint:
-    """The checkpoint named by ``spec``: a label, a model name, a checkpoint path, a step or a run-id prefix.
-
-    The first kind that matches anything decides; several matches of that kind are an error."""
-    cks = cat.checkpoints
-    kinds: list[tuple[str, list[Checkpoint]]] = [
-        ("label", [c for c in cks if cat.labels[c] == spec]),
-        ("model name", [c for c in cks if c.name == spec]),
-        ("checkpoint path", [c for c in cks if c.path == spec]),
-        ("step", [c for c in cks if spec.isdigit() and c.step == int(spec)]),
-        ("run id", [c for c in cks if _HEX.match(spec)
-                    and any(u.run_id.startswith(spec) for t in cat.units[c].values() for u in t.values())]),
-    ]
-    for kind, found in kinds:
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            raise ConfigError(f"baseline {spec!r} is ambiguous: {len(found)} checkpoints have that {kind} "
-                              f"({', '.join(cat.labels[c] for c in found)})",
-                              hint="name one by its label (NAME@STEP) or a run id prefix from `rescore ls`")
-    labels = [cat.labels[c] for c in cks]
-    close = difflib.get_close_matches(spec, labels + sorted({c.name for c in cks}), n=3)
-    hint = (f"did you mean {', '.join(close)}? " if close else "") + "checkpoints here: " + ", ".join(labels)
-    raise ConfigError(f"no checkpoint matches baseline {spec!r}", hint=hint)
-
-
-# -- the precision guard --------------------------------------------------------------------------------------
-def _uses_chat(unit: Unit) -> bool:
-    cfg = (unit.manifest.get("task") or {}).get("config") or {}
-    res = ((unit.manifest.get("resolved") or {}).get("task") or {})
-    return bool(cfg.get("chat") or res.get("chat"))
-
-
-def guard_mixed(cat: Catalog, ckpts: Sequence[Checkpoint], *, allow_mixed: bool = False) -> list[str]:
-    """Refuse (MixedRunsError) when runs of the same task differ in precision, dtype, tokenizer hash or
-    (chat tasks) chat template hash. With ``allow_mixed`` the differences are returned as warnings."""
-    diffs: dict[str, dict[str, dict[str, str]]] = {}  # field -> value -> label -> example run id
-    tasks = sorted({t for c in ckpts for t in cat.units.get(c, {})})
-    for task in tasks:
-        for fld in GUARDED:
-            seen: dict[str, dict[str, str]] = {}
-            for c in ckpts:
-                for u in cat.units.get(c, {}).get(task, {}).values():
-                    if fld == "chat_template_hash" and not _uses_chat(u):
-                        continue
-                    val = str((u.manifest.get("model") or {}).get(fld))
-                    seen.setdefault(val, {}).setdefault(cat.labels[c], u.run_id[:12])
-            if len(seen) > 1:
-                for val, who in seen.items():
-                    diffs.setdefault(fld, {}).setdefault(val, {}).update(who)
-    if not diffs:
-        return []
-    parts = []
-    for fld, vals in diffs.items():
-        groups = "; ".join(f"{val}: " + ", ".join(f"{lab} (run {rid})" for lab, rid in sorted(who.items()))
-                           for val, who in sorted(vals.items()))
-        parts.append(f"{fld} differs ({groups})")
-    msg = "runs differ: " + " | ".join(parts)
-    if not allow_mixed:
-        raise MixedRunsError(f"refusing to put runs side by side, {msg}",
-                             hint="select runs that agree with --models or --suite, "
-                                  "or pass --allow-mixed to put them side by side anyway")
-    return [msg]
 
 
 # -- per-row scores ----------------------------------------------------------------------------------------
@@ -610,110 +408,6 @@ def _gate(row: CompareRow, policy: Policy | None) -> None:
                                       p_value=row.p_value, higher_is_better=row.higher_is_better)
 
 
-# -- output ------------------------------------------------------------------------------------------------
-COLUMNS = ("model", "step", "stage", "precision", "baseline", "task", "tier", "metric", "higher_is_better", "base",
-           "value", "delta", "rel_delta", "ci_low", "ci_high", "p_value", "stderr", "n", "seeds", "metric_version",
-           "status", "reason", "rule")
-
-
-def _f(v: float | None, digits: int = 4) -> str:
-    if v is None:
-        return "—"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.2f}" if abs(v) >= 1000 else f"{v:.{digits}f}"
-
-
-def _signed(v: float | None) -> str:
-    return "—" if v is None else ("+" if v > 0 else "") + _f(v)
-
-
-def _status(r: CompareRow) -> str:
-    return {"pass": "pass", "fail": "**FAIL**", "missing-fail": "**FAIL** (missing)", "missing": "missing",
-            "skip": "skip", "": "—"}.get(r.status, r.status)
-
-
-def to_markdown(c: Comparison) -> str:
-    pct = f"{c.level:.0%}"
-    out = [f"# Compared with {c.baseline}\n",
-           f"Delta = model - baseline on the samples both scored; {pct} CI and two-sided p-value from a paired "
-           f"bootstrap ({c.resamples} resamples, seed {c.seed}). ↑ higher is better, ↓ lower is better.\n"]
-    by_model: dict[tuple[str, str], list[CompareRow]] = {}
-    for r in c.rows:
-        by_model.setdefault((r.model, r.baseline), []).append(r)
-    for (model, baseline), rows in by_model.items():
-        out.append(f"## {model} vs {baseline}\n")
-        out.append(f"| Task | Metric | {baseline} | {model} | Δ | Δ% | {pct} CI | p | n | Policy |")
-        out.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
-        for r in rows:
-            arrow = "↑" if r.higher_is_better else "↓"
-            rel = "—" if r.rel_delta is None else f"{r.rel_delta:+.2%}"
-            ci = "—" if r.ci_low is None else f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}]"
-            p = "—" if r.p_value is None else f"{r.p_value:.3g}"
-            status = _status(r) + (f": {r.reason}" if r.status in ("fail", "missing", "missing-fail") and r.reason else "")
-            out.append(f"| {r.task} | {r.metric} {arrow} | {_f(r.base)} | {_f(r.value)} | {_signed(r.delta)} | {rel} "
-                       f"| {ci} | {p} | {r.n} | {status} |")
-        out.append("")
-    out.append(summary_line(c))
-    for n in c.notes:
-        out.append(f"\nnote: {n}")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def summary_line(c: Comparison) -> str:
-    if c.policy is None:
-        return f"{len(c.rows)} rows compared; no policy given (--policy FILE gates them)."
-    failed = c.failed
-    verdict = "FAILED" if failed else "passed"
-    return (f"policy {verdict}: {len(failed)} of {len(c.gated)} gated rows failed"
-            + (" (" + ", ".join(f"{r.model} {r.task}/{r.metric}" for r in failed[:8])
-               + (", ..." if len(failed) > 8 else "") + ")" if failed else "") + ".")
-
-
-def to_csv(c: Comparison) -> str:
-    from rescore.report.results import to_csv as _csv
-
-    return _csv([r.as_dict() for r in c.rows], COLUMNS)
-
-
-def to_json(c: Comparison) -> str:
-    import json
-
-    def clean(v: Any) -> Any:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    doc = {"baseline": c.baseline, "resamples": c.resamples, "level": c.level, "seed": c.seed,
-           "policy": None if c.policy is None else c.policy.model_dump(exclude_defaults=True),
-           "passed": None if c.policy is None else not c.failed,
-           "rows": [{k: clean(v) for k, v in r.as_dict().items()} for r in c.rows], "notes": c.notes}
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
-def render(c: Comparison, fmt: str) -> str:
-    formats = {"markdown": to_markdown, "csv": to_csv, "json": to_json}
-    if fmt not in formats:
-        raise ConfigError(f"unknown --format {fmt!r}", hint="choose markdown, csv or json")
-    return formats[fmt](c)
-
-
 __all__ = ["compare", "Comparison", "CompareRow", "Checkpoint", "Catalog", "build_catalog", "resolve_baseline",
-           "guard_mixed", "MixedRunsError", "render", "to_markdown", "to_csv", "to_json"]
-
-
-def guard_result_rows(store: Store, rows: Sequence[dict[str, Any]], *, allow_mixed: bool = False) -> list[str]:
-    """The precision guard for a results table: the checkpoints and tasks of ``rows`` must agree in
-    precision, dtype, tokenizer and chat template (see :func:`guard_mixed`)."""
-    if not rows:
-        return []
-    tasks = sorted({str(r["task"]) for r in rows})
-    shown = {(str(r["model"]), r.get("step")) for r in rows}
-    try:
-        cat = build_catalog(store, tasks=tasks)
-    except UserError:
-        return []
-    ckpts = [c for c in cat.checkpoints if (c.name, c.step) in shown]
-    try:
-        return guard_mixed(cat, ckpts, allow_mixed=allow_mixed)
-    except MixedRunsError as e:
-        raise MixedRunsError(e.message, hint="select runs that agree with --model or --task, "
-                                             "or pass --allow-mixed to show them side by side anyway") from None
+           "guard_mixed", "guard_result_rows", "MixedRunsError", "render", "summary_line", "to_markdown", "to_csv",
+           "to_json", "COLUMNS", "load_matrix_file", "matrix_pairs", "unit_metrics", "read_rows"]

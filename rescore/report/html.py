@@ -31,16 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from rescore.artifacts.store import Store
-from rescore.report.compare import (
-    Catalog,
-    Checkpoint,
-    build_catalog,
-    guard_mixed,
-    load_matrix_file,
-    resolve_baseline,
-    select_models,
-    series_name,
-)
+from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models, series_name
+from rescore.report.compare import load_matrix_file
+from rescore.report.guard import guard_mixed
 from rescore.report.plots import Panel, Point, metric_figure
 
 BON = (("bon_first", "first"), ("bon_random", "random"), ("bon_oracle", "oracle"),
@@ -148,7 +141,7 @@ class ReportData:
 
     def _suites(self, suites: Sequence[str] | None) -> dict[str, list[str]]:
         """suite -> its task names (in first-seen order), from --suite or the units' manifests."""
-        from rescore.report.compare import suite_tasks
+        from rescore.report.catalog import suite_tasks
 
         tasks_here = sorted({r["task"] for r in self.rows})
         out: dict[str, list[str]] = {}

@@ -3,6 +3,8 @@
 Markdown: one ``Task | Metric | Result | Error Range`` table per model (Result is ``value ± stderr``,
 Error Range the 95% confidence interval), then a cross-model comparison table (rows task/metric, one
 column per model, the best value of each row in bold according to the metric's ``higher_is_better``).
+
+The output of ``rescore compare`` (markdown, CSV, JSON and its policy summary line) is rendered here too.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from rescore.report.compare import CompareRow, Comparison
 
 DISPLAY_COLUMNS = ("model", "step", "task", "subset", "metric", "seed", "value", "stderr", "n", "n_seeds", "precision")
 
@@ -241,3 +246,88 @@ def _best(row: dict[tuple[Any, ...], dict[str, Any]]) -> set[tuple[Any, ...]]:
         return set()
     target = max(vals.values()) if any_r.get("higher_is_better", True) else min(vals.values())
     return {k for k, v in vals.items() if v == target}
+
+
+
+# -- `rescore compare` output ------------------------------------------------------------------------------------------------
+COMPARE_COLUMNS = ("model", "step", "stage", "precision", "baseline", "task", "tier", "metric", "higher_is_better", "base",
+           "value", "delta", "rel_delta", "ci_low", "ci_high", "p_value", "stderr", "n", "seeds", "metric_version",
+           "status", "reason", "rule")
+
+
+def _num_text(v: float | None, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.2f}" if abs(v) >= 1000 else f"{v:.{digits}f}"
+
+
+def _signed_text(v: float | None) -> str:
+    return "—" if v is None else ("+" if v > 0 else "") + _num_text(v)
+
+
+def _status_text(r: CompareRow) -> str:
+    return {"pass": "pass", "fail": "**FAIL**", "missing-fail": "**FAIL** (missing)", "missing": "missing",
+            "skip": "skip", "": "—"}.get(r.status, r.status)
+
+
+def compare_markdown(c: Comparison) -> str:
+    pct = f"{c.level:.0%}"
+    out = [f"# Compared with {c.baseline}\n",
+           f"Delta = model - baseline on the samples both scored; {pct} CI and two-sided p-value from a paired "
+           f"bootstrap ({c.resamples} resamples, seed {c.seed}). ↑ higher is better, ↓ lower is better.\n"]
+    by_model: dict[tuple[str, str], list[CompareRow]] = {}
+    for r in c.rows:
+        by_model.setdefault((r.model, r.baseline), []).append(r)
+    for (model, baseline), rows in by_model.items():
+        out.append(f"## {model} vs {baseline}\n")
+        out.append(f"| Task | Metric | {baseline} | {model} | Δ | Δ% | {pct} CI | p | n | Policy |")
+        out.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
+        for r in rows:
+            arrow = "↑" if r.higher_is_better else "↓"
+            rel = "—" if r.rel_delta is None else f"{r.rel_delta:+.2%}"
+            ci = "—" if r.ci_low is None else f"[{_signed_text(r.ci_low)}, {_signed_text(r.ci_high)}]"
+            p = "—" if r.p_value is None else f"{r.p_value:.3g}"
+            status = _status_text(r) + (f": {r.reason}" if r.status in ("fail", "missing", "missing-fail") and r.reason else "")
+            out.append(f"| {r.task} | {r.metric} {arrow} | {_num_text(r.base)} | {_num_text(r.value)} | {_signed_text(r.delta)} | {rel} "
+                       f"| {ci} | {p} | {r.n} | {status} |")
+        out.append("")
+    out.append(compare_summary(c))
+    for n in c.notes:
+        out.append(f"\nnote: {n}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def compare_summary(c: Comparison) -> str:
+    if c.policy is None:
+        return f"{len(c.rows)} rows compared; no policy given (--policy FILE gates them)."
+    failed = c.failed
+    verdict = "FAILED" if failed else "passed"
+    return (f"policy {verdict}: {len(failed)} of {len(c.gated)} gated rows failed"
+            + (" (" + ", ".join(f"{r.model} {r.task}/{r.metric}" for r in failed[:8])
+               + (", ..." if len(failed) > 8 else "") + ")" if failed else "") + ".")
+
+
+def compare_csv(c: Comparison) -> str:
+    return to_csv([r.as_dict() for r in c.rows], COMPARE_COLUMNS)
+
+
+def compare_json(c: Comparison) -> str:
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    doc = {"baseline": c.baseline, "resamples": c.resamples, "level": c.level, "seed": c.seed,
+           "policy": None if c.policy is None else c.policy.model_dump(exclude_defaults=True),
+           "passed": None if c.policy is None else not c.failed,
+           "rows": [{k: clean(v) for k, v in r.as_dict().items()} for r in c.rows], "notes": c.notes}
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_compare(c: Comparison, fmt: str) -> str:
+    from rescore.errors import ConfigError
+
+    formats = {"markdown": compare_markdown, "csv": compare_csv, "json": compare_json}
+    if fmt not in formats:
+        raise ConfigError(f"unknown --format {fmt!r}", hint="choose markdown, csv or json")
+    return formats[fmt](c)
