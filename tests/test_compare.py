@@ -19,9 +19,9 @@ from support import invoke
 
 from rescore.artifacts.store import Store
 from rescore.errors import ConfigError
+from rescore.plan.policy import Policy, Rule, load_policy
 from rescore.report.bootstrap import aggregate_fn, paired_bootstrap, two_sided_p
 from rescore.report.compare import MixedRunsError, build_catalog, compare, resolve_baseline
-from rescore.plan.policy import Policy, Rule, load_policy
 from rescore.report.policy import evaluate
 
 

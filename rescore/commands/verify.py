@@ -147,8 +147,8 @@ def sample_matrix_units(store: Path, matrix: Path, k: int, seed: int, data_root:
     import random
 
     from rescore.artifacts.store import Store
-    from rescore.plan.backfill import plan_matrix
     from rescore.errors import UserError
+    from rescore.plan.backfill import plan_matrix
     from rescore.plan.matrix import load_matrix
 
     st = Store(store)
