@@ -29,6 +29,7 @@ from rescore.config import (
     value_problem,
 )
 from rescore.errors import ConfigError, UserError
+from rescore.importers.lm_eval.model_args import parse_model_args
 from rescore.names import sanitize
 
 DEFAULT_PRECISION = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "half": "fp16", "fp16": "fp16",
@@ -85,19 +86,8 @@ def load_mapping(path: Path) -> ResultsMapping:
         raise ConfigError(f"{path}: expected a mapping", hint="see the README section on backfill") from None
 
 
-def parse_model_args(args: Any) -> dict[str, str]:
-    if isinstance(args, dict):
-        return {str(k): str(v) for k, v in args.items()}
-    out: dict[str, str] = {}
-    for part in str(args or "").split(","):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
 def model_from_config(config: dict[str, Any], mm: ModelMapping, source: str) -> ModelConfig:
-    args = parse_model_args(config.get("model_args"))
+    args = parse_model_args(config.get("model_args"), as_text=True)
     path = args.get(mm.path_arg)
     if not path:
         raise UserError(f"{source}: config.model_args has no {mm.path_arg!r}",
