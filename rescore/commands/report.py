@@ -59,9 +59,9 @@ def register(app: typer.Typer) -> None:
         from rescore.artifacts.io import atomic_write_text
         from rescore.artifacts.store import Store
         from rescore.errors import ConfigError, UserError
+        from rescore.plan.policy import load_policy
         from rescore.report.compare import compare as run_compare
         from rescore.report.compare import render, summary_line
-        from rescore.plan.policy import load_policy
         from rescore.report.results import check_patterns
 
         if fmt not in ("markdown", "csv", "json"):
