@@ -1,10 +1,11 @@
 """Integrity checks of a store: checksums, schemas, orphaned and leftover files.
 
 ``check_store`` reads every manifest, verifies each complete unit's rows.parquet against the sha256 in
-its manifest and against the Arrow schema of its request type, scans partial units' rows.jsonl, and lists
-what does not belong: unit directories without a manifest, score directories whose unit is gone,
-damaged score files,
-temporary files left by an interrupted atomic write, and locks of dead processes.
+its manifest (whole file), the unit it names and the Arrow schema of its request type, scans partial units'
+rows.jsonl, reads every score file and results.parquet whole against their checksums, and lists what does
+not belong: unit directories without a manifest, score directories whose unit is gone, temporary files left
+by an interrupted atomic write, and locks of dead processes. Damaged score files are dropped from their
+unit's score index, so the next ``score`` recomputes them.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rescore.artifacts.integrity import READ_ERRORS, first_line, read_sealed_parquet
 from rescore.artifacts.io import read_json, sha256_file
 from rescore.artifacts.lock import is_stale
 from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
-from rescore.artifacts.store import LOCK, MANIFEST, ROWS_JSONL, ROWS_PARQUET, Store, scan_jsonl
-from rescore.errors import UserError
+from rescore.artifacts.store import LOCK, MANIFEST, ROWS_JSONL, ROWS_PARQUET, Store, Unit, scan_jsonl
+from rescore.errors import CorruptArtifactError, UserError
 
 
 @dataclass(frozen=True)
@@ -58,20 +59,39 @@ def check_store(store: Store) -> tuple[list[Finding], int]:
     for p in sorted(store.root.rglob(".*.tmp")):
         out.append(Finding("leftover", str(p), "temporary file of an interrupted write (safe to delete)"))
     out += check_prepared(store)
+    out += check_results(store)
     return out, n
 
 
+def check_results(store: Store) -> list[Finding]:
+    """results.parquet read whole against its page CRCs and content checksum (a damaged one is rebuilt by
+    the next `score`, or by the next command that reads it)."""
+    from rescore.score.engine import check_results as read_whole
+
+    if not store.results_path.is_file():
+        return []
+    try:
+        read_whole(store)
+    except CorruptArtifactError as e:
+        return [Finding("corrupt", str(store.results_path), f"{getattr(e, 'why', e.message)}; `rescore score` "
+                                                            "rebuilds it from the score files")]
+    return []
+
+
 def check_scores(d: Path) -> list[Finding]:
-    """Every score file of a unit read whole (they are a cache: a damaged one is recomputed by `score`)."""
-    from rescore.score.engine import check_score_file, score_files
+    """Every score file of a unit read whole, against its checksum (they are a cache: a damaged one is
+    dropped from the unit's score index, so the next `score` recomputes it)."""
+    from rescore.score.engine import check_score_file, forget_score_files, score_files
 
     out = []
+    damaged = []
     for p in sorted(d / n for n in score_files(d)):
         meta, why = check_score_file(p)
         if meta is None:
-            metric = p.name.split("@")[0]
-            out.append(Finding("corrupt", str(p), f"score file {why}; delete it and run `rescore score` (or "
-                                                  f"`rescore score --force --metric {metric}`) to recompute it"))
+            damaged.append(p.name)
+            out.append(Finding("corrupt", str(p), f"score file {why}; the next `rescore score` recomputes it"))
+    if damaged:
+        forget_score_files(d, damaged)
     return out
 
 
@@ -106,13 +126,21 @@ def check_unit(d: Path) -> list[Finding]:
     pq_path = d / ROWS_PARQUET
     if not pq_path.is_file():
         return out + [Finding("corrupt", str(pq_path), "missing, but the manifest says complete")]
+    try:
+        unit = Unit(d)
+        unit.check_rows_file()  # the checks of every read first: they say whose rows a misplaced file holds
+    except CorruptArtifactError as e:
+        return out + [Finding("corrupt", str(pq_path), getattr(e, "why", e.message))]
     if m.get("rows_parquet_sha256") and sha256_file(pq_path) != m["rows_parquet_sha256"]:
         return out + [Finding("corrupt", str(pq_path), "sha256 differs from the manifest (truncated or modified)")]
     try:
         meta = pq.read_metadata(pq_path)
         got = pq.read_schema(pq_path)
-    except (pa.ArrowInvalid, OSError) as e:
-        return out + [Finding("corrupt", str(pq_path), f"unreadable: {e}")]
+        unit.check_bound(meta)
+    except CorruptArtifactError as e:
+        return out + [Finding("corrupt", str(pq_path), getattr(e, "why", e.message))]
+    except READ_ERRORS as e:
+        return out + [Finding("corrupt", str(pq_path), f"unreadable: {first_line(e)}")]
     if not got.remove_metadata().equals(schema.remove_metadata()):
         diff = sorted(set(map(str, schema)) ^ set(map(str, got)))[:3]
         out.append(Finding("schema", str(pq_path), f"columns differ from the {rt} schema: {diff}"))
@@ -139,6 +167,12 @@ def check_prepared(store: Store) -> list[Finding]:
             out.append(Finding("corrupt", str(rows), "prepared rows missing"))
         elif meta.get("rows_sha256") and sha256_file(rows) != meta["rows_sha256"]:
             out.append(Finding("corrupt", str(rows), "sha256 differs from meta.json (truncated or modified)"))
+        for cache in sorted(d.glob("windows-*.parquet")):  # packed perplexity windows: a cache, checked like one
+            try:
+                read_sealed_parquet(cache, "")
+            except CorruptArtifactError as e:
+                out.append(Finding("corrupt", str(cache), f"{getattr(e, 'why', e.message)}; the next `rescore gen` "
+                                                          "that needs it rebuilds it"))
     return out
 
 
@@ -166,11 +200,11 @@ def load_results_file(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"results file not found: {path}", hint="pass a results.parquet or `rescore results --format json` output")
     try:
-        if path.suffix == ".parquet":
-            data = pq.read_table(path).to_pylist()
+        if path.suffix == ".parquet":  # page CRCs and the content checksum of a results.parquet are verified
+            data = read_sealed_parquet(path, "pass an undamaged copy of the results file").to_pylist()
         else:
             data = orjson.loads(path.read_bytes())
-    except (orjson.JSONDecodeError, pa.ArrowInvalid, OSError) as e:
+    except (orjson.JSONDecodeError, OSError) as e:
         raise UserError(f"cannot read results file {path}: {e}", hint="pass results.parquet or a JSON list of result rows") from None
     rows = data.get("results") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):

@@ -18,8 +18,8 @@ import pytest
 from support import cli as _cli
 from support import invoke
 
-from rescore.artifacts.io import atomic_write_json, atomic_write_table
-from rescore.artifacts.store import Store
+from rescore.artifacts.io import atomic_write_json
+from rescore.artifacts.store import Store, write_rows_parquet
 from rescore.score.engine import (
     RESULTS_SCHEMA,
     read_results,
@@ -219,8 +219,8 @@ def test_regenerated_unit_is_rescored(store: Path) -> None:
     t = pq.read_table(unit.parquet_path)
     gold = pc.if_else(pc.equal(t["gold"], 0), 1, 0).cast(pa.int32())
     t = t.set_column(t.schema.get_field_index("gold"), "gold", gold)
-    sha = atomic_write_table(unit.parquet_path, t)
-    atomic_write_json(unit.path / "manifest.json", {**unit.manifest, "rows_parquet_sha256": sha})
+    written = write_rows_parquet(unit.parquet_path, t, unit.run_id)  # as the writer does when a unit completes
+    atomic_write_json(unit.path / "manifest.json", {**unit.manifest, **written})
     report = score_store(st)
     assert report.computed and {r for r, _, _ in report.computed} == {unit.run_id}
 
@@ -582,10 +582,13 @@ def test_a_malformed_score_index_is_ignored(store: Path, index: bytes | str) -> 
     before = read_results(st).to_pylist()
     for u in st.units():
         path = st.scores_dir / u.run_id / "_index.json"
-        if isinstance(index, str):  # valid JSON, current sizes and mtimes, but metadata of the wrong shape
+        if isinstance(index, str):  # valid JSON, current sizes and times, but metadata of the wrong shape
+            from rescore.score.engine import _index_checksum
+
             data = json.loads(path.read_bytes())
-            for ent in data.values():
+            for ent in data["files"].values():
                 ent["meta"]["aggregates"] = {"all": "x"} if index == "aggregates-str" else None
+            data["checksum"] = _index_checksum(data["files"])  # a whole index, of malformed entries
             path.write_text(json.dumps(data))
         else:
             path.write_bytes(index)

@@ -24,10 +24,11 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from rescore.artifacts.integrity import READ_ERRORS, ROWS_KEY, RUN_ID_KEY, corrupt, first_line, footer_checksum
 from rescore.artifacts.io import (
     NO_SPACE,
+    atomic_write_bytes,
     atomic_write_json,
-    atomic_write_table,
     no_space,
     read_json,
     refuse_symlinks,
@@ -53,6 +54,18 @@ class TornLineWarning(UserWarning):
 
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # rows.jsonl is appended to and truncated, never through a link
+
+
+# Units whose manifest could not be read, left out by Store.units() in this process (path -> why). Every
+# command that passes over a damaged unit must name it and fail: the CLI reports these after the command
+# (rescore.commands.common.handle_errors), unless the command showed them itself (acknowledge_damaged).
+PASSED_OVER: dict[str, str] = {}
+
+
+def acknowledge_damaged(paths: Iterable[str | Path]) -> None:
+    """The caller has shown these damaged units to the user (``status`` and ``ls`` list them as corrupt)."""
+    for p in paths:
+        PASSED_OVER.pop(str(p), None)
 
 
 class Store:
@@ -107,6 +120,7 @@ class Store:
                     out.append(Unit(d))
                 except CorruptArtifactError as e:
                     self.corrupt.append((d, e.message))
+                    PASSED_OVER[str(d)] = e.message
         return out
 
     def unit(self, run_id: str) -> Unit:
@@ -136,6 +150,9 @@ class Unit:
         self.path = path
         self.run_id = path.name
         self.manifest: dict[str, Any] = read_json(path / MANIFEST)
+        if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("request_type"), str):
+            raise CorruptArtifactError(f"{path / MANIFEST} is not a unit manifest (no request_type)",
+                                       hint=f"delete {path} and regenerate the unit")
 
     @property
     def status(self) -> str:
@@ -166,47 +183,105 @@ class Unit:
     def parquet_path(self) -> Path:
         return self.path / ROWS_PARQUET
 
+    def _damaged(self, why: str) -> CorruptArtifactError:
+        return corrupt(self.parquet_path, why, hint=f"delete {self.path} and run `rescore gen` again to regenerate "
+                                                    "the unit (or put its own rows.parquet back)")
+
     def verify(self) -> None:
         """Check rows.parquet against the manifest's sha256 (cached per process by size and mtime)."""
         p = self.parquet_path
-        if not p.is_file():
-            raise CorruptArtifactError(f"{p} is missing but the manifest says the unit is complete",
-                                       hint=f"delete {self.path} and regenerate the unit")
+        self.check_rows_file()
         st = p.stat()
         key = (str(p), st.st_size, st.st_mtime_ns)
         if _verified.get(key):
             return
         expected = self.manifest.get("rows_parquet_sha256")
         if expected and sha256_file(p) != expected:
-            raise CorruptArtifactError(f"{p} does not match the checksum in its manifest (truncated or modified)",
-                                       hint=f"delete {self.path} and regenerate the unit")
+            raise self._damaged("it does not match the sha256 in its manifest (truncated, modified or replaced)")
         _verified[key] = True
 
+    def check_rows_file(self) -> None:
+        """The cheap checks made before every read of rows.parquet: it exists, and (units written since the
+        manifest records them) its size and the CRC-32 of its footer are the manifest's. A file of another unit,
+        an older version or a damaged footer is refused here, naming the file."""
+        p = self.parquet_path
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise self._damaged("missing, but the manifest says the unit is complete") from None
+        except OSError as e:
+            raise self._damaged(f"unreadable ({first_line(e)})") from None
+        want_size, want_footer = self.manifest.get("rows_parquet_bytes"), self.manifest.get("rows_parquet_footer")
+        if want_size is None and want_footer is None:
+            return  # written before these were recorded: the page CRCs or the sha256 check it
+        try:
+            footer = footer_checksum(p)
+        except (OSError, ValueError) as e:
+            raise self._damaged(f"unreadable ({first_line(e)})") from None
+        if size != want_size or footer != want_footer:
+            other = self._owner()
+            if other is not None and other != self.run_id:
+                raise self._damaged(f"it holds the rows of unit {other}, not of unit {self.run_id} (moved or copied "
+                                    "between units)")
+            raise self._damaged(f"its size or footer differs from what the manifest recorded ({size} bytes, manifest "
+                                f"{want_size}): truncated, modified, or another version of the unit's rows")
+
+    def _owner(self) -> str | None:
+        """The run id a rows.parquet names in its own metadata (None when it names none or cannot be read)."""
+        try:
+            kv = pq.read_metadata(self.parquet_path).metadata or {}
+            return kv[RUN_ID_KEY].decode() if RUN_ID_KEY in kv else None
+        except READ_ERRORS:
+            return None
+
     def read_table(self, columns: Sequence[str] | None = None, *, verify: bool = True) -> pa.Table:
-        """The unit's rows (``columns`` only). With ``verify``, every page read is checked against its CRC
-        (units written with page checksums) or the whole file against the manifest's sha256 (older
-        units), so damaged data is an error naming the file, never partial data."""
+        """The unit's rows (``columns`` only). With ``verify``, the file is first checked to be this unit's
+        (:meth:`check_rows_file`), then every page read is checked against its CRC. A unit written before its
+        manifest recorded the file's size and footer (or before page CRCs) has its whole file checked against
+        the manifest's sha256 instead, once per process. Damaged or misplaced data is an error naming the
+        file, never partial or wrong data."""
         if not self.complete:
             raise StoreError(f"unit {self.run_id} is not complete (status {self.status})",
                              hint="finish it with `rescore gen` (it resumes) before reading it")
         pages = bool(self.manifest.get("page_checksums"))
-        if verify and not pages:
-            self.verify()
-        if not self.parquet_path.is_file():
-            raise CorruptArtifactError(f"{self.parquet_path} is missing but the manifest says the unit is complete",
-                                       hint=f"delete {self.path} and regenerate the unit")
+        if verify:
+            bound = "rows_parquet_bytes" in self.manifest
+            self.check_rows_file() if pages and bound else self.verify()
+        elif not self.parquet_path.is_file():
+            raise self._damaged("missing, but the manifest says the unit is complete")
         try:
             # ParquetFile, not pq.read_table: the same reader without the dataset layer, whose first use
             # imports pandas (a fifth of a second in every fresh process, e.g. each scoring worker)
             with pq.ParquetFile(self.parquet_path, page_checksum_verification=verify and pages) as f:
+                if verify:
+                    self.check_bound(f.metadata)
                 lacking = [c for c in columns or () if c not in f.schema_arrow.names]
                 if lacking:  # ParquetFile.read would leave them out silently
-                    raise CorruptArtifactError(f"{self.parquet_path} has no column(s) {lacking}",
-                                               hint=f"it is not a {self.request_type} unit's rows: regenerate the unit")
+                    raise self._damaged(f"it has no column(s) {lacking}: not a {self.request_type} unit's rows")
                 return f.read(columns=list(columns) if columns is not None else None)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise CorruptArtifactError(f"cannot read {self.parquet_path}: {e}",
-                                       hint=f"delete {self.path} and regenerate the unit") from None
+        except READ_ERRORS as e:
+            raise self._damaged(f"unreadable ({first_line(e)})") from None
+
+    def columns(self) -> list[str]:
+        """The column names of the unit's rows, read from its checked footer."""
+        self.check_rows_file()
+        try:
+            with pq.ParquetFile(self.parquet_path) as f:
+                self.check_bound(f.metadata)
+                return list(f.schema_arrow.names)
+        except READ_ERRORS as e:
+            raise self._damaged(f"unreadable ({first_line(e)})") from None
+
+    def check_bound(self, md: pq.FileMetaData) -> None:
+        """The file's own metadata names this unit (files written since it does) and the manifest's row count."""
+        kv = md.metadata or {}
+        owner = kv.get(RUN_ID_KEY)
+        if owner is not None and owner != self.run_id.encode():
+            raise self._damaged(f"it holds the rows of unit {owner.decode(errors='replace')}, not of unit "
+                                f"{self.run_id} (moved or copied between units)")
+        want = self.manifest.get("rows_done")
+        if isinstance(want, int) and md.num_rows != want:
+            raise self._damaged(f"it holds {md.num_rows} rows, its manifest says {want}")
 
     def describe(self) -> str:
         m = self.manifest
@@ -278,11 +353,12 @@ class UnitWriter:
         else:
             self.manifest["created_at"] = now_iso()
             self.manifest["resumes"] = 0
+        jsonl = self.dir / ROWS_JSONL
+        # the log is checked before the manifest is rewritten: a damaged unit is left exactly as it was
+        self.done_ids = scan_jsonl(jsonl, repair=True)
         self.manifest.update(status="running", schema_version=SCHEMA_VERSION, run_id=self.run_id,
                              host=socket.gethostname(), pid=os.getpid())
         atomic_write_json(mpath, self.manifest)
-        jsonl = self.dir / ROWS_JSONL
-        self.done_ids = scan_jsonl(jsonl, repair=True)
         self._resume_bytes = jsonl.stat().st_size if jsonl.exists() else 0
         self._fh = os.fdopen(os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666), "ab")
 
@@ -343,10 +419,9 @@ class UnitWriter:
             extra = sorted(got - want)[:5]
             raise StoreError(f"unit {self.run_id}: rows do not match the requests (missing {missing}, unexpected {extra})",
                              hint="run `rescore gen` again to resume; if it persists the task data changed")
-        sha = atomic_write_table(self.dir / ROWS_PARQUET, table)
+        written = write_rows_parquet(self.dir / ROWS_PARQUET, table, self.run_id)
         self.manifest.update(
-            status="complete", rows_done=table.num_rows, rows_total=len(want), rows_parquet_sha256=sha,
-            page_checksums=True,
+            status="complete", rows_done=table.num_rows, rows_total=len(want), **written,
             completed_at=now_iso(), **(extra_manifest or {}),
         )
         self.manifest.pop("pid", None)
@@ -360,6 +435,27 @@ class UnitWriter:
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(fields)
         atomic_write_json(self.dir / MANIFEST, self.manifest)
+
+
+def write_rows_parquet(path: Path, table: pa.Table, run_id: str) -> dict[str, Any]:
+    """Write a unit's rows.parquet atomically, bound to its unit; returns what the manifest records of it.
+
+    The file names its unit and row count in its own key-value metadata and has Parquet page CRCs; the
+    manifest gets its sha256 (checked by ``verify``), its size and its footer's CRC-32 (checked on every
+    read, see :meth:`Unit.check_rows_file`)."""
+    import io
+
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), RUN_ID_KEY: run_id.encode(),
+                                           ROWS_KEY: str(table.num_rows).encode()})
+    buf = io.BytesIO()
+    # page CRCs let every read verify exactly the pages it uses (see Unit.read_table)
+    pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    import hashlib
+
+    return {"rows_parquet_sha256": hashlib.sha256(data).hexdigest(), "rows_parquet_bytes": len(data),
+            "rows_parquet_footer": footer_checksum(data), "page_checksums": True}
 
 
 def _finite_or_null(arr: pa.Array) -> pa.Array:

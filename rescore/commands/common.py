@@ -50,8 +50,13 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _passed_over().clear()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+        except typer.Exit as e:
+            if not e.exit_code:
+                _fail_if_passed_over()
+            raise
         except UserError as e:
             if os.environ.get("RESCORE_DEBUG"):
                 raise
@@ -68,5 +73,24 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             fail("interrupted; everything finished before it is saved: run the same command again to go on",
                  143 if TERMINATED else 130)  # the shell's codes for SIGTERM and Ctrl-C
+        _fail_if_passed_over()
+        return result
 
     return wrapper  # type: ignore[return-value]
+
+
+def _passed_over() -> dict[str, str]:
+    """Damaged units the command left out (rescore.artifacts.store.PASSED_OVER; empty when it read no store)."""
+    mod = sys.modules.get("rescore.artifacts.store")
+    return mod.PASSED_OVER if mod is not None else {}
+
+
+def _fail_if_passed_over() -> None:
+    """A command that finished but could not read some units' manifests names them and exits 1: what it did
+    or showed lacks those units, which must not pass for a complete answer."""
+    skipped = _passed_over()
+    if not skipped:
+        return
+    shown = "; ".join(list(skipped.values())[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    fail(f"{len(skipped)} damaged unit(s) could not be read: {shown} (`rescore verify` lists every damaged file; "
+         "delete a damaged unit's directory and run `rescore gen` to regenerate it)", 1)

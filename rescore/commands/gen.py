@@ -74,11 +74,21 @@ def register(app: typer.Typer) -> None:
         st = Store(store).check_writable()
         plans = plan_units(st, suite_cfg, models, data_root=data_root, allow_direct=direct, tasks=task,
                            seeds=parse_seeds(seeds))
-        with RichProgress(enabled=progress) as prog:
-            results = run_units(st, plans, progress=prog)
         from rich.console import Console
 
+        from rescore.errors import StoreError
+
+        skipped: StoreError | None = None
+        with RichProgress(enabled=progress) as prog:
+            try:
+                results = run_units(st, plans, progress=prog)
+            except StoreError as e:  # units skipped (damaged, or being written): the others ran, show them all
+                if not hasattr(e, "results"):
+                    raise
+                skipped, results = e, e.results
         summarize(results, Console())
+        if skipped is not None:
+            raise skipped
 
 
 def summarize(results, console) -> None:  # type: ignore[no-untyped-def]
@@ -91,6 +101,8 @@ def summarize(results, console) -> None:  # type: ignore[no-untyped-def]
         t.add_row(r.plan.run_id[:12], r.plan.model.name, r.plan.task.name, str(r.plan.seed), r.action,
                   f"{r.rows_written}/{r.rows_total}" if r.action != "skipped" else "-", f"{r.seconds:.1f}")
     console.print(t)
-    n = {a: sum(1 for r in results if r.action == a) for a in ("generated", "resumed", "skipped")}
+    n = {a: sum(1 for r in results if r.action == a) for a in ("generated", "resumed", "skipped", "damaged", "locked")}
     console.print(f"{len(results)} units: {n['generated']} generated, {n['resumed']} resumed, "
-                  f"{n['skipped']} already complete", highlight=False)
+                  f"{n['skipped']} already complete"
+                  + (f", {n['damaged']} damaged (left as they are)" if n["damaged"] else "")
+                  + (f", {n['locked']} being written by another process" if n["locked"] else ""), highlight=False)

@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
         console = _console()
         with _Progress(console, progress) as prog:
             report = score_store(st, specs, force=force, jobs=jobs, progress=prog.update)
+        from rescore.artifacts.store import acknowledge_damaged
+
+        acknowledge_damaged(st.gen_dir / r for r, _ in report.corrupt_units)  # named below, with the exit code
         plugin_error: UserError | None = None
         try:  # a plugin metric with no value on any row: its files are removed, the error comes after the summary
             discard_empty_plugin_scores(st, specs)
@@ -215,6 +218,7 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("table", "csv", "json", "markdown"):
             raise ConfigError(f"unknown --format {fmt!r}", hint="choose table, csv, json or markdown")
         table = read_results(Store(store))
+        Store(store).units()  # units with a damaged manifest are missing from the table: named, exit 1
         rep.check_filters(table, model=model, task=task, metric=metric, seed=seed, subset=subset)
         rows = rep.filter_results(table, model=model, task=task, metric=metric,
                                   seed=seed or ["agg"], subset=subset or ["all"])
@@ -260,6 +264,7 @@ def register(app: typer.Typer) -> None:
 
         for p in export_tiers(Store(store), outdir, model):
             print(p)
+        Store(store).units()  # units with a damaged manifest are missing from the export: named, exit 1
 
     @export_app.command("lm-eval")
     @handle_errors
@@ -274,6 +279,7 @@ def register(app: typer.Typer) -> None:
 
         for p in export_lm_eval(Store(store), outdir, model):
             print(p)
+        Store(store).units()  # units with a damaged manifest are missing from the export: named, exit 1
 
 
 def _console(stdout: bool = False):  # type: ignore[no-untyped-def]

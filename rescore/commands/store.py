@@ -13,19 +13,29 @@ from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt,
 
 def unit_rows(store_path: Path) -> list[dict[str, Any]]:
     from rescore.artifacts.store import Store
+    from rescore.errors import CorruptArtifactError
 
     store = Store(store_path)
     out = []
     for u in store.units():
         m = u.manifest
+        status, error = ("complete" if u.complete else "partial"), None
+        if u.complete:
+            try:  # cheap (size and footer): a complete unit whose rows are missing or misplaced is not complete
+                u.check_rows_file()
+            except CorruptArtifactError as e:
+                status, error = "corrupt", e.message
         out.append({
             "run_id": u.run_id, "model": m.get("model", {}).get("name"), "step": m.get("model", {}).get("step"),
             "task": m.get("task", {}).get("name"), "suite": m.get("suite"), "seed": m.get("seed"),
-            "request_type": m.get("request_type"), "status": "complete" if u.complete else "partial",
+            "request_type": m.get("request_type"), "status": status,
             "rows_done": u.rows_done(), "rows_total": u.rows_total(),
             "precision": m.get("model", {}).get("precision"), "path": m.get("model", {}).get("path"),
-            "created_at": m.get("created_at"),
+            "created_at": m.get("created_at"), **({"error": error} if error else {}),
         })
+    from rescore.artifacts.store import acknowledge_damaged
+
+    acknowledge_damaged(path for path, _ in store.corrupt)  # listed as corrupt: status and ls show them
     for path, message in store.corrupt:
         out.append({"run_id": path.name, "model": "?", "step": None, "task": "?", "suite": None, "seed": "?",
                     "request_type": None, "status": "corrupt", "rows_done": 0, "rows_total": None,

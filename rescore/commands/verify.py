@@ -81,7 +81,11 @@ def verify(
         console.print(f"{n_units} unit(s) checked: {len(errors)} problem(s), {len(findings) - len(errors)} note(s)",
                       highlight=False)
     if errors:
-        raise typer.Exit(1)
+        from rescore.commands.common import fail
+
+        named = ", ".join(f.path for f in errors[:3]) + (f" and {len(errors) - 3} more" if len(errors) > 3 else "")
+        fail(f"{len(errors)} problem(s) in {store}: {named} (the table lists each with what to do; a damaged score "
+             "file or results.parquet is rebuilt by the next `rescore score`)", 1)
 
 
 @verify_app.command("determinism")

@@ -22,7 +22,7 @@ from rescore.artifacts.ids import run_id as make_run_id
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions, now_iso
 from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
 from rescore.core import GenParams, Request, RequestType
-from rescore.errors import ConfigError, LockedError, StoreError, UserError
+from rescore.errors import ConfigError, CorruptArtifactError, LockedError, StoreError, UserError
 from rescore.gen.base import Backend, RunContext, make_backend
 from rescore.install import git_revision
 
@@ -145,16 +145,28 @@ def task_data_errors(task: TaskConfig) -> Iterator[None]:
 
 
 def unit_state(store: Store, run_id: str) -> tuple[str, int, int | None]:
-    """(state, rows_done, rows_total): state is complete | partial | missing."""
+    """(state, rows_done, rows_total): state is complete | partial | missing | corrupt (see
+    :func:`inspect_unit`)."""
+    return inspect_unit(store, run_id)[:3]  # type: ignore[return-value]
+
+
+def inspect_unit(store: Store, run_id: str) -> tuple[str, int, int | None, str | None]:
+    """(state, rows_done, rows_total, why corrupt). A unit is corrupt when its manifest cannot be read, or
+    when it is complete but its rows.parquet is missing or fails the cheap checks of every read (size, footer
+    checksum): ``gen`` neither counts it as done nor overwrites it."""
     d = store.gen_dir / run_id
     if not (d / MANIFEST).is_file():
-        return "missing", 0, None
+        return "missing", 0, None, None
     from rescore.artifacts.store import Unit
 
-    u = Unit(d)
-    if u.complete:
-        return "complete", u.rows_done(), u.rows_total()
-    return "partial", u.rows_done(), u.rows_total()
+    try:
+        u = Unit(d)
+        if u.complete:
+            u.check_rows_file()
+            return "complete", u.rows_done(), u.rows_total(), None
+        return "partial", u.rows_done(), u.rows_total(), None
+    except CorruptArtifactError as e:
+        return "corrupt", 0, None, e.message
 
 
 @dataclass
@@ -212,9 +224,18 @@ def run_units(
 
     progress = progress or Progress()
     results: list[UnitResult] = []
-    todo = [p for p in plans if unit_state(store, p.run_id)[0] != "complete"]
-    todo_ids = {p.run_id for p in todo}
-    results += [UnitResult(p, "skipped", 0, 0, 0.0) for p in plans if p.run_id not in todo_ids]
+    todo: list[UnitPlan] = []
+    damaged: list[str] = []  # units left as they are (never overwritten), named in the error at the end
+    for p in plans:
+        state, *_, why = inspect_unit(store, p.run_id)
+        if state == "corrupt":
+            progress.message(f"skipping {p.label}: {why}")
+            damaged.append(f"{p.run_id[:12]} ({p.label}): {why}")
+            results.append(UnitResult(p, "damaged", 0, 0, 0.0))
+        elif state == "complete":
+            results.append(UnitResult(p, "skipped", 0, 0, 0.0))
+        else:
+            todo.append(p)
     locked: list[str] = []
     backends: dict[str, Backend] = {}
     try:
@@ -236,17 +257,29 @@ def run_units(
                 progress.message(f"skipping {plan.label}: {e.message}")
                 locked.append(f"{plan.run_id[:12]} ({plan.label})")
                 results.append(UnitResult(plan, "locked", 0, 0, 0.0))
+            except CorruptArtifactError as e:  # a partial unit with a damaged log: go on with the others
+                progress.message(f"skipping {plan.label}: {e.message}")
+                damaged.append(f"{plan.run_id[:12]} ({plan.label}): {e.message}")
+                results.append(UnitResult(plan, "damaged", 0, 0, 0.0))
     finally:
         for b in backends.values():
             b.close()
-    if locked:
-        order = {p.run_id: k for k, p in enumerate(plans)}
-        results.sort(key=lambda r: order[r.plan.run_id])
-        raise LockedError(f"{len(locked)} unit(s) are being written by other processes and were skipped: "
-                          + ", ".join(locked[:5]),
-                          hint="the others are done; run again when those writers have finished")
     order = {p.run_id: k for k, p in enumerate(plans)}
     results.sort(key=lambda r: order[r.plan.run_id])
+    if damaged:
+        also = f"; {len(locked)} more are being written by other processes" if locked else ""
+        err = CorruptArtifactError(f"{len(damaged)} damaged unit(s) were left as they are: " + "; ".join(damaged[:3])
+                                   + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else "") + also,
+                                   hint="the other units are done; delete a damaged unit's directory and run the same "
+                                        "command to regenerate it (`rescore verify` lists every damaged file)")
+        err.results = results  # type: ignore[attr-defined]  # what was done, for the command's summary
+        raise err
+    if locked:
+        err = LockedError(f"{len(locked)} unit(s) are being written by other processes and were skipped: "
+                          + ", ".join(locked[:5]),
+                          hint="the others are done; run again when those writers have finished")
+        err.results = results  # type: ignore[attr-defined]
+        raise err
     return results
 
 

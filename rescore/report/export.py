@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.parquet as pq
 
 from rescore.artifacts.io import atomic_write_bytes, atomic_write_json, refuse_symlinks
 from rescore.artifacts.store import Store
@@ -221,8 +220,9 @@ def generation_lines(store: Store, rows: list[dict[str, Any]]) -> list[dict[str,
             unit = store.unit(run_id)
             if unit.request_type != "generate":
                 continue
+            have = set(unit.columns())
             cols = [c for c in ("sample_id", "category", "prompt", "messages", "target", "meta", "candidates",
-                                "cand_finish_reason") if c in pq.read_schema(unit.parquet_path).names]
+                                "cand_finish_reason") if c in have]
             for r in unit.read_table(columns=cols).to_pylist():
                 meta = orjson.loads(r["meta"]) if r.get("meta") else {}
                 checks = meta.get("checks") if isinstance(meta, dict) else None

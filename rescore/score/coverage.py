@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Sequence
 
 from rescore.artifacts.store import Store, Unit
-from rescore.errors import ConfigError
+from rescore.errors import ConfigError, CorruptArtifactError
 from rescore.score.engine import ScoreError, is_current, scan_scores, scores_dir, unit_columns
 from rescore.score.registry import plugin_of
 from rescore.score.spec import Metric
@@ -39,7 +39,10 @@ def check_plugin_columns(store: Store, specs: Sequence[Metric]) -> None:
         for u in units:
             if wanted <= seen:
                 break
-            seen.update(unit_columns(u))
+            try:
+                seen.update(unit_columns(u))
+            except CorruptArtifactError:
+                continue  # scoring reports the damaged unit and scores the others
         if not units:
             continue
         for s in mine:

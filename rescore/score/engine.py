@@ -42,7 +42,19 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from rescore.artifacts.io import atomic_write_bytes, atomic_write_table, refuse_symlinks
+from rescore.artifacts.integrity import (
+    CHECKSUM_KEY,
+    PLACEHOLDER,
+    READ_ERRORS,
+    corrupt,
+    crc32,
+    read_sealed_parquet,
+    seal,
+    seal_holds,
+    write_sealed_parquet,
+)
+from rescore.artifacts.integrity import first_line as _first_line
+from rescore.artifacts.io import atomic_write_bytes, refuse_symlinks
 from rescore.artifacts.store import Store, Unit
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, CorruptArtifactError, StoreError, UserError
@@ -176,19 +188,24 @@ def scores_dir(store: Store, run_id: str) -> Path:
 SCORE_SUFFIXES = (".arrow", ".parquet")  # written as Arrow IPC; Parquet score files of earlier versions are read
 
 
-_READ_ERRORS = (pa.ArrowException, OSError, MemoryError)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+_SCORE_HINT = "delete it and run `rescore score` (it recomputes what is missing)"
 
 
 def _load_score_file(path: Path) -> pa.Table:
-    """A whole score file, either format, metadata included (raises ``_READ_ERRORS``)."""
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    with pa.OSFile(str(path), "rb") as f:
-        return ipc.open_file(f).read_all()
+    """A whole score file, either format, metadata included. The file is read once into memory, checked
+    against the checksum that seals it (files written since score files are sealed), and decoded from those
+    bytes; any damage raises :class:`CorruptArtifactError`."""
+    try:
+        if path.suffix == ".parquet":  # the earlier format: page CRCs only
+            with pq.ParquetFile(path, page_checksum_verification=True) as f:
+                return f.read()
+        data = path.read_bytes()
+        reader = ipc.open_file(pa.BufferReader(data))
+        if not seal_holds(data, (reader.schema.metadata or {}).get(CHECKSUM_KEY)):
+            raise corrupt(path, "its bytes do not match the checksum in its metadata (damaged on disk)", _SCORE_HINT)
+        return reader.read_all()
+    except READ_ERRORS as e:
+        raise corrupt(path, f"unreadable ({_first_line(e)})", _SCORE_HINT) from None
 
 
 def score_files(d: Path) -> list[str]:
@@ -201,9 +218,9 @@ def read_score_file(path: Path, columns: Sequence[str] | None = None) -> pa.Tabl
     :func:`read_unit_scores`)."""
     try:
         table = _load_score_file(path)
-    except _READ_ERRORS as e:
-        raise CorruptArtifactError(f"cannot read score file {path}: {_first_line(e)}",
-                                   hint="delete it and run `rescore score` (it recomputes what is missing)") from None
+    except CorruptArtifactError:
+        forget_score_files(path.parent, [path.name])  # the next `score` checks it whole, and recomputes it
+        raise
     return table.select([c for c in columns if c in table.column_names]) if columns is not None else table
 
 
@@ -216,8 +233,8 @@ def read_unit_scores(unit: Unit, path: Path, columns: Sequence[str] | None = Non
         ids = unit.read_table(columns=["sample_id"]).column("sample_id") if table.num_rows else \
             pa.chunked_array([], pa.string())
         if len(ids) != table.num_rows:
-            raise CorruptArtifactError(f"{path} holds {table.num_rows} rows for a unit of {len(ids)}",
-                                       hint="delete it and run `rescore score` (it recomputes what is missing)")
+            forget_score_files(path.parent, [path.name])
+            raise corrupt(path, f"it holds {table.num_rows} rows for a unit of {len(ids)}", _SCORE_HINT)
         table = table.add_column(0, "sample_id", ids)
     return table
 
@@ -225,8 +242,8 @@ def read_unit_scores(unit: Unit, path: Path, columns: Sequence[str] | None = Non
 def scan_scores(store: Store, run_id: str, damaged: list[tuple[str, str]] | None = None) -> dict[str, dict[str, Any]]:
     """file name -> score metadata of every sound score file of a unit. Files the index knows unchanged
     (same size and mtime as when written or last checked) are trusted; any other file is read whole and
-    checked (it decompresses, holds the rescore metadata and the row count that metadata promises), so a
-    truncated, damaged or replaced score file counts as missing and the next ``score`` recomputes it.
+    checked (its seal, its rescore metadata, its name and unit, and the row count that metadata promises), so
+    a truncated, damaged or replaced score file counts as missing and the next ``score`` recomputes it.
     ``damaged`` collects (path, why) of the files left out."""
     d = scores_dir(store, run_id)
     if not d.is_dir():
@@ -241,14 +258,14 @@ def scan_scores(store: Store, run_id: str, damaged: list[tuple[str, str]] | None
         except OSError:
             continue
         ent = index.get(name)
-        if ent and ent["size"] == st.st_size and ent["mtime_ns"] == st.st_mtime_ns:
+        if ent and _same_file(ent, st):
             out[name] = ent["meta"]
             continue
         meta, why = check_score_file(p)
         changed = True
         if meta is not None:
             out[name] = meta
-            index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "meta": meta}
+            index[name] = _entry(st, meta)
         elif damaged is not None:
             damaged.append((str(p), why or "unreadable"))
     stale = set(index) - set(out)
@@ -268,10 +285,18 @@ def check_score_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         table = _load_score_file(path)
         raw = (table.schema.metadata or {}).get(META_KEY)
         meta = orjson.loads(raw) if raw else None
-    except (*_READ_ERRORS, orjson.JSONDecodeError) as e:
-        return None, f"unreadable ({_first_line(e)})"
+    except CorruptArtifactError as e:
+        return None, getattr(e, "why", e.message)
+    except orjson.JSONDecodeError as e:
+        return None, f"unreadable metadata ({_first_line(e)})"
     if not meta_ok(meta):
         return None, "no rescore metadata (or malformed)"
+    # bound to its place: the metric and version of its name, the unit of its directory (a copied file is not)
+    named = _FILE_RE.match(path.name)
+    if named and (meta["metric"], meta["version"]) != (named.group("name"), int(named.group("version"))):
+        return None, f"it holds the scores of {meta['metric']}@{meta['version']}, not of its name"
+    if isinstance(meta.get("run_id"), str) and meta["run_id"] != path.parent.name:
+        return None, f"it holds scores of unit {meta['run_id']}, not of unit {path.parent.name}"
     if isinstance(meta.get("n_rows"), int) and isinstance(meta.get("applies"), bool):
         want = meta["n_rows"] if meta["applies"] else 0
         if table.num_rows != want:
@@ -287,16 +312,38 @@ def meta_ok(meta: Any) -> bool:
     return isinstance(aggs, dict) and all(isinstance(k, str) and isinstance(v, dict) for k, v in aggs.items())
 
 
+INDEX_VERSION = 2  # 2: entries under "files", and a checksum of them
+
+
+def _entry(st: os.stat_result, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "meta": meta}
+
+
+def _same_file(ent: dict[str, Any], st: os.stat_result) -> bool:
+    """The file is the one the index entry checked: same size and mtime. Damage that keeps both (bit rot)
+    is found where the file is read (its seal), and by ``verify``, which then drops the entry."""
+    return ent["size"] == st.st_size and ent["mtime_ns"] == st.st_mtime_ns
+
+
+def _index_checksum(files: dict[str, Any]) -> str:
+    return f"crc32:{crc32(orjson.dumps(files, option=orjson.OPT_SORT_KEYS)):08x}"
+
+
 def _read_index(d: Path) -> dict[str, dict[str, Any]]:
-    """The unit's index of checked score files; malformed entries (or a malformed file) are ignored."""
+    """The unit's index of checked score files. The index holds the aggregates that results are built
+    from, so it is trusted only whole: a file of another version, or one whose content does not match its
+    checksum, counts as empty (every score file is then checked again); malformed entries are ignored."""
     try:
         raw = orjson.loads((d / INDEX).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or raw.get("version") != INDEX_VERSION or not isinstance(raw.get("files"), dict):
         return {}
-    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, dict)
-            and isinstance(v.get("size"), int) and isinstance(v.get("mtime_ns"), int) and meta_ok(v.get("meta"))}
+    files = raw["files"]
+    if raw.get("checksum") != _index_checksum(files):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, dict)
+            and all(isinstance(v.get(f), int) for f in ("size", "mtime_ns")) and meta_ok(v.get("meta"))}
 
 
 def _index_written(d: Path, written: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -307,13 +354,23 @@ def _index_written(d: Path, written: Sequence[tuple[str, dict[str, Any]]]) -> No
             st = (d / name).stat()
         except OSError:
             continue
-        index[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "meta": meta}
+        index[name] = _entry(st, meta)
     _write_index(d, index)
 
 
+def forget_score_files(d: Path, names: Iterable[str]) -> None:
+    """Drop score files found damaged from their unit's index, so the next ``score`` checks them whole (and
+    recomputes them) even when the damage left their size and times as they were (bit rot)."""
+    index = _read_index(d)
+    gone = [n for n in names if index.pop(n, None) is not None]
+    if gone and not (d / INDEX).is_symlink():
+        _write_index(d, index)
+
+
 def _write_index(d: Path, index: dict[str, Any]) -> None:
-    try:  # not fsynced: a lost or torn index only means footers are read again
-        atomic_write_bytes(d / INDEX, orjson.dumps(index, option=orjson.OPT_SORT_KEYS), sync=False)
+    doc = {"version": INDEX_VERSION, "checksum": _index_checksum(index), "files": index}
+    try:  # not fsynced: a lost or torn index only means score files are checked again
+        atomic_write_bytes(d / INDEX, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), sync=False)
     except (OSError, StoreError):
         pass  # the index is only a cache (a full disk, say); its callers refuse a link before they get here
 
@@ -402,10 +459,12 @@ def write_score_file(path: Path, table: pa.Table) -> None:
     missing and is recomputed), so one sync per unit keeps crash safety at a fraction of the cost of an
     fsync per file. Arrow IPC with zstd buffers: an order of magnitude cheaper to write than Parquet (whose
     encoding of the unique sample ids dominated the cost) and read without decoding."""
+    # sealed: a checksum of every byte, the per-row values and the aggregates that results are built from
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), CHECKSUM_KEY: PLACEHOLDER})
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, table.schema, options=_IPC_OPTIONS) as w:
         w.write_table(table)
-    atomic_write_bytes(path, sink.getvalue(), sync=False)
+    atomic_write_bytes(path, seal(sink.getvalue()), sync=False)
     legacy = path.with_suffix(".parquet")
     if path.suffix != ".parquet" and legacy.exists():  # the same metric and version in the earlier format
         legacy.unlink(missing_ok=True)
@@ -546,12 +605,8 @@ def _score_one(spec: Metric, table: pa.Table, info: UnitInfo, unit: Unit,
 
 
 def unit_columns(unit: Unit) -> list[str]:
-    try:
-        return list(pq.read_schema(unit.parquet_path).names)
-    except (pa.ArrowInvalid, OSError):
-        from rescore.artifacts.schema import column_names
-
-        return column_names(unit.request_type)
+    """The columns of a complete unit's rows (raises :class:`CorruptArtifactError` naming a damaged file)."""
+    return unit.columns()
 
 
 _FORK_WORK: tuple[Store, list[tuple[Unit, list[Metric]]]] | None = None
@@ -631,7 +686,7 @@ def _unit_memory(unit: Unit, specs: Sequence[Metric]) -> int:
     want = needed_columns(specs)
     try:
         md = pq.read_metadata(unit.parquet_path)
-    except (pa.ArrowInvalid, OSError):
+    except READ_ERRORS:
         return 0
     size = 0
     for g in range(md.num_row_groups):
@@ -671,9 +726,18 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
             report.partial_units.append(unit.run_id)
             continue
         report.units_complete += 1
-        todo = plan_unit(store, unit, specs, force, report)
+        try:
+            # cheap (its size and footer): a damaged or misplaced rows.parquet is reported even when every
+            # score of the unit is up to date
+            unit.check_rows_file()
+            todo = plan_unit(store, unit, specs, force, report)
+        except CorruptArtifactError as e:  # one damaged unit never stops the others
+            report.corrupt_units.append((unit.run_id, e.render()))
+            continue
         if todo:
             work.append((unit, todo))
+    # units whose manifest cannot be read are left out of everything: say which
+    report.corrupt_units += [(d.name, message) for d, message in store.corrupt]
     # every file this run writes is checked for symbolic links before the first is written: all or nothing
     refuse_symlinks(store.root, *([store.results_path] if rebuild else []),
                     *(scores_dir(store, u.run_id) / n for u, todo in work for n in (INDEX, *(s.file_name for s in todo))))
@@ -739,7 +803,10 @@ def score_store(store: Store, specs: Sequence[Metric] | None = None, *, force: b
                 if i + 1 < total:
                     nxt = io_pool.submit(load_unit, *work[i + 1])
                 if loaded is not None:
-                    _record(report, u, score_unit(store, u, todo, loaded, writer=io_pool))
+                    try:  # a metric may read more columns of the unit (a damaged page is found then)
+                        _record(report, u, score_unit(store, u, todo, loaded, writer=io_pool))
+                    except CorruptArtifactError as e:
+                        report.corrupt_units.append((u.run_id, e.render()))
                 del loaded
                 if progress:
                     progress(u.describe(), i + 1, total)
@@ -962,20 +1029,43 @@ def _agg_row(base: dict[str, Any], tier: str, name: str, subset: str,
     return row
 
 
+class DamagedFileWarning(UserWarning):
+    """A damaged derived file (results.parquet) was rebuilt instead of being read."""
+
+
+_RESULTS_HINT = "run `rescore score` to rebuild it from the score files"
+
+
 def write_results(store: Store, table: pa.Table) -> None:
-    atomic_write_table(store.results_path, table, root=store.root)
+    """results.parquet, atomically, with page CRCs and a checksum of its content (see :func:`read_results`)."""
+    write_sealed_parquet(store.results_path, table, root=store.root)
+
+
+def check_results(store: Store) -> None:
+    """Raise :class:`CorruptArtifactError` when results.parquet is damaged (what ``verify`` checks)."""
+    read_sealed_parquet(store.results_path, _RESULTS_HINT)
 
 
 def read_results(store: Store) -> pa.Table:
-    from rescore.errors import StoreError
-
+    """results.parquet with every page CRC and its content checksum verified. A damaged file is never shown:
+    it is rebuilt from the score files (and rewritten), with a warning."""
     p = store.results_path
     if not p.is_file():
         raise StoreError(f"no results in {store.root}", hint="run `rescore score` first")
     try:
-        return pq.read_table(p)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise StoreError(f"cannot read {p}: {e}", hint="run `rescore score` to rebuild it") from None
+        return read_sealed_parquet(p, _RESULTS_HINT)
+    except CorruptArtifactError as e:
+        if not store.gen_dir.is_dir():
+            raise
+        damaged = e.message
+    table = build_results(store)
+    try:
+        write_results(store, table)
+        warnings.warn(f"{damaged}; rebuilt it from the score files", DamagedFileWarning, stacklevel=2)
+    except (OSError, StoreError) as e:  # a read-only store: show the rebuilt table anyway
+        warnings.warn(f"{damaged}; rebuilt the results from the score files, but could not rewrite it "
+                      f"({_first_line(e)})", DamagedFileWarning, stacklevel=2)
+    return table
 
 
 def read_scores(store: Store | str | Path, run_id: str, metric: str) -> pa.Table | None:

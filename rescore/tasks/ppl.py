@@ -309,10 +309,14 @@ class PackedPPL:
         if cache_dir is not None:
             cache = cache_dir / f"windows-{content_hash({'tok': tokenizer_fingerprint(tokenizer), **spec})}.parquet"
             if cache.is_file():
-                import pyarrow.parquet as pq
+                from rescore.artifacts.integrity import read_sealed_parquet
+                from rescore.errors import CorruptArtifactError
 
-                t = pq.read_table(cache).to_pydict()
-                return list(zip(t["token_ids"], t["score_from"], t["n_bytes"], t["n_words"], strict=True))
+                try:  # a cache: a damaged file (checksum, columns) is rebuilt below, never used
+                    t = read_sealed_parquet(cache, "it is rebuilt").to_pydict()
+                    return list(zip(t["token_ids"], t["score_from"], t["n_bytes"], t["n_words"], strict=True))
+                except (CorruptArtifactError, KeyError, TypeError, ValueError):
+                    pass
         packed = pack_windows([r["text"] for r in rows], tokenizer, **spec)
         out = [(ids, sf, *_scored_text_stats(tokenizer, ids[sf:])) for ids, sf in packed]
         if cache is not None:
@@ -323,7 +327,7 @@ class PackedPPL:
     def _write_cache(path: Path, windows: list[tuple[list[int], int, int, int]]) -> None:
         import pyarrow as pa
 
-        from rescore.artifacts.io import atomic_write_table
+        from rescore.artifacts.integrity import write_sealed_parquet
         from rescore.errors import StoreError
 
         table = pa.table({
@@ -333,7 +337,7 @@ class PackedPPL:
             "n_words": pa.array([w[3] for w in windows], pa.int64()),
         })
         try:
-            atomic_write_table(path, table)
+            write_sealed_parquet(path, table)
         except (OSError, StoreError):
             pass  # a read-only or full store still works (the windows are rebuilt next time); never through a link
 
