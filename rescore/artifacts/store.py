@@ -184,8 +184,8 @@ class Unit:
         return self.path / ROWS_PARQUET
 
     def _damaged(self, why: str) -> CorruptArtifactError:
-        return corrupt(self.parquet_path, why, hint=f"delete {self.path} and run `rescore gen` again to regenerate "
-                                                    "the unit (or put its own rows.parquet back)")
+        return corrupt(self.parquet_path, why, hint=f"put the unit's own rows.parquet back, or delete {self.path} and "
+                                                    "run `rescore gen` to regenerate the unit")
 
     def verify(self) -> None:
         """Check rows.parquet against the manifest's sha256 (cached per process by size and mtime)."""
@@ -223,8 +223,11 @@ class Unit:
             if other is not None and other != self.run_id:
                 raise self._damaged(f"it holds the rows of unit {other}, not of unit {self.run_id} (moved or copied "
                                     "between units)")
-            raise self._damaged(f"its size or footer differs from what the manifest recorded ({size} bytes, manifest "
-                                f"{want_size}): truncated, modified, or another version of the unit's rows")
+            if size != want_size:
+                raise self._damaged(f"it has {size} bytes, its manifest says {want_size}: truncated, extended, or "
+                                    "another version of the unit's rows")
+            raise self._damaged("its footer does not match the CRC-32 in its manifest: damaged, or another version "
+                                "of the unit's rows")
 
     def _owner(self) -> str | None:
         """The run id a rows.parquet names in its own metadata (None when it names none or cannot be read)."""
