@@ -552,3 +552,22 @@ def test_verify_finds_each_damaged_file(case: Case, damage: str) -> None:
     found = [f for f in json.loads(r.stdout)["findings"] if f["kind"] in ("corrupt", "schema", "orphaned")]
     assert sorted(f["path"] for f in found) == sorted(map(str, paths)), found
     case.unchanged(lambda p: p.endswith("_index.json"))  # a damaged score file is dropped from its index
+
+
+def test_backfill_lists_a_unit_without_rows_as_corrupt_and_leaves_it(case: Case) -> None:
+    matrix = case.root / "matrix.yaml"
+    matrix.write_text(f"name: adv\nbackend: fake\nprecision: fp32\nsuites: [{case.suite}]\n"
+                      "stages:\n  - name: s1\n    path: 'fake/s1/step_{step}'\n    steps: [100]\n")
+    store = case.root / "matrix-store"
+    first = run("backfill", matrix, "--store", store, "--direct")
+    assert first.exit_code == 0, first.output
+    unit = sorted(Store(store).units(), key=lambda u: u.run_id)[0]
+    unit.parquet_path.unlink()
+    case.before = tree_hashes(case.root)
+    listed = run("plan", matrix, "--store", store, "--direct", "--json")
+    assert listed.exit_code == 0, listed.output
+    states = {u["run_id"]: u["state"] for u in json.loads(listed.stdout)["units"]}
+    assert states[unit.run_id] == "corrupt" and list(states.values()).count("complete") == 4
+    r = run("backfill", matrix, "--store", store, "--direct")
+    one_line_error(r, "1 damaged unit(s)", str(unit.parquet_path))
+    case.unchanged()

@@ -56,7 +56,7 @@ def print_plan(units: list[Any], groups_todo: list[list[Any]], json_out: bool) -
     t = Table()
     for c in ("checkpoint", "suite", "task", "seed", "state", "rows", "note"):
         t.add_column(c)
-    style = {"complete": "green", "partial": "yellow", "missing": "red"}
+    style = {"complete": "green", "partial": "yellow", "missing": "red", "corrupt": "red"}
     for r in rows:
         st = style[r["state"]]
         rows_txt = f"{r['rows_done']}/{r['rows_total']}" if r["rows_total"] is not None else "-"
@@ -64,9 +64,11 @@ def print_plan(units: list[Any], groups_todo: list[list[Any]], json_out: bool) -
         t.add_row(r["checkpoint"], r["suite"], r["task"], str(r["seed"]), f"[{st}]{r['state']}[/{st}]", rows_txt, note)
     c = Console()
     c.print(t)
-    n = {k: sum(1 for r in rows if r["state"] == k) for k in ("complete", "partial", "missing")}
-    c.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing; "
-            f"backfill would run {len(would)} unit(s) in {len(groups_todo)} job(s)", highlight=False)
+    n = {k: sum(1 for r in rows if r["state"] == k) for k in ("complete", "partial", "missing", "corrupt")}
+    c.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing"
+            + (f", {n['corrupt']} corrupt (`rescore verify` lists them; backfill leaves them as they are)"
+               if n["corrupt"] else "")
+            + f"; backfill would run {len(would)} unit(s) in {len(groups_todo)} job(s)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
