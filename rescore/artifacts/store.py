@@ -7,6 +7,8 @@ written (appended and fsynced per batch), ``rows.parquet`` once complete (writte
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import socket
 import sys
@@ -285,6 +287,8 @@ class Unit:
         want = self.manifest.get("rows_done")
         if isinstance(want, int) and md.num_rows != want:
             raise self._damaged(f"it holds {md.num_rows} rows, its manifest says {want}")
+        if ROWS_KEY in kv and kv[ROWS_KEY] != str(md.num_rows).encode():
+            raise self._damaged(f"it holds {md.num_rows} rows, its own metadata says {kv[ROWS_KEY]!r}")
 
     def describe(self) -> str:
         m = self.manifest
@@ -446,8 +450,6 @@ def write_rows_parquet(path: Path, table: pa.Table, run_id: str) -> dict[str, An
     The file names its unit and row count in its own key-value metadata and has Parquet page CRCs; the
     manifest gets its sha256 (checked by ``verify``), its size and its footer's CRC-32 (checked on every
     read, see :meth:`Unit.check_rows_file`)."""
-    import io
-
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), RUN_ID_KEY: run_id.encode(),
                                            ROWS_KEY: str(table.num_rows).encode()})
     buf = io.BytesIO()
@@ -455,8 +457,6 @@ def write_rows_parquet(path: Path, table: pa.Table, run_id: str) -> dict[str, An
     pq.write_table(table, buf, compression="zstd", write_page_checksum=True)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
-    import hashlib
-
     return {"rows_parquet_sha256": hashlib.sha256(data).hexdigest(), "rows_parquet_bytes": len(data),
             "rows_parquet_footer": footer_checksum(data), "page_checksums": True}
 

@@ -14,8 +14,10 @@ per unit and not once per metric: :func:`read_scores` returns them as the first 
 applies to no row of the unit (SFT rates on a GSM8K unit) stores no rows at all. The schema metadata
 ``rescore`` holds the spec identity and the aggregates per subset (``"all"`` and each ``category``), so
 :func:`build_results` never rereads per-row values. Score files of the earlier format (Parquet, with a
-``sample_id`` column: ``<metric>@<version>.parquet``) are still read. ``scores/<run_id>/_index.json``
-caches the metadata of the files already checked (keyed by file size and mtime); it is only a cache.
+``sample_id`` column: ``<metric>@<version>.parquet``) are still read. A score file is sealed (a CRC-32 of
+all its bytes in its schema metadata, :mod:`rescore.artifacts.integrity`) and checked whenever it is read.
+``scores/<run_id>/_index.json`` caches the metadata of the files already checked (keyed by file size and
+mtime, with a checksum of its own); it is only a cache.
 
 ``results.parquet`` is rebuilt from the score files after every run: one row per unit (seed) and one
 ``seed="agg"`` row per group of units that differ only in their seed. See :data:`RESULTS_SCHEMA`.
@@ -1037,7 +1039,7 @@ _RESULTS_HINT = "run `rescore score` to rebuild it from the score files"
 
 
 def write_results(store: Store, table: pa.Table) -> None:
-    """results.parquet, atomically, with page CRCs and a checksum of its content (see :func:`read_results`)."""
+    """results.parquet, atomically, sealed (a CRC-32 of the whole file in its footer; see :func:`read_results`)."""
     write_sealed_parquet(store.results_path, table, root=store.root)
 
 
@@ -1047,8 +1049,8 @@ def check_results(store: Store) -> None:
 
 
 def read_results(store: Store) -> pa.Table:
-    """results.parquet with every page CRC and its content checksum verified. A damaged file is never shown:
-    it is rebuilt from the score files (and rewritten), with a warning."""
+    """results.parquet, its seal and every page CRC verified. A damaged file is never shown: it is rebuilt
+    from the score files (and rewritten), with a warning."""
     p = store.results_path
     if not p.is_file():
         raise StoreError(f"no results in {store.root}", hint="run `rescore score` first")
