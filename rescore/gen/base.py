@@ -5,12 +5,38 @@ A backend turns :class:`~rescore.core.Request` objects into artifact rows (dicts
 batches; the runner appends each yielded batch to the store and fsyncs, so a crash loses at most the
 batch in flight. Rows may come back in any order: the store keys them by ``sample_id``.
 
+One call of :meth:`Backend.run` generates one *unit*: one model config (its backend, options and
+checkpoint) x one task x one seed. The unit's run id is a hash of that resolved config, so two values of
+a backend option (a sampling method, say) are two units, and a unit already complete in the store is
+never given to a backend again. Deterministic tasks (loglikelihood, rolling, greedy generation) run
+under the suite's first seed only; sampled generation runs once per seed, and ``rescore results``
+aggregates a model's units of one task across their seeds.
+
+The rows a backend writes (build them with :mod:`rescore.gen.rows`, as every built-in backend does):
+
+- ``generate``: :func:`~rescore.gen.rows.generate_row` from the request, its prompt text and token ids,
+  and its candidates (:class:`~rescore.gen.rows.Candidate`): ``ctx.params.n`` of them in candidate order,
+  each with its token ids, their logprobs (one per token; stored per token and used by best-of-n
+  selection), top-k alternatives when ``ctx.params.logprobs_topk`` > 0, its text (what the metrics read)
+  and finish reason (``eos``, ``stop`` or ``length``), and its seed
+  ``derive_seed(ctx.seed, sample_id, candidate)``. A greedy request (``ctx.params.greedy``) needs one
+  computed candidate; ``generate_row`` copies it to the others.
+- ``loglikelihood`` / ``rolling``: :func:`~rescore.gen.rows.loglikelihood_row` and
+  :func:`~rescore.gen.rows.rolling_row`; :class:`~rescore.gen.units.RequestRules` gives lm-evaluation-harness's
+  tokenisation and units. A backend that cannot score a request type raises a
+  :class:`~rescore.errors.BackendError` naming the task before it writes anything.
+
+Seeds: a sampled candidate draws only from its own random stream, seeded with
+``rescore.core.derive_seed(ctx.seed, request.sample_id, candidate_index)``, so its tokens never depend on
+the batch size, the order of requests, the other candidates or where a run resumed; the same unit run
+twice gives identical rows.
+
 Resume: a backend always gets *all* of a unit's requests, and ``RunContext.done`` names the sample ids
 already stored. It must plan its batches from all requests (so a batch's composition, padding and
 shapes never depend on where a run was interrupted), run only the planned batches that hold a pending
 row, and return rows for pending requests only (the runner drops any other). A backend whose rows do
-not depend on their batch (``fake``) or that makes no bit-exactness promise (``vllm``) may simply skip
-the done requests.
+not depend on their batch (``fake``, ``examples/diffusion``) or that makes no bit-exactness promise
+(``vllm``) may simply skip the done requests (:meth:`RunContext.pending`).
 
 Backends are classes ``(ModelConfig) -> Backend`` decorated with :func:`backend`, which names them and
 gives their options model (the keys of ``ModelConfig.options`` they understand, a
@@ -18,7 +44,8 @@ gives their options model (the keys of ``ModelConfig.options`` they understand, 
 ``"module:attr"`` entries so nothing imports torch until asked, other packages' through the entry-point
 group ``rescore.backends``; a model config may also name one as ``backend: mypkg.mod:MyBackend``. A
 backend class may have a classmethod ``check(cfg)`` for what can be checked before anything is planned
-(its options, a missing checkpoint).
+(its options, a missing checkpoint). docs/guides/add-a-backend-or-loader.md walks through a complete
+one (examples/diffusion).
 """
 
 from __future__ import annotations
@@ -38,7 +65,8 @@ from rescore.registry import Registry
 class RunContext:
     """What a backend needs to know about the unit it is generating."""
 
-    seed: int
+    seed: int  # the unit's seed: candidates draw from derive_seed(seed, sample_id, candidate)
+    # generate tasks: n candidates, temperature (0 = greedy), top_p, top_k, max_new_tokens, stop, logprobs_topk
     params: GenParams = field(default_factory=GenParams)
     topk: int = 0  # top-k alternatives stored for loglikelihood / rolling tokens
     batch_size: int = 8
@@ -55,22 +83,33 @@ class RunContext:
 
 
 class Backend(Protocol):
-    name: str
-    options_model: type[Params]
+    """What a backend class implements; made once per model config by ``cls(cfg)`` (load the model there,
+    after parsing ``cfg.options`` with :func:`backend_options`), then used for each of the model's units."""
+
+    name: str  # set by @backend
+    options_model: type[Params]  # set by @backend
 
     @property
-    def tokenizer(self) -> Tokenizer: ...
+    def tokenizer(self) -> Tokenizer:
+        """``encode``/``decode`` and ``eos_token_id``: tasks use it to build requests (e.g. to pack
+        perplexity windows)."""
+        ...
 
     def describe(self) -> dict[str, Any]:
-        """Manifest ``model`` section: precision, dtype, device, fingerprint, tokenizer/chat-template hash,
-        library versions. Must be JSON-serialisable."""
+        """Manifest ``model`` section: precision, dtype, device, fingerprint (a content hash of the weights:
+        a unit resumes only with the weights it started with), tokenizer/chat-template hash (results of
+        differing ones are not shown side by side), library versions (``versions``), and anything else
+        that says how rows were made. Must be JSON-serialisable."""
         ...
 
     def run(self, requests: Sequence[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
-        """Yield complete artifact rows, a batch at a time, for every request."""
+        """Yield complete artifact rows, a batch at a time, for the pending requests of one unit (all of
+        ``requests`` but those in ``ctx.done``); see the module docstring for the rows, seeds and resume."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the model (the runner calls it before it loads another model)."""
+        ...
 
 
 BackendFactory = Callable[[ModelConfig], Backend]
