@@ -108,10 +108,12 @@ def plan_units(
         chosen = [t for t in chosen if t.name in set(tasks)]
     plans: list[UnitPlan] = []
     for task in chosen:
-        rt = task_api.request_type(task)
         with task_data_errors(task):
             data = get_task_data(store.root, task, data_root=data_root, allow_direct=allow_direct, suite=suite.name)
+        rt = task_api.request_type(task, data)
         gen = task_gen_params(suite, task, rt)
+        if gen is not None and task.gen is None and (own := task_api.gen_config(task, data)) is not None:
+            gen = own.to_params()  # the family's own (lm-eval's generation kwargs) over the suite's default
         for seed in task_seeds(suite, task, rt, gen, override=seeds):
             for model in models:
                 resolved = {

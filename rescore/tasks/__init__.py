@@ -9,9 +9,10 @@ and gives literals. The runner uses :func:`request_type`, :func:`build_requests`
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
-from rescore.config import TaskConfig
+from rescore.config import GenConfig, TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
 from rescore.params import Params
 from rescore.tasks.base import TaskFamily, families, param_problems, task_family, task_params
@@ -24,10 +25,21 @@ families.register_lazy("gsm8k", "rescore.tasks.gsm8k:GSM8K")
 families.register_lazy("ppl_packed", "rescore.tasks.ppl:PackedPPL")
 families.register_lazy("ppl_docs", "rescore.tasks.ppl:DocPPL")
 families.register_lazy("sft_native", "rescore.tasks.sft_native:SFTNative")
+families.register_lazy("lm_eval", "rescore.tasks.lm_eval:LmEval")
 
 
-def request_type(task: TaskConfig) -> RequestType:
-    return families.get(task.family).request_type(task)
+def request_type(task: TaskConfig, data: TaskData | None = None) -> RequestType:
+    """The task's request type; families whose type depends on their rows (``lm_eval``) take the data."""
+    fam: Any = families.get(task.family)
+    if data is not None and "data" in inspect.signature(fam.request_type).parameters:
+        return fam.request_type(task, data)
+    return fam.request_type(task)
+
+
+def gen_config(task: TaskConfig, data: TaskData) -> GenConfig | None:
+    """The sampling parameters a family gives its generate task (lm-eval's generation kwargs), or None."""
+    own = getattr(families.get(task.family), "gen_config", None)
+    return own(task, data.rows) if own is not None else None
 
 
 def build_requests(task: TaskConfig, data: TaskData, tokenizer: Tokenizer | None) -> list[Request]:
