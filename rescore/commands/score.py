@@ -85,6 +85,11 @@ def register(app: typer.Typer) -> None:
         only = None
         if plugin and not metric:
             only = list(added) + ([registry.get("bon_reranker")] if reranker is not None else [])
+        if (store / "gen").is_dir():  # the lm_eval task family's metrics (lm-eval's own, per task config)
+            from rescore.artifacts.store import Store as _Store
+            from rescore.tasks.lm_eval.scoring import register_store_metrics
+
+            register_store_metrics(_Store(store))
         specs = select_metrics(metric, params=params, only=only)  # bad names fail before the store is read
         st = Store(store)
         if not st.gen_dir.is_dir():

@@ -258,6 +258,9 @@ def lm_eval_key(metric: str) -> tuple[str, str]:
 
     load_builtin()
     key = metrics.get(metric).lm_eval_key if metric in metrics else None
+    if key is None and metric.startswith("lm-eval."):  # an lm_eval task's metric: lm-eval.<metric>[.<filter>]
+        name, _, filt = metric.removeprefix("lm-eval.").partition(".")
+        key = f"{name},{filt or 'none'}"
     key = key or f"{metric},none"
     name, _, filt = key.partition(",")
     return key, f"{name}_stderr,{filt or 'none'}"
@@ -292,7 +295,10 @@ def lm_eval_doc(store: Store, key: tuple[Any, ...], rows: list[dict[str, Any]]) 
     n_shot: dict[str, int] = {}
     configs: dict[str, Any] = {}
     for r in rows:
-        name = r["task"] if r["subset"] == "all" else f"{r['task']}_{r['subset']}"
+        lm_family = r["family"] == "lm_eval"
+        if lm_family and not str(r["metric"]).startswith("lm-eval."):
+            continue  # lm-eval's own metrics of the task are its results; the built-ins would take their keys
+        name = r["task"] if r["subset"] == "all" else r["subset"] if lm_family else f"{r['task']}_{r['subset']}"
         entry = results.setdefault(name, {"alias": r["task"] if r["subset"] == "all" else f" - {r['subset']}"})
         vkey, skey = lm_eval_key(r["metric"])
         entry[vkey] = _clean(r["value"])

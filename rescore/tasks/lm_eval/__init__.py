@@ -118,6 +118,8 @@ class LmEval:
                        system_instruction=p.system_instruction)
         for i, r in enumerate(rows):
             r[IDX] = i
+            if p.include_path is not None:  # resolved: scoring rebuilds the task objects from it
+                r["include_path"] = p.include_path
         return rows, []  # the few-shot examples are in the prompts already (lm-eval's sampler and seed)
 
     def build_requests(self, task: TaskConfig, rows: Sequence[dict[str, Any]], fewshot_rows: Sequence[dict[str, Any]],

@@ -105,7 +105,7 @@ def build(task_name: str, rows: Sequence[dict[str, Any]], tokenizer: Any) -> lis
         rt = REQUEST_TYPES[r["type"]]
         args = [[render(a[0], tokenizer, task_name), *a[1:]] if rt != "rolling" else a for a in r["args"]]
         meta = {"lm_task": r["lm_task"], "doc_id": r["doc_id"], "type": r["type"], "doc": r["doc"], "args": args,
-                "idx": r["idx"], "repeats": r["repeats"]}
+                "idx": r["idx"], "repeats": r["repeats"], **({"include_path": r["include_path"]} if r.get("include_path") else {})}
         category = r["lm_task"] if r["group"] else None
         common = {"sample_id": sample_id(r), "task": task_name, "request_type": rt, "category": category,
                   "meta": meta, "gold": r["gold"], "target": r["target"]}
