@@ -225,7 +225,10 @@ def test_the_sampler_unmasks_every_position_once_in_its_methods_order(importable
         assert [(c.token_ids, c.logprobs, c.order) for c in run(method, [11, 12], sampled)] == \
             [(c.token_ids, c.logprobs, c.order) for c in a]  # the seeds decide
         assert a[0].token_ids != a[1].token_ids
+    causal = unmask(model, prompt, [11], length=L, steps=L, method="random", mask_id=2, params=sampled,
+                    full_attention=False)[0]
     rand = run("random", [11], sampled)[0]
+    assert causal.order == rand.order and causal.token_ids != rand.token_ids  # the canvas seen from the left only
     assert rand.order == torch.randperm(L, generator=torch.Generator().manual_seed(11)).tolist()
     # greedy and confidence: one step per position, each the most confident of the masked ones; the seed is unused
     g1, g2 = run("confidence", [1], greedy)[0], run("confidence", [2], greedy)[0]

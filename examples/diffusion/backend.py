@@ -64,6 +64,11 @@ class DiffusionBackend:
         self.rules = RequestRules(self._tok, loaded.max_length, model_path=cfg.path)
         self.eos_ids = eos_ids(self._tok, getattr(self.model, "generation_config", None))
         self.mask_id = self._mask_id()
+        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "sdpa")
+        if self.options.attention == "full" and attn not in ("sdpa", "eager"):
+            raise BackendError(f"model {cfg.name!r}: attention: full needs a 4D attention mask, which {attn} "
+                               "attention does not take", hint="set options.attention: causal, or "
+                               "options.attn_implementation: sdpa")
         self._emitted = 0  # rows returned by this process (fail_after)
 
     def _mask_id(self) -> int:
@@ -76,8 +81,8 @@ class DiffusionBackend:
         if mask is None:
             raise BackendError(f"model {self.cfg.name!r}: its tokenizer has neither a mask nor a pad token",
                                hint="set options.mask_token_id to the id the model was trained with as [MASK]")
-        vocab = self.model.get_output_embeddings().weight.shape[0] if hasattr(self.model, "get_output_embeddings") \
-            else len(self._tok)
+        head = getattr(self.model, "get_output_embeddings", lambda: None)()
+        vocab = int(head.weight.shape[0]) if head is not None else len(self._tok)
         if not 0 <= int(mask) < vocab:
             raise BackendError(f"model {self.cfg.name!r}: mask_token_id {mask} is outside its vocabulary of {vocab}",
                                hint=f"choose an id below {vocab}")
