@@ -238,6 +238,11 @@ def run_units(
             results.append(UnitResult(p, "skipped", 0, 0, 0.0))
         else:
             todo.append(p)
+    # each model's units together (in the order models first appear), so each model loads once
+    first: dict[str, int] = {}
+    for p in todo:
+        first.setdefault(p.model.model_dump_json(), len(first))
+    todo.sort(key=lambda p: first[p.model.model_dump_json()])
     locked: list[str] = []
     backends: dict[str, Backend] = {}
     try:
