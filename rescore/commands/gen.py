@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def gen(
-        suite: Annotated[str, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML.")],
         model: Annotated[str, typer.Option("--model", "-m", help="Model directory, hub id, 'fake', or a models YAML.")],
+        suite: Annotated[str | None, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML (or --tasks).")] = None,
         store: StoreOpt = DEFAULT_STORE,
         backend: Annotated[str | None, typer.Option(help="Backend: hf, vllm, fake, a plugin's, or package.module:Class (default: hf; fake for --model fake).")] = None,
         loader: Annotated[str | None, typer.Option(help="Checkpoint loader of the hf backend: hf, a plugin's, or package.module:function (default: hf).")] = None,
@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str | None, typer.Option(help="Model label in the store (default: the directory name).")] = None,
         step: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Training step of this checkpoint.")] = None,
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
+        lm_tasks: Annotated[str | None, typer.Option("--tasks", help="lm-evaluation-harness tasks, groups or tags, comma separated, instead of a suite (lm_eval family; the suite is written into the store).")] = None,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, max=INT64_MAX, help="lm_eval tasks: the first N documents of each task.")] = None,
+        num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, max=INT64_MAX, help="lm_eval tasks: few-shot examples (default: the task's own).")] = None,
         seeds: Annotated[str | None, typer.Option(help="Override the suite's seeds, e.g. 0,1,2.")] = None,
         batch_size: Annotated[int | None, typer.Option(min=1, max=INT64_MAX, help="Rows per batch.")] = None,
         device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
@@ -57,10 +60,22 @@ def register(app: typer.Typer) -> None:
         from rescore.artifacts.store import Store
         from rescore.commands.models import resolve_models
         from rescore.commands.progress import RichProgress
+        from rescore.errors import ConfigError
         from rescore.gen.runner import plan_units, run_units
         from rescore.tasks.suites import load_suite
 
-        suite_cfg = load_suite(suite, overrides=override)
+        if (suite is None) == (lm_tasks is None):
+            raise ConfigError("give a SUITE or --tasks (lm-eval task names), not both" if suite else
+                              "no SUITE given", hint="e.g. `rescore gen stage1 --model PATH` or "
+                              "`rescore gen --tasks arc_easy,gsm8k --model PATH`")
+        if lm_tasks is not None:
+            from rescore.tasks.lm_eval.cli import suite_from_tasks
+
+            suite_cfg = suite_from_tasks(lm_tasks, limit=limit, num_fewshot=num_fewshot)
+        else:
+            from rescore.tasks.lm_eval.cli import with_lm_eval_options
+
+            suite_cfg = with_lm_eval_options(load_suite(suite, overrides=override), limit=limit, num_fewshot=num_fewshot)
         options = {}
         if rows_per_s is not None:
             options["rows_per_s"] = rows_per_s
@@ -72,6 +87,10 @@ def register(app: typer.Typer) -> None:
         if options:
             models = [m.model_copy(update={"options": {**m.options, **options}}) for m in models]
         st = Store(store).check_writable()
+        if lm_tasks is not None:
+            from rescore.tasks.lm_eval.cli import write_provenance
+
+            write_provenance(st.root, suite_cfg)
         plans = plan_units(st, suite_cfg, models, data_root=data_root, allow_direct=direct, tasks=task,
                            seeds=parse_seeds(seeds))
         from rich.console import Console

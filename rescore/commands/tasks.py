@@ -15,9 +15,12 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @handle_errors
     def prepare(
-        suite: Annotated[str, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML.")],
+        suite: Annotated[str | None, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML (or --tasks).")] = None,
         store: StoreOpt = DEFAULT_STORE,
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
+        lm_tasks: Annotated[str | None, typer.Option("--tasks", help="lm-evaluation-harness tasks, comma separated, instead of a suite (as `rescore gen --tasks`).")] = None,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, help="lm_eval tasks: the first N documents of each task.")] = None,
+        num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, help="lm_eval tasks: few-shot examples (default: the task's own).")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
         tokenizer: Annotated[str | None, typer.Option(help="Also cache packed perplexity windows for this tokenizer (a model directory or hub id).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Prepare again even when a prepared copy exists.")] = False,
@@ -28,10 +31,18 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from rescore import tasks as task_api
+        from rescore.errors import ConfigError
         from rescore.tasks.data import prepare_task
+        from rescore.tasks.lm_eval.cli import suite_from_tasks, with_lm_eval_options
         from rescore.tasks.suites import load_suite, suite_data_root
 
-        cfg = load_suite(suite, overrides=override)
+        if (suite is None) == (lm_tasks is None):
+            raise ConfigError("give a SUITE or --tasks (lm-eval task names), not both" if suite else "no SUITE given",
+                              hint="e.g. `rescore prepare stage1` or `rescore prepare --tasks arc_easy,gsm8k`")
+        if lm_tasks is not None:
+            cfg = suite_from_tasks(lm_tasks, limit=limit, num_fewshot=num_fewshot)
+        else:
+            cfg = with_lm_eval_options(load_suite(suite, overrides=override), limit=limit, num_fewshot=num_fewshot)
         chosen = list(cfg.tasks)
         if task:
             for name in task:
@@ -50,6 +61,29 @@ def register(app: typer.Typer) -> None:
                 windows = str(len(task_api.build_requests(t, data, tok)))
             table.add_row(t.name, t.family, str(len(data.rows)), str(len(data.fewshot_rows)), data.data_fp, windows)
         console.print(table)
+
+    @app.command("tasks")
+    @handle_errors
+    def tasks_cmd(
+        pattern: Annotated[str | None, typer.Argument(help="Only names containing this text (or matching this glob).")] = None,
+        lm_eval: Annotated[bool, typer.Option("--lm-eval", help="List lm-evaluation-harness's tasks, groups and tags (the lm_eval family).")] = False,
+        include_path: Annotated[Path | None, typer.Option(help="--lm-eval: also the task YAMLs in this directory.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """List the task families, or with --lm-eval the lm-eval tasks a suite (or `gen --tasks`) can name."""
+        if lm_eval:
+            from rescore.tasks.lm_eval.loading import matching
+
+            items = matching(pattern, str(include_path) if include_path else None)
+        else:
+            from rescore.tasks import families
+
+            items = [(n, "family") for n in families.names() if not pattern or pattern in n]
+        if as_json:
+            print(json.dumps([{"name": n, "kind": k} for n, k in items], indent=2))
+            return
+        for n, k in items:
+            print(f"{n}\t{k}")
 
     @app.command()
     @handle_errors

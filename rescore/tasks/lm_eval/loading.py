@@ -22,6 +22,13 @@ from rescore.core import content_hash
 from rescore.errors import ConfigError, MissingDataError
 from rescore.params import Params
 
+
+class DatasetUnavailable(MissingDataError):
+    """An lm-eval task's dataset is neither local nor prepared and cannot be downloaded: a usage error."""
+
+    exit_code = 2
+
+
 INSTALL_HINT = "install it with `pip install 'rescore[lm-eval]'` (lm-eval==0.4.13)"
 
 
@@ -109,7 +116,7 @@ def _offline_errors(task: TaskConfig, name: str) -> Iterator[None]:
         low = text.lower()
         if any(s in low for s in ("offline", "connectionerror", "couldn't reach", "localentrynotfound",
                                   "couldn't find", "doesn't exist on the hub", "not found in cache")):
-            raise MissingDataError(
+            raise DatasetUnavailable(
                 f"the dataset of lm-eval task {name!r} (task {task.name!r}) is neither local nor prepared, and "
                 f"cannot be downloaded here ({text.splitlines()[0][:200]})",
                 hint=f"run `rescore prepare SUITE --task {task.name}` where the network is reachable, or point "
