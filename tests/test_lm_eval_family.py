@@ -130,7 +130,7 @@ def lm_eval_objects(name: str, t: dict[str, Any]) -> Any:
     tm = task_manager(t.get("include_path"))
     lm_name = t.get("task", name)
     if "dataset" not in t:
-        return lm_name, tm
+        return tm._load_spec(lm_name), tm
     return tm._factory.build(tm._entry(lm_name), overrides={"task": lm_name, **t["dataset"]}, registry=tm._index), tm
 
 
@@ -198,16 +198,22 @@ def _pairs(runs: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[st
 @pytest.mark.slow
 def test_every_metric_of_every_panel_task_equals_lm_eval(runs: dict[str, Any]) -> None:
     assert len(runs["tasks"]) >= 12
-    checked = 0
+    checked, bad = 0, []
     for ours_key, their_key, theirs, ours in _pairs(runs):
         for k, v in theirs.items():
             if k in ("alias", "name", "sample_len", "sample_count") or "," not in k:
                 continue
-            assert k in ours, f"{ours_key}: {k} missing (ours: {sorted(ours)})"
+            if k not in ours:
+                bad.append(f"{ours_key}: {k} missing (ours: {sorted(ours)})")
+                continue
             want = None if v == "N/A" else v
             got = None if ours[k] == "N/A" else ours[k]
-            assert _close(got, want), f"{ours_key} ({their_key}) {k}: rescore {got} lm-eval {want}"
+            if "perplexity" in k and got and want:  # exp() of a mean loglikelihood: compared as its log
+                got, want = math.log(got), math.log(want)
+            if not _close(got, want):
+                bad.append(f"{ours_key} ({their_key}) {k}: rescore {got} lm-eval {want}")
             checked += 1
+    assert not bad, "\n".join(bad)
     assert checked >= 30
 
 
@@ -266,6 +272,17 @@ def test_requests_are_lm_evals_own(tmp_path: Path) -> None:
     assert fam.request_type(t, type("D", (), {"rows": rows})()) == "generate"
 
 
+def test_a_task_that_needs_trust_remote_code_is_refused() -> None:
+    from rescore.config import TaskConfig
+    from rescore.errors import ConfigError
+    from rescore.tasks import families
+
+    t = TaskConfig(name="xnli_va", family="lm_eval", params={"limit": 2})
+    with pytest.raises(ConfigError, match="trust_remote_code") as e:
+        families.get("lm_eval").load_rows(t, None)
+    assert e.value.exit_code == 2 and "\n" not in e.value.render()
+
+
 def _bad(tmp_path: Path, task: dict[str, Any], env: dict[str, str] | None = None) -> str:
     from support import assert_one_line_error
 
@@ -286,9 +303,18 @@ def test_unknown_task_names_close_ones(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dataset_neither_local_nor_prepared_while_offline(tmp_path: Path) -> None:
-    err = _bad(tmp_path, {"name": "lambada_openai", "family": "lm_eval", "params": {"limit": 2}},
-               env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")})
-    assert "rescore prepare" in err
+    """``gen --tasks`` (no suite file) with a Hub dataset that is not prepared, offline: one line naming
+    ``rescore prepare``, exit 2; the suite made of --tasks and --limit is in the store."""
+    from support import assert_one_line_error
+
+    proc = cli("gen", "--tasks", "lambada_openai", "--limit", "2", "--model", "fake", "--store", str(tmp_path / "s"),
+               "--no-progress", env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+                                     "HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    err = assert_one_line_error(proc, 2)
+    assert "rescore prepare" in err and len(err.strip().splitlines()) == 1
+    (written,) = (tmp_path / "s" / "suites").glob("lm-eval-*.yaml")
+    task = yaml.safe_load(written.read_text())["tasks"][0]
+    assert task["family"] == "lm_eval" and task["params"] == {"task": "lambada_openai", "limit": 2}
 
 
 def test_lm_eval_not_installed(tmp_path: Path) -> None:
@@ -301,3 +327,33 @@ def test_lm_eval_not_installed(tmp_path: Path) -> None:
     err = _bad(tmp_path, {"name": "gsm8k", "family": "lm_eval"},
                env={"PYTHONPATH": f"{hide}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert "pip install" in err and "lm-eval" in err
+
+
+def test_prepared_rows_generate_and_score_without_the_data(tmp_path: Path, tiny_model: Path) -> None:
+    """``prepare`` freezes lm-eval's documents and prompts into the store: with the data file gone, ``gen``
+    runs from them and ``score`` computes lm-eval's metrics (no dataset, no network)."""
+    if not SHARED.is_dir():
+        pytest.skip("no shared data")
+    import shutil
+
+    data = tmp_path / "lambada.jsonl"
+    shutil.copy(SHARED / "lambada_openai" / "lambada_test.jsonl", data)
+    path = suite(tmp_path, {"lambada_openai": {"dataset": _local(str(data))}})
+    store = tmp_path / "store"
+    r = invoke("prepare", str(path), "--store", str(store))
+    assert r.exit_code == 0, r.output
+    data.unlink()
+    r = invoke("gen", str(path), "--model", str(tiny_model), "--store", str(store), "--no-progress", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = invoke("score", "--store", str(store))
+    assert r.exit_code == 0, r.output
+    from rescore.artifacts.store import Store
+    from rescore.score.engine import read_results
+
+    res = {(x["metric"], x["subset"]): x for x in read_results(Store(store)).to_pylist() if x["seed"] == "agg"}
+    assert res[("lm-eval.acc", "all")]["n"] == LIMIT
+    assert res[("lm-eval.perplexity", "all")]["value"] > 1
+    r = invoke("export", "lm-eval", str(tmp_path / "out"), "--store", str(store))
+    assert r.exit_code == 0, r.output
+    doc = json.loads(next((tmp_path / "out").rglob("results.json")).read_text())
+    assert {"acc,none", "perplexity,none", "acc_stderr,none"} <= set(doc["results"]["lambada_openai"])

@@ -132,6 +132,8 @@ def load(task: TaskConfig, p: LmEvalParams, docs: Mapping[str, list[dict[str, An
     name = lm_task_name(task, p)
     check_name(name, p.include_path)
     tm = task_manager(p.include_path)
+    if docs is None:
+        _check_remote_code(tm, task, p, name)
     with _offline_errors(task, name), _stored_docs(docs), _remote_code(p.trust_remote_code):
         sp = spec(task, p)
         if isinstance(sp, dict):  # the registered config with these keys replaced (lm-eval's own merge)
@@ -146,6 +148,22 @@ def load(task: TaskConfig, p: LmEvalParams, docs: Mapping[str, list[dict[str, An
             t.set_config(key="num_fewshot", value=0)
         t.set_fewshot_seed(seed=task.fewshot_seed)
     return loaded
+
+
+def _check_remote_code(tm: Any, task: TaskConfig, p: LmEvalParams, name: str) -> None:
+    """A task whose config asks for ``trust_remote_code`` runs only when the suite allows it."""
+    entry = tm._entry(name)
+    if entry is None or entry.yaml_path is None or p.trust_remote_code:
+        return
+    try:
+        cfg = tm._factory._load_full_config(entry, p.dataset or None)
+    except Exception:  # noqa: BLE001 - a config lm-eval cannot read fails (with its message) when built
+        return
+    if ((cfg.get("dataset_kwargs") or {}).get("trust_remote_code")):
+        raise ConfigError(f"lm-eval task {name!r} (task {task.name!r}) needs trust_remote_code: its dataset runs "
+                          "code of its own", hint="set params.trust_remote_code: true if you trust that code "
+                          "(datasets >= 4 runs no dataset scripts at all), or point the task at local files with "
+                          "params.dataset")
 
 
 @contextlib.contextmanager
