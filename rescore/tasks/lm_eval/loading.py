@@ -119,8 +119,8 @@ def _offline_errors(task: TaskConfig, name: str) -> Iterator[None]:
             raise DatasetUnavailable(
                 f"the dataset of lm-eval task {name!r} (task {task.name!r}) is neither local nor prepared, and "
                 f"cannot be downloaded here ({text.splitlines()[0][:200]})",
-                hint=f"run `rescore prepare SUITE --task {task.name}` where the network is reachable, or point "
-                     "the task at local files with params.dataset") from None
+                hint=f"run `rescore prepare SUITE --task {task.name}` (or `rescore prepare --tasks {name}`) where "
+                     "the network is reachable, or point the task at local files with params.dataset") from None
         raise ConfigError(f"lm-eval cannot load task {name!r} (task {task.name!r}): {text.splitlines()[0][:300]}",
                           hint="check the task's params (dataset overrides, include_path)") from None
 
