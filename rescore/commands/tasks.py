@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, JsonOpt, OverridesOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, OverridesOpt, StoreOpt, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = DEFAULT_STORE,
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
         lm_tasks: Annotated[str | None, typer.Option("--tasks", help="lm-evaluation-harness tasks, comma separated, instead of a suite (as `rescore gen --tasks`).")] = None,
-        limit: Annotated[int | None, typer.Option("--limit", min=1, help="lm_eval tasks: the first N documents of each task.")] = None,
-        num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, help="lm_eval tasks: few-shot examples (default: the task's own).")] = None,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, max=INT64_MAX, help="lm_eval tasks: the first N documents of each task.")] = None,
+        num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, max=INT64_MAX, help="lm_eval tasks: few-shot examples (default: the task's own).")] = None,
         data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
         tokenizer: Annotated[str | None, typer.Option(help="Also cache packed perplexity windows for this tokenizer (a model directory or hub id).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Prepare again even when a prepared copy exists.")] = False,
