@@ -109,6 +109,10 @@ def _offline_errors(task: TaskConfig, name: str) -> Iterator[None]:
         raise
     except Exception as e:  # noqa: BLE001 - datasets/huggingface_hub raise many kinds
         text = f"{type(e).__name__}: {e}"
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            raise ConfigError(f"lm-eval task {name!r} (task {task.name!r}) needs the Python package {e.name!r}, "
+                              "which is not installed", hint=f"install it (`pip install {e.name}`, or the lm-eval extra "
+                              "of the task, e.g. `pip install 'lm_eval[ifeval]==0.4.13'` for IFEval)") from None
         if "trust_remote_code" in text or "custom code" in text:
             raise ConfigError(f"lm-eval task {name!r} (task {task.name!r}) needs a dataset script "
                               "(trust_remote_code)", hint="set params.trust_remote_code: true if you trust the "

@@ -127,7 +127,17 @@ def _cached(unit: Any, table: pa.Table) -> dict[str, Any]:
     key = f"{unit.run_id}:{unit.manifest.get('rows_parquet_sha256')}:{table.num_rows}"
     if key not in _cache:
         _cache.clear()
-        _cache[key] = evaluate(dict(unit.manifest), table)
+        try:
+            _cache[key] = evaluate(dict(unit.manifest), table)
+        except LookupError as e:  # nltk's data (IFEval's punkt_tab): a multi-line message of its own
+            what = next((w for w in ("punkt_tab", "punkt", "wordnet", "stopwords") if w in str(e)), None)
+            if what is None:
+                raise
+            from rescore.errors import ConfigError
+
+            raise ConfigError(f"scoring lm-eval task {(unit.manifest.get('task') or {}).get('name')!r} needs nltk's "
+                              f"{what!r} data, which is not installed here",
+                              hint=f"run `python -m nltk.downloader {what}` where `rescore score` runs") from None
     return _cache[key]
 
 
