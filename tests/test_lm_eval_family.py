@@ -277,6 +277,15 @@ def test_requests_are_lm_evals_own(tmp_path: Path) -> None:
     assert fam.request_type(t, type("D", (), {"rows": rows})()) == "generate"
 
 
+def test_tasks_lists_lm_evals_tasks_groups_and_tags() -> None:
+    r = invoke("tasks", "--lm-eval", "bbh_cot_fewshot_b*", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == [{"name": "bbh_cot_fewshot_boolean_expressions", "kind": "task"}]
+    r = invoke("tasks", "--lm-eval", "mmlu_high_school_c")
+    assert r.exit_code == 0 and "mmlu_high_school_chemistry\ttask" in r.output
+    assert "lm_eval\tfamily" in invoke("tasks").output
+
+
 def test_a_task_that_needs_trust_remote_code_is_refused() -> None:
     from rescore.config import TaskConfig
     from rescore.errors import ConfigError

@@ -85,11 +85,16 @@ def register(app: typer.Typer) -> None:
         only = None
         if plugin and not metric:
             only = list(added) + ([registry.get("bon_reranker")] if reranker is not None else [])
+        from rescore.errors import ConfigError
+
         if (store / "gen").is_dir():  # the lm_eval task family's metrics (lm-eval's own, per task config)
             from rescore.artifacts.store import Store as _Store
             from rescore.tasks.lm_eval.scoring import register_store_metrics
 
-            register_store_metrics(_Store(store))
+            try:
+                register_store_metrics(_Store(store))
+            except ConfigError as e:  # lm-eval missing here: the other metrics are still computed
+                print(f"note: lm-eval metrics not computed: {e.render()}", file=sys.stderr)
         specs = select_metrics(metric, params=params, only=only)  # bad names fail before the store is read
         st = Store(store)
         if not st.gen_dir.is_dir():
