@@ -53,19 +53,11 @@ def table_console():  # type: ignore[no-untyped-def]
 
 
 def model_labels(rows: list[dict[str, Any]]) -> list[str]:
-    """A row label per unit that tells checkpoints apart: name, @step, and the precision or path when the
-    same name@step has several."""
-    base = [f"{r['model']}@{r['step']}" if r.get("step") is not None else str(r["model"]) for r in rows]
-    out = []
-    for b, r in zip(base, rows, strict=True):
-        peers = [x for bb, x in zip(base, rows, strict=True) if bb == b]
-        label = b
-        if len({x.get("precision") for x in peers}) > 1:
-            label += f" ({r.get('precision')})"
-        if len({x.get("path") for x in peers}) > 1:
-            label += f" [{r.get('path')}]"
-        out.append(label)
-    return out
+    """A row label per unit that tells checkpoints apart (:func:`rescore.labels.checkpoint_labels`)."""
+    from rescore.labels import CheckpointIdent, checkpoint_labels
+
+    return checkpoint_labels([CheckpointIdent(str(r["model"]), r.get("step"), r.get("precision"), r.get("path"))
+                              for r in rows])
 
 
 def status_matrix(rows: list[dict[str, Any]]) -> dict[str, Any]:

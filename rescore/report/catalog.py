@@ -16,6 +16,7 @@ from typing import Any
 
 from rescore.artifacts.store import Store, Unit
 from rescore.errors import ConfigError, UserError
+from rescore.labels import CheckpointIdent, checkpoint_labels, names_step
 
 
 # -- checkpoints and the catalog of units -----------------------------------------------------------------
@@ -110,23 +111,10 @@ def build_catalog(store: Store, *, suites: Sequence[str] | None = None, tasks: S
 
 
 def unique_labels(ckpts: Iterable[Checkpoint]) -> dict[Checkpoint, str]:
-    """``name@step`` (``name`` when it has no step or already ends with it, as a matrix's ``stage1-step300``),
-    with ``[precision]`` and then the path added where needed to be unique."""
+    """Each checkpoint's label (:func:`rescore.labels.checkpoint_labels`)."""
     cks = list(ckpts)
-    labels = {c: c.name if c.step is None or names_step(c.name, c.step) else f"{c.name}@{c.step}" for c in cks}
-    for extra in (lambda c: c.precision, lambda c: c.path):
-        counts: dict[str, int] = {}
-        for lab in labels.values():
-            counts[lab] = counts.get(lab, 0) + 1
-        for c in cks:
-            if counts[labels[c]] > 1:
-                labels[c] = f"{labels[c]}[{extra(c)}]"
-    return labels
-
-
-def names_step(name: str, step: int) -> bool:
-    """Whether ``name`` ends with its step (``stage1-step300``, ``ckpt_300``)."""
-    return re.search(rf"(?:^|[-_.@]|step)0*{step}$", name) is not None
+    idents = [CheckpointIdent(c.name, c.step, c.precision, c.path) for c in cks]
+    return dict(zip(cks, checkpoint_labels(idents), strict=True))
 
 
 def series_name(c: Checkpoint) -> str:

@@ -197,14 +197,12 @@ def _metric_label(r: dict[str, Any]) -> str:
 
 
 def _unique_labels(models: dict[tuple[Any, ...], list[dict[str, Any]]]) -> dict[tuple[Any, ...], str]:
-    labels = {k: model_label(v[0]) for k, v in models.items()}
-    counts: dict[str, int] = {}
-    for lab in labels.values():
-        counts[lab] = counts.get(lab, 0) + 1
-    for k, lab in list(labels.items()):
-        if counts[lab] > 1:
-            labels[k] = f"{lab} ({k[3]}, {k[1]})"
-    return labels
+    """Each model key's heading label (:func:`rescore.labels.checkpoint_labels`, spaced)."""
+    from rescore.labels import CheckpointIdent, checkpoint_labels
+
+    keys = list(models)
+    idents = [CheckpointIdent(str(k[0]), k[2], k[3], k[1]) for k in keys]
+    return dict(zip(keys, checkpoint_labels(idents, spaced=True), strict=True))
 
 
 def comparison_markdown(rows: list[dict[str, Any]], models: dict[tuple[Any, ...], list[dict[str, Any]]],
