@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rescore.artifacts.ids import run_id as make_run_id
+from rescore.artifacts.manifest import Manifest, checked_manifest
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions, now_iso
 from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
 from rescore.core import GenParams, Request, RequestType
@@ -190,11 +191,12 @@ class Progress:
     def message(self, text: str) -> None: ...
 
 
-def build_manifest(plan: UnitPlan, backend: Backend, command: str | None) -> dict[str, Any]:
+def build_manifest(plan: UnitPlan, backend: Backend, command: str | None, rows_total: int | None = None) -> Manifest:
     task = plan.task
-    return {
+    described = backend.describe()
+    fields: dict[str, Any] = {
         "request_type": plan.request_type,
-        "model": {**model_identity(plan.model), **backend.describe()},
+        "model": {**model_identity(plan.model), **described},
         "suite": plan.suite.name,
         "task": {"name": task.name, "family": task.family, "tier": task.tier, "config": task.model_dump(mode="json")},
         "data_fp": plan.data_fp,
@@ -205,12 +207,15 @@ def build_manifest(plan: UnitPlan, backend: Backend, command: str | None) -> dic
         "resolved": plan.resolved,
         "runtime": {"batch_size": plan.model.batch_size, "max_batch_tokens": plan.model.max_batch_tokens,
                     "device": plan.model.device},
-        "versions": environment_versions() | dict(backend.describe().get("versions", {})),
+        "versions": environment_versions() | dict(described.get("versions", {})),
         "git_rev": git_revision(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "command": command or " ".join(sys.argv),
     }
+    if rows_total is not None:
+        fields["rows_total"] = rows_total
+    return Manifest.build(fields)
 
 
 def run_units(
@@ -290,17 +295,18 @@ def run_units(
     return results
 
 
-def check_same_model(previous: dict[str, Any] | None, manifest: dict[str, Any], plan: UnitPlan) -> None:
+def check_same_model(previous: dict[str, Any] | None, manifest: Manifest, plan: UnitPlan) -> None:
     """A unit resumes only with the weights and tokenizer it was started with (a checkpoint overwritten
     at the same path would otherwise mix rows of two models)."""
     if not previous:
         return
-    old, new = previous.get("model") or {}, manifest.get("model") or {}
+    old, new = Manifest.load(previous, f"the manifest of unit {plan.run_id}").model, manifest.model
     for key in ("fingerprint", "tokenizer_hash"):
-        if old.get(key) and new.get(key) and old[key] != new[key]:
+        was, now = getattr(old, key), getattr(new, key)
+        if was and now and was != now:
             raise StoreError(
-                f"unit {plan.run_id} ({plan.label}) was started with a model whose {key} was {old[key][:16]}, "
-                f"now it is {new[key][:16]}: the checkpoint at {new.get('path')} changed",
+                f"unit {plan.run_id} ({plan.label}) was started with a model whose {key} was {was[:16]}, "
+                f"now it is {now[:16]}: the checkpoint at {new.path} changed",
                 hint=f"delete {plan.run_id} from the store's gen/ to regenerate it with the new weights")
 
 
@@ -324,9 +330,8 @@ def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Requ
     ids = [r.sample_id for r in requests]
     if len(set(ids)) != len(ids):
         raise StoreError(f"task {plan.task.name} produced duplicate sample ids", hint="this is a task definition bug")
-    manifest = build_manifest(plan, backend, command)
-    manifest["rows_total"] = len(requests)
-    with UnitWriter(store, plan.run_id, manifest) as w:
+    manifest = build_manifest(plan, backend, command, rows_total=len(requests))
+    with UnitWriter(store, plan.run_id, checked_manifest(manifest)) as w:
         if w.already_complete:
             return UnitResult(plan, "skipped", 0, len(requests), 0.0)
         check_same_model(w.previous_manifest, manifest, plan)

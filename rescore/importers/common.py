@@ -27,6 +27,7 @@ import orjson
 
 from rescore.artifacts.ids import run_id as make_run_id
 from rescore.artifacts.io import sha256_file
+from rescore.artifacts.manifest import Manifest, checked_manifest
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions
 from rescore.core import canonical_json, content_hash
 from rescore.errors import ConfigError, CorruptArtifactError, StoreError, UserError
@@ -224,8 +225,8 @@ def outputs_fingerprint(rows: Sequence[dict[str, Any]]) -> str:
     return content_hash([canonical_json(r) for r in rows], 20)
 
 
-def build_manifest(u: ImportUnit, command: str | None) -> dict[str, Any]:
-    return {
+def build_manifest(u: ImportUnit, command: str | None) -> Manifest:
+    return Manifest.build({
         "request_type": u.request_type,
         "model": dict(u.model),
         "suite": u.suite,
@@ -242,7 +243,7 @@ def build_manifest(u: ImportUnit, command: str | None) -> dict[str, Any]:
         "host": socket.gethostname(),
         "command": command or " ".join(sys.argv),
         "rows_total": len(u.rows),
-    }
+    })
 
 
 def write_unit(store: Store, u: ImportUnit, command: str | None = None) -> ImportResult:
@@ -265,7 +266,7 @@ def write_unit(store: Store, u: ImportUnit, command: str | None = None) -> Impor
                                        hint=f"remove {done.parent} and run the same import again") from None
         if previous.get("status") == "complete":
             return ImportResult(rid, name, task, u.request_type, len(ids), "already imported")
-    manifest = build_manifest(u, command)
+    manifest = checked_manifest(build_manifest(u, command))
     with UnitWriter(store, rid, manifest) as w:
         if w.already_complete:
             return ImportResult(rid, name, task, u.request_type, len(ids), "already imported")
