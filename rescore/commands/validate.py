@@ -31,12 +31,19 @@ def validate_models(path: Path, data: object) -> list[str]:
         items = [items]
     if not isinstance(items, list):
         return [f"{path}: expected a model mapping or a 'models:' list"]
+    from rescore.gen.base import check_options
+
     problems: list[str] = []
     for i, it in enumerate(items):
         try:
-            ModelConfig(**(it if isinstance(it, dict) else {}))
+            model = ModelConfig(**(it if isinstance(it, dict) else {}))
         except ValidationError as e:
             problems += format_validation_error(e, f"{path}: models[{i}]")
+            continue
+        try:  # the backend's (and its loader's) options, without loading anything
+            check_options(model)
+        except ConfigError as e:
+            problems.append(f"{path}: models[{i}]: {e.message}")
     return problems
 
 

@@ -129,7 +129,7 @@ backends.register_lazy("hf", "rescore.gen.hf:HFBackend")
 backends.register_lazy("vllm", "rescore.gen.vllm:VLLMBackend")
 
 
-def backend(name: str, *, options: type[Params] = NoParams) -> Callable[[type], type]:
+def backend(name: str, *, options: type[Params] = NoParams, loader: bool = False) -> Callable[[type], type]:
     """Class decorator that registers a backend under ``name`` with its options model::
 
         class EchoOptions(Params):
@@ -141,11 +141,14 @@ def backend(name: str, *, options: type[Params] = NoParams) -> Callable[[type], 
                 self.options = backend_options(self, cfg)
             ...
 
-    The class is returned unchanged, with ``name`` and ``options_model`` set."""
+    ``loader=True`` for a backend that loads through a checkpoint loader (``ModelConfig.loader``), whose
+    options come on top of the backend's. The class is returned unchanged, with ``name``, ``options_model``
+    and ``uses_loader`` set."""
 
     def deco(cls: type) -> type:
         cls.name = name  # type: ignore[attr-defined]
         cls.options_model = options  # type: ignore[attr-defined]
+        cls.uses_loader = loader  # type: ignore[attr-defined]
         backends.register(name, _backend(cls))
         return cls
 
@@ -168,6 +171,17 @@ def backend_and_loader_options(b: Any, cfg: ModelConfig) -> tuple[Any, Any]:
     mine, theirs = split_options(cfg.options, [b.options_model, ld.options_model],
                                  component=f"model {cfg.name!r} ({b.name} backend, {cfg.loader} loader)")
     return backend_options(b, cfg, mine), loader_options(cfg, theirs)[1]
+
+
+def check_options(model: ModelConfig) -> None:
+    """``model.options`` against its backend's options model (and its loader's, for a backend that loads
+    through one): a one-line :class:`ConfigError` naming a bad key and the valid ones. Nothing is loaded and
+    no checkpoint is looked up."""
+    factory = backends.get(model.backend)
+    if getattr(factory, "uses_loader", False):
+        backend_and_loader_options(factory, model)
+    else:
+        backend_options(factory, model)
 
 
 def check_model(model: ModelConfig) -> None:

@@ -47,7 +47,7 @@ class HFOptions(Params):
     share_prefix: bool = True  # one sequence per multiple-choice row (see the module docstring)
 
 
-@backend("hf", options=HFOptions)
+@backend("hf", options=HFOptions, loader=True)
 class HFBackend:
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
