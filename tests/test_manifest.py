@@ -57,3 +57,21 @@ def test_checkpoint_labels() -> None:
         "sft@100[bf16]", "sft@100[bf16]", "sft@100[fp32]"]
     assert checkpoint_labels([a, CheckpointIdent("sft", 100, "bf16", "/c")]) == [
         "sft@100[bf16][/a]", "sft@100[bf16][/c]"]
+
+
+def test_a_manifest_of_the_wrong_types_is_named_not_a_traceback(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.support import cli
+
+    store = tmp_path / "store"
+    shutil.copytree(FIXTURE_STORE, store)
+    path = sorted(store.glob("gen/*/manifest.json"))[0]
+    raw = orjson.loads(path.read_bytes())
+    raw["model"]["step"] = "not a step"
+    path.write_bytes(orjson.dumps(raw))
+    status = cli("status", "--store", store)
+    assert "corrupt" in status.stdout and "Traceback" not in status.stderr, status.stdout + status.stderr
+    report = cli("report", tmp_path / "r.html", "--store", store)
+    assert report.returncode != 0 and "Traceback" not in report.stderr
+    assert f"{path} is not a unit manifest (model.step:" in report.stderr

@@ -12,6 +12,7 @@ from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt,
 
 
 def unit_rows(store_path: Path) -> list[dict[str, Any]]:
+    from rescore.artifacts.manifest import Manifest, ModelInfo
     from rescore.artifacts.store import Store
     from rescore.errors import CorruptArtifactError
 
@@ -20,17 +21,21 @@ def unit_rows(store_path: Path) -> list[dict[str, Any]]:
     for u in store.units():
         m = u.manifest
         status, error = ("complete" if u.complete else "partial"), None
-        if u.complete:
+        try:
+            model = Manifest.load(m, str(u.path / "manifest.json")).model
+        except CorruptArtifactError as e:  # listed as corrupt, with what is readable of it
+            model, status, error = ModelInfo(name="?"), "corrupt", e.message
+        if u.complete and error is None:
             try:  # cheap (size and footer): a complete unit whose rows are missing or misplaced is not complete
                 u.check_rows_file()
             except CorruptArtifactError as e:
                 status, error = "corrupt", e.message
         out.append({
-            "run_id": u.run_id, "model": m.get("model", {}).get("name"), "step": m.get("model", {}).get("step"),
+            "run_id": u.run_id, "model": model.name, "step": model.step,
             "task": m.get("task", {}).get("name"), "suite": m.get("suite"), "seed": m.get("seed"),
             "request_type": m.get("request_type"), "status": status,
             "rows_done": u.rows_done(), "rows_total": u.rows_total(),
-            "precision": m.get("model", {}).get("precision"), "path": m.get("model", {}).get("path"),
+            "precision": model.precision, "path": model.path,
             "created_at": m.get("created_at"), **({"error": error} if error else {}),
         })
     from rescore.artifacts.store import acknowledge_damaged

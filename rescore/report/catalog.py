@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rescore.artifacts.manifest import Manifest
 from rescore.artifacts.store import Store, Unit
 from rescore.errors import ConfigError, UserError
 from rescore.labels import CheckpointIdent, checkpoint_labels, names_step
@@ -29,12 +30,9 @@ class Checkpoint:
     precision: str
 
     @classmethod
-    def of(cls, manifest: dict[str, Any]) -> Checkpoint:
-        m = manifest.get("model") or {}
-        step = m.get("step")
-        return cls(name=str(m.get("name")), path=str(m.get("path")),
-                   step=int(step) if isinstance(step, int | float) and not isinstance(step, bool) else None,
-                   stage=m.get("stage"), precision=str(m.get("precision")))
+    def of(cls, manifest: dict[str, Any] | Manifest, where: str = "manifest") -> Checkpoint:
+        m = (manifest if isinstance(manifest, Manifest) else Manifest.load(manifest, where)).model
+        return cls(name=str(m.name), path=str(m.path), step=m.step, stage=m.stage, precision=str(m.precision))
 
     @property
     def sort_key(self) -> tuple[Any, ...]:
@@ -88,7 +86,7 @@ def build_catalog(store: Store, *, suites: Sequence[str] | None = None, tasks: S
         seen.add(task)
         if tasks and not any(fnmatch.fnmatchcase(task, p) for p in tasks):
             continue
-        ck = Checkpoint.of(u.manifest)
+        ck = Checkpoint.of(u.manifest, str(u.path / "manifest.json"))
         seed = str(u.manifest.get("seed"))
         cell = cat.units.setdefault(ck, {}).setdefault(task, {})
         old = cell.get(seed)
