@@ -200,6 +200,30 @@ class Metric:
         new_name = name or derived_name(self.name, params)
         return replace(self, name=new_name, params=freeze_params(merged))
 
+    def check_param_types(self, kw: Mapping[str, Any]) -> None:
+        """Each value of ``kw`` against the annotation of the metric function's parameter (``k: int | None``
+        takes an integer, not ``[1, 2]``), where the function is annotated: a :class:`ConfigError` naming the
+        parameter, the type and an example otherwise. Unannotated parameters are left to the caller."""
+        import typing
+
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            hints = typing.get_type_hints(self.fn)
+        except Exception:  # noqa: BLE001 - annotations that do not resolve here are not checked
+            return
+        for k, v in kw.items():
+            hint = hints.get(k)
+            if hint is None or hint is Any:
+                continue
+            try:
+                TypeAdapter(hint).validate_python(v, strict=True)
+            except ValidationError:
+                shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+                raise ConfigError(f"metric {self.name!r}: parameter {k}={v!r} should be {shown}",
+                                  hint=f"one value per --metric, e.g. --metric {self.name}:{k}=VALUE; repeat "
+                                       f"--metric for several") from None
+
     def missing_params(self) -> list[str]:
         have = {k for k, v in self.params if v is not None}
         return [p for p in self.required_params if p not in have]
