@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -75,3 +76,18 @@ def test_a_manifest_of_the_wrong_types_is_named_not_a_traceback(tmp_path: Path) 
     report = cli("report", tmp_path / "r.html", "--store", store)
     assert report.returncode != 0 and "Traceback" not in report.stderr
     assert f"{path} is not a unit manifest (model.step:" in report.stderr
+
+
+def test_a_unit_resumes_only_with_the_weights_it_started_with() -> None:
+    from types import SimpleNamespace
+
+    from rescore.gen.runner import check_same_model
+
+    plan: Any = SimpleNamespace(run_id="r" * 20, label="m / t / seed 0")
+    started = {"request_type": "generate", "model": {"fingerprint": "a" * 64, "tokenizer_hash": "t1", "path": "/m"}}
+    same = Manifest.build({"request_type": "generate", "model": {"fingerprint": "a" * 64, "path": "/m"}})
+    check_same_model(started, same, plan)
+    check_same_model(None, same, plan)
+    changed = Manifest.build({"request_type": "generate", "model": {"fingerprint": "b" * 64, "path": "/m"}})
+    with pytest.raises(StoreError, match="fingerprint was aaaaaaaaaaaaaaaa, now it is bbbbbbbbbbbbbbbb"):
+        check_same_model(started, changed, plan)
