@@ -93,14 +93,23 @@ def write_sealed_parquet(path: str | Path, table: pa.Table, *, root: str | Path 
     atomic_write_bytes(path, sealed_parquet_bytes(table), root=root)
 
 
+def read_file_buffer(path: str | Path, limit: int | None = None) -> pa.Buffer:
+    """A file's bytes (its first ``limit`` bytes) in memory that Arrow owns. Decode from this, never from a
+    Python ``bytes``: Arrow's worker threads can drop their last reference to the source after the command
+    has returned, and releasing a Python object from there while the interpreter exits aborts the process
+    ("terminate called without an active exception"; most often with OMP_NUM_THREADS=1)."""
+    with pa.OSFile(str(path)) as f:
+        return f.read_buffer(limit)
+
+
 def read_sealed_parquet(path: str | Path, hint: str) -> pa.Table:
     """A Parquet file the store wrote, its seal and every page CRC verified (a file from before seals has its
     page CRCs verified). Any damage is a :class:`CorruptArtifactError` naming ``path``; the seal is not part
     of the table returned."""
     try:
-        data = Path(path).read_bytes()
-        with pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True) as f:
-            if not seal_holds(data, (f.metadata.metadata or {}).get(CHECKSUM_KEY)):
+        buf = read_file_buffer(path)
+        with pq.ParquetFile(pa.BufferReader(buf), page_checksum_verification=True) as f:
+            if not seal_holds(buf.to_pybytes(), (f.metadata.metadata or {}).get(CHECKSUM_KEY)):
                 raise corrupt(path, "its bytes do not match the checksum in its footer (damaged on disk)", hint)
             table = f.read()
     except READ_ERRORS as e:

@@ -26,7 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from rescore.artifacts.integrity import READ_ERRORS, ROWS_KEY, RUN_ID_KEY, corrupt, first_line, footer_checksum
+from rescore.artifacts.integrity import (
+    READ_ERRORS,
+    ROWS_KEY,
+    RUN_ID_KEY,
+    corrupt,
+    first_line,
+    footer_checksum,
+    read_file_buffer,
+)
 from rescore.artifacts.io import (
     NO_SPACE,
     atomic_write_bytes,
@@ -525,8 +533,7 @@ def read_jsonl_table(path: Path, schema: pa.Schema, *, limit: int | None = None)
         return schema.empty_table()
     try:
         opts = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error", newlines_in_values=False)
-        with open(path, "rb") as f:
-            source = pa.BufferReader(f.read(limit) if limit is not None else f.read())
+        source = pa.BufferReader(read_file_buffer(path, limit))  # Arrow-owned: see read_file_buffer
         table = pajson.read_json(source, parse_options=opts, read_options=pajson.ReadOptions(block_size=16 << 20))
     except pa.ArrowInvalid as e:
         raise CorruptArtifactError(f"{path}: rows do not match the schema ({e})",

@@ -50,6 +50,7 @@ from rescore.artifacts.integrity import (
     READ_ERRORS,
     corrupt,
     crc32,
+    read_file_buffer,
     read_sealed_parquet,
     seal,
     seal_holds,
@@ -201,9 +202,9 @@ def _load_score_file(path: Path) -> pa.Table:
         if path.suffix == ".parquet":  # the earlier format: page CRCs only
             with pq.ParquetFile(path, page_checksum_verification=True) as f:
                 return f.read()
-        data = path.read_bytes()
-        reader = ipc.open_file(pa.BufferReader(data))
-        if not seal_holds(data, (reader.schema.metadata or {}).get(CHECKSUM_KEY)):
+        buf = read_file_buffer(path)  # Arrow-owned: see read_file_buffer
+        reader = ipc.open_file(pa.BufferReader(buf))
+        if not seal_holds(buf.to_pybytes(), (reader.schema.metadata or {}).get(CHECKSUM_KEY)):
             raise corrupt(path, "its bytes do not match the checksum in its metadata (damaged on disk)", _SCORE_HINT)
         return reader.read_all()
     except READ_ERRORS as e:
