@@ -353,6 +353,13 @@ def test_prepared_rows_generate_and_score_without_the_data(tmp_path: Path, tiny_
     data = tmp_path / "lambada.jsonl"
     shutil.copy(SHARED / "lambada_openai" / "lambada_test.jsonl", data)
     path = suite(tmp_path, {"lambada_openai": {"dataset": _local(str(data))}})
+    # a native multiple-choice task in the same store: lm-eval's metrics stay on the lm_eval unit
+    doc = yaml.safe_load(path.read_text())
+    doc["data_root"] = str(Path(__file__).resolve().parents[1] / "rescore" / "data")
+    doc["tasks"].append({"name": "arc_easy", "family": "multiple_choice",
+                         "source": {"path": "arc_easy/arc_easy.jsonl", "split": "test"}, "subset_size": 4,
+                         "params": {"prompt": "arc", "schema": "llm_foundry"}})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     store = tmp_path / "store"
     r = invoke("prepare", str(path), "--store", str(store))
     assert r.exit_code == 0, r.output
@@ -364,7 +371,10 @@ def test_prepared_rows_generate_and_score_without_the_data(tmp_path: Path, tiny_
     from rescore.artifacts.store import Store
     from rescore.score.engine import read_results
 
-    res = {(x["metric"], x["subset"]): x for x in read_results(Store(store)).to_pylist() if x["seed"] == "agg"}
+    rows = [x for x in read_results(Store(store)).to_pylist() if x["seed"] == "agg"]
+    assert {x["metric"] for x in rows if x["task"] == "arc_easy"} >= {"acc", "acc_norm"}
+    assert not [x for x in rows if x["task"] == "arc_easy" and x["metric"].startswith("lm-eval.")]
+    res = {(x["metric"], x["subset"]): x for x in rows if x["task"] == "lambada_openai"}
     assert res[("lm-eval.acc", "all")]["n"] == LIMIT
     assert res[("lm-eval.perplexity", "all")]["value"] > 1
     r = invoke("export", "lm-eval", str(tmp_path / "out"), "--store", str(store))

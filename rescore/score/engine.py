@@ -639,6 +639,8 @@ def plan_unit(store: Store, unit: Unit, specs: Sequence[Metric], force: bool,
     for spec in specs:
         if spec.request_type != unit.request_type:
             continue
+        if spec.families and (unit.manifest.get("task") or {}).get("family") not in spec.families:
+            continue
         why = spec.available()
         if why:
             report.unavailable[spec.name] = why

@@ -172,6 +172,7 @@ class Metric:
     required_params: tuple[str, ...] = ()
     needs_unit: bool = False
     lm_eval_key: str | None = None
+    families: tuple[str, ...] = ()  # the task families whose units it applies to (empty: every family)
     available: Callable[[], str | None] = field(default=lambda: None, compare=False)
     """Returns None when the metric can run here, else why not (e.g. an optional package is missing)."""
 

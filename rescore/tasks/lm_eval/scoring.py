@@ -252,7 +252,7 @@ def register_store_metrics(store: Any) -> list[str]:
                 continue
             register_metric(Metric(
                 name=name, fn=_metric_fn(metric, filt), columns=COLUMNS[rt], request_type=rt,
-                higher_is_better=e["hib"], aggregator="lm_eval", version=v, needs_unit=True,
+                higher_is_better=e["hib"], aggregator="lm_eval", version=v, needs_unit=True, families=("lm_eval",),
                 description=f"lm-evaluation-harness {version} {metric} (filter {filt})",
                 lm_eval_key=f"{metric},{filt}"))
             names.append(name)
