@@ -123,6 +123,44 @@ class GenConfig(Strict):
         return GenParams(**self.model_dump())
 
 
+class DistConfig(Strict):
+    """Distributions stored per scored position as safetensors side files (``gen/<run_id>/tensors/``).
+
+    ``positions``: ``answer`` (every continuation token of loglikelihood rows), ``all`` (every scored token),
+    or ``{every: N}`` (one token in N of rolling rows, at an offset drawn from the sample id). ``format``:
+    ``full`` (the log-softmax over the whole vocabulary) or ``{topk: K}`` (the K largest logprobs, their
+    token ids and the log of the mass left out). ``dtype`` of the stored logprobs. ``max_bytes_per_unit``:
+    a unit whose expected side files exceed it is refused before it runs (``--allow-large-dist`` runs it)."""
+
+    positions: Literal["answer", "all"] | dict[Literal["every"], int] = "answer"
+    format: Literal["full"] | dict[Literal["topk"], int] = Field(default_factory=lambda: {"topk": 64})
+    dtype: Literal["float16", "bfloat16"] = "float16"
+    max_bytes_per_unit: int = Field(8 << 30, ge=1)
+
+    @field_validator("positions")
+    @classmethod
+    def _every(cls, v: Any) -> Any:
+        if isinstance(v, dict) and (set(v) != {"every"} or not isinstance(v["every"], int) or v["every"] < 1):
+            raise ValueError("positions is 'answer', 'all' or {every: N} with N >= 1")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _topk(cls, v: Any) -> Any:
+        if isinstance(v, dict) and (set(v) != {"topk"} or not isinstance(v["topk"], int) or v["topk"] < 1):
+            raise ValueError("format is 'full' or {topk: K} with K >= 1")
+        return v
+
+    @property
+    def every(self) -> int | None:
+        return self.positions["every"] if isinstance(self.positions, dict) else None
+
+    @property
+    def topk(self) -> int | None:
+        """K of ``{topk: K}``; None for ``full``."""
+        return self.format["topk"] if isinstance(self.format, dict) else None
+
+
 class SourceConfig(Strict):
     """Where a task's rows come from: a Hugging Face dataset or local file(s)."""
 
@@ -155,6 +193,7 @@ class TaskConfig(Strict):
     chat: bool = False
     gen: GenConfig | None = None
     topk: int = Field(0, ge=0, description="top-k alternatives stored for loglikelihood/rolling tokens")
+    dist: DistConfig | None = Field(None, description="distributions stored per scored position (off: None)")
     seeds: tuple[int, ...] | None = Field(None, description="overrides the suite's seeds for this task")
     params: dict[str, Any] = Field(default_factory=dict)
 

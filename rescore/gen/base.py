@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rescore.config import ModelConfig
+from rescore.config import DistConfig, ModelConfig
 from rescore.core import GenParams, Request, Tokenizer
 from rescore.errors import ConfigError
 from rescore.params import NoParams, Params, parse_params, split_options
@@ -76,6 +76,8 @@ class RunContext:
     # sample ids whose rows are already stored (a resumed unit): no rows for them, and no work where it
     # can be skipped without changing the other rows
     done: frozenset[str] = frozenset()
+    # distributions to store per scored position (TaskConfig.dist); a backend that cannot store them refuses
+    dist: DistConfig | None = None
 
     def pending(self, requests: Sequence[Request]) -> list[Request]:
         """The requests whose rows are still to be written."""

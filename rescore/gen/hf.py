@@ -32,6 +32,7 @@ import numpy as np
 from rescore.config import ModelConfig
 from rescore.core import Request
 from rescore.gen.base import RunContext, backend, backend_and_loader_options
+from rescore.gen.dist import dist_arrays, empty_array, row_dist, selected
 from rescore.gen.loaders import loaders
 from rescore.gen.rows import RowCollector, loglikelihood_row, rolling_row
 from rescore.gen.sampling import run_generate
@@ -49,6 +50,8 @@ class HFOptions(Params):
 
 @backend("hf", options=HFOptions, loader=True)
 class HFBackend:
+    stores_dist = True  # stores the distributions a task's dist asks for (rescore.gen.dist)
+
     @classmethod
     def check(cls, cfg: ModelConfig) -> None:
         _, loader_opts = backend_and_loader_options(cls, cfg)
@@ -128,29 +131,58 @@ class HFBackend:
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
             conts, shared = meta[i]
-            return loglikelihood_row(reqs[i], conts, shared, [res[j] for j in range(len(reqs[i].continuations))],
-                                     topk=ctx.topk)
+            out = [res[j] for j in range(len(reqs[i].continuations))]
+            return self._with_dist(loglikelihood_row(reqs[i], conts, shared, out, topk=ctx.topk), ctx, out)
 
-        yield from self._score(units, reqs, ctx, make_row, entropy=False, greedy=True)
+        starts = {}
+        if ctx.dist is not None:
+            for i, (conts, _) in enumerate(meta):
+                off = np.concatenate([[0], np.cumsum([len(c) for c in conts])])
+                starts.update({(i, j): int(off[j]) for j in range(len(conts))})
+        yield from self._score(units, reqs, ctx, make_row, entropy=False, greedy=True, starts=starts)
 
     def _run_rolling(self, reqs: list[Request], ctx: RunContext) -> Iterator[list[dict[str, Any]]]:
         units, targets = self.rules.rolling_plan(reqs)
         want_entropy = ctx.topk > 0
 
         def make_row(i: int, res: dict[int, SpanResult]) -> dict[str, Any]:
-            return rolling_row(reqs[i], targets[i], [res[w] for w in sorted(res)], self._tok, topk=ctx.topk,
-                               entropy=want_entropy)
+            out = [res[w] for w in sorted(res)]
+            return self._with_dist(rolling_row(reqs[i], targets[i], out, self._tok, topk=ctx.topk,
+                                               entropy=want_entropy), ctx, out)
 
-        yield from self._score(units, reqs, ctx, make_row, entropy=want_entropy, greedy=False)
+        starts: dict[tuple[int, int], int] = {}
+        if ctx.dist is not None:
+            seen: dict[int, int] = {}
+            for u in units:  # a request's windows in order
+                for sp in u.spans:
+                    starts[(u.owner, sp.slot)] = seen.get(u.owner, 0)
+                    seen[u.owner] = seen.get(u.owner, 0) + len(sp.targets)
+        yield from self._score(units, reqs, ctx, make_row, entropy=want_entropy, greedy=False, starts=starts)
+
+    def _with_dist(self, row: dict[str, Any], ctx: RunContext, out: list[SpanResult]) -> dict[str, Any]:
+        if ctx.dist is not None:
+            row["_dist"] = row_dist(ctx.dist, [o.dist for o in out if o.dist is not None], self._vocab())
+        return row
+
+    def _vocab(self) -> int:
+        head = self.model.get_output_embeddings()
+        return int(head.weight.shape[0]) if head is not None else int(self.model.config.vocab_size)
 
     # -- the scoring engine ------------------------------------------------------------------------------
     def _score(self, units: list[Unit], reqs: Sequence[Request], ctx: RunContext, make_row: Any, *, entropy: bool,
-               greedy: bool) -> Iterator[list[dict[str, Any]]]:
+               greedy: bool, starts: dict[tuple[int, int], int] | None = None) -> Iterator[list[dict[str, Any]]]:
         """Run the planned batches of ``units`` and yield each pending request's row once all its units are
         scored. Batches are planned from every request, stored or not (see :mod:`rescore.gen.base`): a batch
         whose requests are all stored is skipped, any other runs whole and its stored requests' results are
         dropped, so every computed value comes from the batch an uninterrupted run computes it in."""
         rows = RowCollector(units, (i for i, r in enumerate(reqs) if r.sample_id not in ctx.done), make_row)
+        dist = None
+        if ctx.dist is not None:
+            n_scored: dict[int, int] = {}
+            for u in units:
+                n_scored[u.owner] = n_scored.get(u.owner, 0) + sum(len(sp.targets) for sp in u.spans)
+            masks = {i: selected(ctx.dist, r.request_type, r.sample_id, n_scored.get(i, 0)) for i, r in enumerate(reqs)}
+            dist = (ctx.dist, starts or {}, masks)
         for u in units:
             if not u.tokens and rows.wants(u.owner):
                 rows.add(u, [SpanResult(np.zeros(0, np.float32), True, [], [], []) for _ in u.spans])
@@ -160,7 +192,7 @@ class HFBackend:
         for batch in plan_batches([u for u in units if u.tokens], ctx.batch_size, ctx.max_batch_tokens):
             if not any(rows.wants(u.owner) for u in batch):
                 continue
-            results = self.score_batch(batch, ctx.topk, entropy, greedy)
+            results = self.score_batch(batch, ctx.topk, entropy, greedy, dist=dist)
             ctx.on_tokens(sum(len(u.tokens) for u in batch))
             for u, res in zip(batch, results, strict=True):
                 rows.add(u, res)  # a stored request's unit is dropped: computed only to keep the batch as planned
@@ -168,8 +200,10 @@ class HFBackend:
             if done:
                 yield done
 
-    def score_batch(self, batch: list[Unit], topk: int, entropy: bool, greedy: bool = True) -> list[list[SpanResult]]:
-        """One forward pass over ``batch`` (right-padded); per unit, per span, the scored values."""
+    def score_batch(self, batch: list[Unit], topk: int, entropy: bool, greedy: bool = True,
+                    dist: Any = None) -> list[list[SpanResult]]:
+        """One forward pass over ``batch`` (right-padded); per unit, per span, the scored values. ``dist``:
+        (DistConfig, each span's first token in its row's numbering, each row's selected-positions mask)."""
         torch = self.torch
         dev = self.device
         B, L = len(batch), max(len(u.tokens) for u in batch)
@@ -185,15 +219,20 @@ class HFBackend:
         # model never attends to it (and no mask keeps the fast causal attention kernels).
         mask = segment_mask(seg, self._mask_dtype) if any(u.segments is not None for u in batch) else None
         b_idx, p_idx, tgt = [], [], []
+        span_sel: list[np.ndarray] = []  # per span: which of its positions keep their distribution
         for b, u in enumerate(batch):
             for sp in u.spans:
                 b_idx += [b] * len(sp.positions)
                 p_idx += sp.positions
                 tgt += sp.targets
+                if dist is not None:
+                    s0 = dist[1][(u.owner, sp.slot)]
+                    span_sel.append(dist[2][u.owner][s0 : s0 + len(sp.positions)])
+        dsel = (dist[0], np.concatenate(span_sel) if span_sel else np.zeros(0, bool)) if dist is not None else None
         with torch.inference_mode():
             stats = self._scored_stats(ids.to(dev), None if mask is None else mask.to(dev), pos.to(dev),
                                        torch.tensor(b_idx), torch.tensor(p_idx), torch.tensor(tgt, dtype=torch.long),
-                                       greedy=greedy, topk=topk, entropy=entropy)
+                                       greedy=greedy, topk=topk, entropy=entropy, dist=dsel)
         chosen = stats["chosen"].numpy()
         is_greedy = stats["greedy"].numpy() if greedy else None
         ti = stats["topk_ids"].tolist() if topk else None
@@ -201,23 +240,35 @@ class HFBackend:
         ent = stats["entropy"].tolist() if entropy else None
         out: list[list[SpanResult]] = []
         k = 0
+        d_at = 0  # rows of the batch's dist arrays taken so far
+        si = 0
         for u in batch:
             res = []
             for sp in u.spans:
                 sl = slice(k, k + len(sp.positions))
+                span_dist = None
+                if dsel is not None:
+                    m = span_sel[si]
+                    si += 1
+                    nd = int(m.sum())
+                    s0 = dist[1][(u.owner, sp.slot)]
+                    span_dist = (s0 + np.flatnonzero(m), np.asarray(sp.targets)[m],
+                                 {key: a[d_at : d_at + nd] for key, a in stats["dist"].items()})
+                    d_at += nd
                 res.append(SpanResult(
                     logprobs=chosen[sl].astype(np.float32),
                     greedy=bool(is_greedy[sl].all()) if is_greedy is not None else False,
                     topk_ids=ti[sl] if ti is not None else None,
                     topk_logprobs=tv[sl] if tv is not None else None,
                     entropy=ent[sl] if ent is not None else None,
+                    dist=span_dist,
                 ))
                 k += len(sp.positions)
             out.append(res)
         return out
 
     def _scored_stats(self, ids: Any, mask: Any, pos: Any, b_idx: Any, p_idx: Any, tgt: Any, *, greedy: bool,
-                      topk: int, entropy: bool) -> dict[str, Any]:
+                      topk: int, entropy: bool, dist: Any = None) -> dict[str, Any]:
         """Per scored position (CPU tensors): the target's logprob, whether it is the argmax, top-k, entropy.
 
         The hidden states at the scored positions go through the LM head and a float32 log-softmax in
@@ -239,6 +290,7 @@ class HFBackend:
 
         n = len(tgt)
         parts: dict[str, list[Any]] = {"chosen": [], "greedy": [], "topk_ids": [], "topk_logprobs": [], "entropy": []}
+        dists: list[dict[str, np.ndarray]] = []
         for a in range(0, n, HEAD_CHUNK):
             lp = chunk_lp(a, min(n, a + HEAD_CHUNK))
             t = tgt[a : a + HEAD_CHUNK].to(lp.device)
@@ -252,10 +304,18 @@ class HFBackend:
                 parts["topk_ids"].append(ti.cpu())
             if entropy:
                 parts["entropy"].append((-(lp.exp() * lp).sum(-1)).cpu())
+            if dist is not None:
+                keep = torch.from_numpy(np.flatnonzero(dist[1][a : a + HEAD_CHUNK])).to(lp.device)
+                dists.append(dist_arrays(dist[0], lp.index_select(0, keep)))
         empty = {"chosen": torch.zeros(0), "greedy": torch.zeros(0, dtype=torch.bool),
                  "topk_ids": torch.zeros((0, topk), dtype=torch.long), "topk_logprobs": torch.zeros((0, topk)),
                  "entropy": torch.zeros(0)}
-        return {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
+        out = {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
+        if dist is not None:
+            names = ["logprobs"] if dist[0].topk is None else ["topk_ids", "topk_logprobs", "tail_logmass"]
+            out["dist"] = {k: np.concatenate([d[k] for d in dists]) if dists else empty_array(dist[0], k, self._vocab())
+                           for k in names}
+        return out
 
     def _finish_logits(self, logits: Any) -> Any:
         cap = getattr(self.model.config, "final_logit_softcapping", None)

@@ -21,6 +21,7 @@ from typing import Any
 from rescore.artifacts.ids import run_id as make_run_id
 from rescore.artifacts.manifest import Manifest, checked_manifest
 from rescore.artifacts.store import MANIFEST, Store, UnitWriter, environment_versions, now_iso
+from rescore.artifacts.tensors import DistParts
 from rescore.config import GenConfig, ModelConfig, SuiteConfig, TaskConfig
 from rescore.core import GenParams, Request, RequestType
 from rescore.errors import ConfigError, CorruptArtifactError, LockedError, StoreError, UserError
@@ -68,6 +69,12 @@ def model_identity(model: ModelConfig) -> dict[str, Any]:
         # recorded when it is not the default, so that the run ids of units loaded with hf stay those they had
         **({"loader": model.loader} if model.loader != "hf" else {}),
     }
+
+
+def unset_dist(task: TaskConfig) -> set[str]:
+    """``dist`` is left out of a task's recorded config when it is off, so the run ids of units without
+    stored distributions are the ones they always had."""
+    return {"dist"} if task.dist is None else set()
 
 
 def task_gen_params(suite: SuiteConfig, task: TaskConfig, request_type: RequestType) -> GenParams | None:
@@ -121,7 +128,7 @@ def plan_units(
                     "model": model_identity(model),
                     # what the rows depend on: not the seeds list, the tier (a report label) or the task's
                     # own gen section (the effective sampling parameters are under "gen")
-                    "task": task.model_dump(mode="json", exclude={"seeds", "tier", "gen"}),
+                    "task": task.model_dump(mode="json", exclude={"seeds", "tier", "gen", *unset_dist(task)}),
                     "data_fp": data.data_fp,
                     "seed": seed,
                     "gen": gen.to_dict() if gen else None,
@@ -198,7 +205,7 @@ def build_manifest(plan: UnitPlan, backend: Backend, command: str | None, rows_t
         "request_type": plan.request_type,
         "model": {**model_identity(plan.model), **described},
         "suite": plan.suite.name,
-        "task": {"name": task.name, "family": task.family, "tier": task.tier, "config": task.model_dump(mode="json")},
+        "task": {"name": task.name, "family": task.family, "tier": task.tier, "config": task.model_dump(mode="json", exclude=unset_dist(task))},
         "data_fp": plan.data_fp,
         "data_meta": getattr(plan.data, "meta", None),
         "data_root": str(plan.data_root.resolve()) if plan.data_root is not None else None,
@@ -325,11 +332,23 @@ def resume_batch_plan(w: UnitWriter, plan: UnitPlan, progress: Progress) -> tupl
     return size, tokens
 
 
+def check_dist(plan: UnitPlan, backend: Backend) -> None:
+    """A task that stores distributions runs on a backend that stores them, for a request type that has them."""
+    if plan.request_type == "generate":
+        raise ConfigError(f"task {plan.task.name!r}: dist is for loglikelihood and rolling tasks, not generate",
+                          hint=f"remove dist from task {plan.task.name!r}")
+    if not getattr(backend, "stores_dist", False):
+        raise ConfigError(f"task {plan.task.name!r} asks for stored distributions (dist), which the "
+                          f"{plan.model.backend} backend does not store", hint="run it with the hf backend")
+
+
 def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,
              index: int, count: int, command: str | None, t0: float) -> UnitResult:
     ids = [r.sample_id for r in requests]
     if len(set(ids)) != len(ids):
         raise StoreError(f"task {plan.task.name} produced duplicate sample ids", hint="this is a task definition bug")
+    if plan.task.dist is not None:
+        check_dist(plan, backend)
     manifest = build_manifest(plan, backend, command, rows_total=len(requests))
     with UnitWriter(store, plan.run_id, checked_manifest(manifest)) as w:
         if w.already_complete:
@@ -344,18 +363,24 @@ def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Requ
         # plans; it recomputes the batches that hold a pending row and returns the pending rows only.
         ctx = RunContext(seed=plan.seed, params=plan.gen or GenParams(), topk=plan.task.topk,
                          batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                         on_tokens=progress.tokens, done=done)
+                         on_tokens=progress.tokens, done=done, dist=plan.task.dist)
+        parts = DistParts(w.dir, plan.run_id) if plan.task.dist is not None else None
         written = 0
         gen_t0 = time.perf_counter()
         for rows in backend.run(requests, ctx):
             rows = [r for r in rows if r["sample_id"] not in done]
+            if parts is not None:  # the distributions are on disk before the rows that they belong to
+                parts.write(rows)
             written += w.append(rows)
             progress.advance(len(rows))
         gen_s = time.perf_counter() - gen_t0
         prev = w.manifest.get("timings") or {}
         timings = {"generate_s": round(prev.get("generate_s", 0) + gen_s, 3),
                    "last_run_s": round(time.perf_counter() - t0, 3)}
-        w.finish(ids, {"timings": timings, "finished_by": command})
+        dist = {"dist": parts.compact(sorted(ids), plan.task.dist)} if parts is not None else {}
+        w.finish(ids, {"timings": timings, "finished_by": command, **dist})
+        if parts is not None:
+            parts.remove()
         progress.end_unit()
     return UnitResult(plan, "resumed" if resumed else "generated", written, len(requests),
                       time.perf_counter() - t0)

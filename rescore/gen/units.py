@@ -57,6 +57,9 @@ class SpanResult:
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
     entropy: list[float] | None = None
+    # stored distributions (TaskConfig.dist): the selected positions (numbered over the row's scored tokens),
+    # their targets and arrays (rescore.gen.dist)
+    dist: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
 
 
 # per request: the continuation tokens of each choice, and the shared context tokens (or None)

@@ -1,0 +1,87 @@
+"""Which scored positions keep their distribution, and the arrays stored for them (``TaskConfig.dist``).
+
+The positions of a row are numbered over its scored tokens: a loglikelihood row's choices' continuation
+tokens one after the other, a rolling row's target tokens. ``answer`` and ``all`` select every one of them
+(``answer`` only for loglikelihood rows), ``{every: N}`` one in N from an offset drawn from the sample id, so
+the choice never depends on batches or on where a run resumed. The side files are
+:mod:`rescore.artifacts.tensors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rescore.config import DistConfig
+from rescore.core import derive_seed
+from rescore.errors import ConfigError
+
+
+def selected(cfg: DistConfig, request_type: str, sample_id: str, n: int) -> np.ndarray:
+    """Boolean mask over a row's ``n`` scored tokens."""
+    if cfg.positions == "answer" and request_type != "loglikelihood":
+        raise ConfigError(f"dist positions 'answer' select nothing in a {request_type} task",
+                          hint="use positions: all or {every: N} for rolling tasks")
+    every = cfg.every
+    if every is None:
+        return np.ones(n, bool)
+    start = derive_seed(0, sample_id, 0) % every
+    mask = np.zeros(n, bool)
+    mask[start::every] = True
+    return mask
+
+
+def dist_arrays(cfg: DistConfig, lp: Any) -> dict[str, np.ndarray]:
+    """The stored arrays of float32 log-softmax rows ``lp`` [n, V] (a torch tensor)."""
+    import torch
+
+    def store(x: Any) -> np.ndarray:
+        if cfg.dtype == "bfloat16":
+            return x.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+        return x.to(torch.float16).cpu().numpy()
+
+    k = cfg.topk
+    if k is None:
+        return {"logprobs": store(lp)}
+    v = lp.shape[-1]
+    tv, ti = lp.topk(min(k, v), dim=-1)
+    rest = lp.scatter(1, ti, float("-inf"))
+    tail = torch.logsumexp(rest, dim=-1) if k < v else torch.full((lp.shape[0],), float("-inf"))
+    ids = ti.to(torch.int32).cpu().numpy()
+    return {"topk_ids": ids.astype(np.uint16) if v <= 65536 else ids, "topk_logprobs": store(tv),
+            "tail_logmass": tail.float().cpu().numpy()}
+
+
+def row_dist(cfg: DistConfig, parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], vocab: int
+             ) -> dict[str, Any]:
+    """A row's ``_dist`` from its spans in order: (positions selected in the span, their targets, arrays)."""
+    nonempty = [p for p in parts if len(p[0])]
+    out: dict[str, Any] = {
+        "positions": np.concatenate([p[0] for p in nonempty]).astype(np.int32) if nonempty else np.zeros(0, np.int32),
+        "targets": np.concatenate([p[1] for p in nonempty]).astype(np.int32) if nonempty else np.zeros(0, np.int32),
+    }
+    names = ["logprobs"] if cfg.topk is None else ["topk_ids", "topk_logprobs", "tail_logmass"]
+    for k in names:
+        arrs = [p[2][k] for p in nonempty]
+        out[k] = np.concatenate(arrs) if arrs else empty_array(cfg, k, vocab)
+    out["meta"] = {"vocab": vocab, "dtype": cfg.dtype, "format": "full" if cfg.topk is None else f"topk{cfg.topk}"}
+    return out
+
+
+def empty_array(cfg: DistConfig, name: str, vocab: int) -> np.ndarray:
+    ld = np.uint16 if cfg.dtype == "bfloat16" else np.float16
+    k = min(cfg.topk or vocab, vocab)
+    return {"logprobs": np.zeros((0, vocab), ld), "topk_ids": np.zeros((0, k), np.uint16 if vocab <= 65536 else np.int32),
+            "topk_logprobs": np.zeros((0, k), ld), "tail_logmass": np.zeros(0, np.float32)}[name]
+
+
+def bytes_per_position(cfg: DistConfig, vocab: int) -> int:
+    """Stored bytes per selected position (position and target included)."""
+    if cfg.topk is None:
+        return 8 + 2 * vocab
+    k = min(cfg.topk, vocab)
+    return 8 + 4 + k * (2 + (2 if vocab <= 65536 else 4))
+
+
+__all__ = ["bytes_per_position", "dist_arrays", "row_dist", "selected"]
