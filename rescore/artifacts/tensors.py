@@ -122,7 +122,7 @@ class DistParts:
         vocab = int(meta.get("vocab", 0))
         header_meta = {**meta, "run_id": self.run_id, "rows": str(len(sample_ids)), "positions": str(n),
                        "sample_ids_sha256": ids_hash(sample_ids)}
-        header: dict[str, Any] = {"__metadata__": header_meta}
+        header: dict[str, Any] = {"__metadata__": dict(sorted(header_meta.items()))}  # the same bytes every time
         off = 0
         for k, (dt, shape) in shapes.items():
             size = int(np.prod(shape)) * np.dtype(_np_dtype(dt)).itemsize

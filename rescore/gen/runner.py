@@ -337,6 +337,9 @@ def check_dist(plan: UnitPlan, backend: Backend) -> None:
     if plan.request_type == "generate":
         raise ConfigError(f"task {plan.task.name!r}: dist is for loglikelihood and rolling tasks, not generate",
                           hint=f"remove dist from task {plan.task.name!r}")
+    if plan.task.dist.positions == "answer" and plan.request_type != "loglikelihood":
+        raise ConfigError(f"task {plan.task.name!r}: dist positions 'answer' select nothing in a "
+                          f"{plan.request_type} task", hint="use positions: all or {every: N}")
     if not getattr(backend, "stores_dist", False):
         raise ConfigError(f"task {plan.task.name!r} asks for stored distributions (dist), which the "
                           f"{plan.model.backend} backend does not store", hint="run it with the hf backend")

@@ -1,0 +1,190 @@
+"""Metrics of the stored next-token distributions (:mod:`rescore.artifacts.tensors`), numpy only.
+
+Per unit, over its stored positions:
+
+- ``dist_entropy``: the entropy (nats) of the next-token distribution. ``full``: exact over the whole
+  vocabulary; ``topk``: of the K head tokens plus the tail as one outcome (a lower bound).
+- ``tail_mass``: the probability outside the top K (``topk``: stored; ``full``: outside its K largest, K=64).
+- ``dist_ece``: expected calibration error over all stored positions: the top-1 token's probability as the
+  confidence, "the top-1 token is the scored one" as the outcome, equal-width bins.
+
+Between two units of the same task data and tokenizer (:func:`kl_pair`): ``kl`` = KL(baseline ‖ checkpoint)
+and ``kl_reverse`` = KL(checkpoint ‖ baseline) per position, in nats, with per-row sums and counts for a
+token-level mean and its paired bootstrap. ``full``: exact (up to the stored precision). ``topk``: the KL of
+the two distributions coarse-grained to the tokens in both top-K sets plus one outcome for everything else;
+by the data-processing inequality it is a lower bound, exact when the tails are proportional, and it misses
+at most the tail's own term ``P(rest) * KL(P|rest ‖ Q|rest)``. A unit's KL to itself is exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rescore.artifacts.tensors import DistTensors
+from rescore.errors import ConfigError
+
+TAIL_K = 64
+
+
+def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return (np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m).squeeze(axis)
+
+
+def _normalised_full(d: DistTensors) -> np.ndarray:
+    """float64 log-softmax rows, renormalised (the stored float16 values sum to 1 only up to rounding)."""
+    lp = np.asarray(d.logprobs, np.float64)
+    return lp - _logsumexp(lp)[:, None]
+
+
+def _head_tail(d: DistTensors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """topk: (ids, head logprobs, tail logmass), float64, renormalised over head + tail."""
+    head = np.asarray(d.topk_logprobs, np.float64)
+    tail = np.asarray(d.tail_logmass, np.float64)[:, None]
+    z = _logsumexp(np.concatenate([head, tail], axis=1))[:, None]
+    return np.asarray(d.topk_ids), head - z, (tail - z)[:, 0]
+
+
+def entropy(d: DistTensors) -> np.ndarray:
+    """Per position, in nats."""
+    if d.format == "full":
+        lp = _normalised_full(d)
+        return -(np.exp(lp) * np.where(np.isfinite(lp), lp, 0.0)).sum(1)
+    _, head, tail = _head_tail(d)
+    both = np.concatenate([head, tail[:, None]], axis=1)
+    return -(np.exp(both) * np.where(np.isfinite(both), both, 0.0)).sum(1)
+
+
+def tail_mass(d: DistTensors, k: int = TAIL_K) -> np.ndarray:
+    """Per position: the probability outside the top K."""
+    if d.format == "topk":
+        return np.exp(_head_tail(d)[2])
+    p = np.exp(_normalised_full(d))
+    k = min(k, p.shape[1])
+    top = np.partition(p, p.shape[1] - k, axis=1)[:, p.shape[1] - k :]
+    return np.clip(1.0 - top.sum(1), 0.0, 1.0)
+
+
+def top1(d: DistTensors) -> tuple[np.ndarray, np.ndarray]:
+    """Per position: the top-1 token and its probability."""
+    if d.format == "full":
+        lp = _normalised_full(d)
+        i = lp.argmax(1)
+        return i, np.exp(lp[np.arange(len(i)), i])
+    ids, head, _ = _head_tail(d)
+    return ids[:, 0], np.exp(head[:, 0])
+
+
+def ece(d: DistTensors, bins: int = 10) -> float:
+    """Expected calibration error of the top-1 token over all stored positions."""
+    tok, conf = top1(d)
+    hit = (tok == d.targets).astype(np.float64)
+    if not len(conf):
+        return float("nan")
+    b = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    err = 0.0
+    for i in range(bins):
+        m = b == i
+        if m.any():
+            err += m.sum() * abs(hit[m].mean() - conf[m].mean())
+    return float(err / len(conf))
+
+
+def per_row(d: DistTensors, per_position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (in ``d.sample_ids`` order): the sum of a per-position value and the number of positions."""
+    counts = np.diff(d.offsets)
+    sums = np.add.reduceat(per_position, d.offsets[:-1]) if len(per_position) else np.zeros(len(counts))
+    return np.where(counts > 0, sums, 0.0), counts.astype(np.float64)
+
+
+def unit_metrics(d: DistTensors, bins: int = 10) -> dict[str, float]:
+    """Token-level means over the unit's stored positions."""
+    n = max(len(d.positions), 1)
+    return {"dist_entropy": float(entropy(d).sum() / n), "tail_mass": float(tail_mass(d).sum() / n),
+            "dist_ece": ece(d, bins), "positions": float(len(d.positions))}
+
+
+@dataclass
+class KLPair:
+    """Per position KL(baseline ‖ checkpoint) (``forward``) and KL(checkpoint ‖ baseline) (``reverse``)."""
+
+    sample_ids: list[str]
+    offsets: np.ndarray
+    forward: np.ndarray
+    reverse: np.ndarray
+
+    def rows(self, which: str = "forward") -> dict[str, np.ndarray]:
+        """Per row: ``num`` (summed KL) and ``den`` (positions), for a token-level mean and its bootstrap."""
+        v = self.forward if which == "forward" else self.reverse
+        counts = np.diff(self.offsets)
+        sums = np.add.reduceat(v, self.offsets[:-1]) if len(v) else np.zeros(len(counts))
+        return {"num": np.where(counts > 0, sums, 0.0), "den": counts.astype(np.float64)}
+
+    def mean(self, which: str = "forward") -> float:
+        v = self.forward if which == "forward" else self.reverse
+        return float(v.mean()) if len(v) else float("nan")
+
+
+def check_pair(base: DistTensors, ckpt: DistTensors) -> None:
+    """Two units' distributions are comparable: same rows, positions, tokens, vocabulary and format."""
+    if base.vocab != ckpt.vocab:
+        raise ConfigError(f"vocabulary mismatch: unit {base.run_id[:12]} stores {base.vocab} tokens, unit "
+                          f"{ckpt.run_id[:12]} {ckpt.vocab}", hint="KL compares checkpoints of one tokenizer")
+    if base.format != ckpt.format:
+        raise ConfigError(f"units {base.run_id[:12]} and {ckpt.run_id[:12]} store distributions as {base.format} "
+                          f"and {ckpt.format}", hint="generate both with the same dist format")
+    if (base.sample_ids != ckpt.sample_ids or not np.array_equal(base.offsets, ckpt.offsets)
+            or not np.array_equal(base.positions, ckpt.positions) or not np.array_equal(base.targets, ckpt.targets)):
+        raise ConfigError(f"units {base.run_id[:12]} and {ckpt.run_id[:12]} store distributions at different "
+                          "positions or tokens", hint="compare units of the same task data, tokenizer and dist "
+                                                      "positions")
+    if base.format == "topk" and base.topk_ids.shape[1] != ckpt.topk_ids.shape[1]:  # type: ignore[union-attr]
+        raise ConfigError("the two units store different top-k sizes", hint="generate both with the same topk")
+
+
+def kl_pair(base: DistTensors, ckpt: DistTensors) -> KLPair:
+    check_pair(base, ckpt)
+    if base.format == "full":
+        lp, lq = _normalised_full(base), _normalised_full(ckpt)
+        fwd = _kl_rows(lp, lq)
+        rev = _kl_rows(lq, lp)
+    else:
+        fwd, rev = _kl_topk(base, ckpt)
+    return KLPair(base.sample_ids, base.offsets, fwd, rev)
+
+
+def _kl_rows(lp: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    p = np.exp(lp)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, p * (lp - lq), 0.0)
+    return np.maximum(terms.sum(1), 0.0)
+
+
+def _kl_topk(base: DistTensors, ckpt: DistTensors) -> tuple[np.ndarray, np.ndarray]:
+    ib, hb, _ = _head_tail(base)
+    ic, hc, _ = _head_tail(ckpt)
+    fwd = np.empty(len(ib))
+    rev = np.empty(len(ib))
+    for i in range(len(ib)):
+        common, xb, xc = np.intersect1d(ib[i], ic[i], assume_unique=True, return_indices=True)
+        lp = np.append(hb[i][xb], 0.0)
+        lq = np.append(hc[i][xc], 0.0)
+        # the rest: everything outside the shared head tokens (log(1 - sum p) of the renormalised head+tail)
+        lp[-1] = np.log(max(1.0 - np.exp(lp[:-1]).sum(), 0.0)) if len(common) else 0.0
+        lq[-1] = np.log(max(1.0 - np.exp(lq[:-1]).sum(), 0.0)) if len(common) else 0.0
+        fwd[i] = _kl_rows(lp[None], lq[None])[0]
+        rev[i] = _kl_rows(lq[None], lp[None])[0]
+    return fwd, rev
+
+
+def summary(pair: KLPair) -> dict[str, Any]:
+    return {"kl": pair.mean("forward"), "kl_reverse": pair.mean("reverse"), "positions": len(pair.forward)}
+
+
+__all__ = ["KLPair", "check_pair", "ece", "entropy", "kl_pair", "per_row", "summary", "tail_mass", "top1",
+           "unit_metrics"]

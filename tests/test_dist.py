@@ -1,0 +1,276 @@
+"""Stored next-token distributions (a task's ``dist``): side files written with the rows, byte-identical after a
+resume, checked on read, and the metrics on them: KL from stored float16 distributions equals KL from the
+models' own logits, a checkpoint's KL to itself is 0, and top-k + tail stays within the bound its tail admits."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import cli
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from rescore.artifacts.store import Store  # noqa: E402
+from rescore.artifacts.tensors import read_dist  # noqa: E402
+from rescore.config import DistConfig, ModelConfig  # noqa: E402
+from rescore.errors import ConfigError, CorruptArtifactError  # noqa: E402
+from rescore.gen.runner import plan_units, run_units  # noqa: E402
+from rescore.score.metrics_dist import entropy, kl_pair, tail_mass, unit_metrics  # noqa: E402
+from rescore.tasks.suites import load_suite  # noqa: E402
+
+MAX_LEN = 64
+
+
+def suite_file(tmp: Path, shared: Path, mc_dist: str, ppl_dist: str) -> Path:
+    p = tmp / "dist.yaml"
+    p.write_text(textwrap.dedent(f"""
+        name: distsuite
+        data_root: {shared}
+        seeds: [0]
+        tasks:
+          - name: arc_easy
+            family: multiple_choice
+            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
+            subset_size: 10
+            params: {{prompt: arc, schema: llm_foundry}}
+            dist: {mc_dist}
+          - name: wiki
+            family: ppl_docs
+            source: {{path: wikitext2/wiki.test.raw, format: txt}}
+            subset_size: 2
+            params: {{documents: wikitext_pages, line_ending: crlf_doubled, detokenize: wikitext}}
+            dist: {ppl_dist}
+    """))
+    return p
+
+
+def model(path: Path, name: str = "tiny") -> ModelConfig:
+    return ModelConfig(name=name, path=str(path), device="cpu", batch_size=3, max_length=MAX_LEN)
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second checkpoint with the same tokenizer (another seed of the tiny model)."""
+    from rescore.gen.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model-seed1", seed=1)
+
+
+class Crash(Exception):
+    pass
+
+
+def crashing(after: int):
+    """A backend factory whose backend stops the run after ``after`` batches of rows (a kill between batches)."""
+    from rescore.gen.base import make_backend
+
+    def factory(cfg):
+        b = make_backend(cfg)
+        run = b.run
+
+        def limited(requests, ctx):
+            for i, rows in enumerate(run(requests, ctx)):
+                if i == after:
+                    raise Crash
+                yield rows
+
+        b.run = limited
+        return b
+
+    return factory
+
+
+def generate(store: Path, suite: Path, m: ModelConfig, **kw):
+    s = load_suite(str(suite))
+    plans = plan_units(Store(store), s, [m])
+    return plans, run_units(Store(store), plans, **kw)
+
+
+def dist_bytes(store: Path) -> dict[str, bytes]:
+    return {p.parent.parent.name: p.read_bytes() for p in sorted(store.glob("gen/*/tensors/dist.safetensors"))}
+
+
+def test_side_files_are_written_referenced_checked_and_byte_identical_after_a_resume(tmp_path, tiny_model, shared_data):
+    s = suite_file(tmp_path, shared_data, "{format: {topk: 8}}", "{positions: {every: 3}, format: full}")
+    m = model(tiny_model)
+    plans, _ = generate(tmp_path / "ref", s, m)
+    ref = dist_bytes(tmp_path / "ref")
+    assert len(ref) == 2
+    # each run stops after one batch of rows (both units are interrupted, several times), then resumes
+    crashes = 0
+    for _ in range(12):
+        try:
+            generate(tmp_path / "cut", s, m, backend_factory=crashing(1))
+            break
+        except Crash:
+            crashes += 1
+            assert list((tmp_path / "cut").glob("gen/*/tensors/part-*.safetensors"))
+    assert crashes >= 3
+    assert dist_bytes(tmp_path / "cut") == ref
+    assert not list((tmp_path / "cut").glob("gen/*/tensors/part-*"))
+
+    for u in Store(tmp_path / "ref").units():
+        d = read_dist(u)
+        info = u.manifest["dist"]
+        assert info["positions"] == len(d.positions) > 0 and info["bytes"] == (u.path / info["file"]).stat().st_size
+        rows = {r["sample_id"]: r for r in u.read_table().to_pylist()}
+        assert d.sample_ids == sorted(rows)
+        for i, sid in enumerate(d.sample_ids):
+            a, b = d.offsets[i], d.offsets[i + 1]
+            r = rows[sid]
+            if u.request_type == "loglikelihood":  # answer: every continuation token, choices one after another
+                toks = np.concatenate([np.asarray(c) for c in r["choice_token_ids"]])
+                lps = np.concatenate([np.asarray(c) for c in r["choice_logprobs"]])
+                assert np.array_equal(d.positions[a:b], np.arange(len(toks)))
+                head = {t: v for t, v in zip(d.topk_ids[a], d.topk_logprobs[a], strict=True)}
+                assert np.all(d.topk_logprobs[a:b, :-1] >= d.topk_logprobs[a:b, 1:])
+                if toks[0] in head:
+                    assert abs(head[toks[0]] - lps[0]) < 2e-2
+            else:  # one token in three, from an offset drawn from the sample id
+                toks, lps = np.asarray(r["token_ids"]), np.asarray(r["logprobs"])
+                pos = d.positions[a:b]
+                assert len(pos) and np.all(np.diff(pos) == 3) and pos[0] < 3 and len(toks) - pos[-1] <= 3
+                np.testing.assert_allclose(d.logprobs[np.arange(a, b), d.targets[a:b]], lps[pos], atol=2e-2)
+            assert np.array_equal(d.targets[a:b], toks[d.positions[a:b]])
+
+
+@pytest.fixture(scope="module")
+def drifted_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """The tiny model's weights plus small noise: a later checkpoint of the same run (same tokenizer)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.getbasetemp() / "tiny-model-drifted"
+    shutil.copytree(tiny_model, out)
+    net = AutoModelForCausalLM.from_pretrained(tiny_model)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.add_(torch.randn(prm.shape, generator=g) * 0.003)
+    net.save_pretrained(out)
+    return out
+
+
+def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, tiny_model, drifted_model, shared_data):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    other_model = drifted_model
+
+    s = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 7}, format: full}")
+    plans_a, _ = generate(tmp_path / "st", s, model(tiny_model, "a"))
+    plans_b, _ = generate(tmp_path / "st", s, model(other_model, "b"))
+    store = Store(tmp_path / "st")
+    units = {u.run_id: u for u in store.units()}
+    for pa_, pb in zip(plans_a, plans_b, strict=True):
+        da, db = read_dist(units[pa_.run_id]), read_dist(units[pb.run_id])
+        pair = kl_pair(da, db)
+        assert np.all(kl_pair(da, da).forward == 0.0) and np.all(kl_pair(da, da).reverse == 0.0)
+        if pa_.request_type != "rolling":
+            continue
+        # KL straight from the two models' float32 logits on the same tokens (one document's first window)
+        rows = {r["sample_id"]: r for r in units[pa_.run_id].read_table().to_pylist()}
+        sid = da.sample_ids[0]
+        toks = rows[sid]["token_ids"][: MAX_LEN - 1]
+        a, b = da.offsets[0], da.offsets[1]
+        keep = [k for k in range(a, b) if da.positions[k] < len(toks)]
+        ids = torch.tensor([[units[pa_.run_id].manifest["model"]["prefix_token_id"], *toks[:-1]]])
+        lps = []
+        for path in (tiny_model, other_model):
+            net = AutoModelForCausalLM.from_pretrained(path).eval()
+            with torch.inference_mode():
+                lps.append(torch.log_softmax(net(input_ids=ids).logits[0].double(), -1).numpy())
+        p = da.positions[keep]
+        want_f = (np.exp(lps[0][p]) * (lps[0][p] - lps[1][p])).sum(1)
+        want_r = (np.exp(lps[1][p]) * (lps[1][p] - lps[0][p])).sum(1)
+        assert want_f.mean() > 1e-2  # two different models
+        np.testing.assert_allclose(pair.forward[keep], want_f, atol=1e-4)
+        np.testing.assert_allclose(pair.reverse[keep], want_r, atol=1e-4)
+        assert abs(pair.forward[keep].mean() - want_f.mean()) < 1e-4
+        assert abs(pair.mean() - pair.forward.mean()) == 0
+        # per-unit metrics from full distributions
+        ent = entropy(da)
+        assert np.all(ent > 0) and np.all(ent <= np.log(da.vocab) + 1e-6)
+        assert 0 <= unit_metrics(da)["dist_ece"] <= 1 and np.all((tail_mass(da) >= 0) & (tail_mass(da) <= 1))
+
+
+def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_model, shared_data):
+    full = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 11}, format: full}")
+    (tmp_path / "k").mkdir()
+    topk = suite_file(tmp_path / "k", shared_data, "{format: {topk: 32}}", "{positions: {every: 11}, format: {topk: 32}}")
+    got = {}
+    for kind, s in (("full", full), ("topk", topk)):
+        pa_, _ = generate(tmp_path / kind, s, model(tiny_model, "a"))
+        pb, _ = generate(tmp_path / kind, s, model(other_model, "b"))
+        units = {u.run_id: u for u in Store(tmp_path / kind).units()}
+        got[kind] = [(read_dist(units[x.run_id]), read_dist(units[y.run_id])) for x, y in zip(pa_, pb, strict=True)]
+    for (fa, fb), (ta, tb) in zip(got["full"], got["topk"], strict=True):
+        exact, approx = kl_pair(fa, fb).forward, kl_pair(ta, tb).forward
+        assert np.all(kl_pair(ta, ta).forward == 0.0)
+        # a lower bound (data processing) that misses exactly the tail's own term P(R) * KL(P|R || Q|R), where R
+        # is every token outside the two top-k sets' intersection
+        lp = fa.logprobs.astype(np.float64)
+        lq = fb.logprobs.astype(np.float64)
+        lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+        lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+        bound = np.empty(len(lp))
+        for i in range(len(lp)):
+            rest = np.ones(lp.shape[1], bool)
+            rest[np.intersect1d(ta.topk_ids[i], tb.topk_ids[i])] = False
+            p, q = np.exp(lp[i][rest]), np.exp(lq[i][rest])
+            bound[i] = (p * (lp[i][rest] - lq[i][rest])).sum() - p.sum() * np.log(p.sum() / q.sum())
+        assert np.all(approx <= exact + 2e-3)
+        np.testing.assert_allclose(exact - approx, bound, atol=2e-3)
+        assert np.all(tail_mass(ta) > 0) and np.all(tail_mass(ta) < 1)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, shared_data):
+    # a positions spec that selects nothing: 'answer' on a rolling task
+    s = suite_file(tmp_path, shared_data, "{format: full}", "{positions: answer, format: full}")
+    out = cli("gen", str(s), "--model", str(tiny_model), "--name", "tiny", "--device", "cpu", "--no-progress",
+              "--store", str(tmp_path / "st"))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "select nothing in a rolling task" in out.stderr
+    # the multiple-choice unit, generated before, is complete and kept
+    units = Store(tmp_path / "st").units()
+    assert [u.manifest["task"]["name"] for u in units if u.complete] == ["arc_easy"]
+    u = next(u for u in units if u.complete)
+    d = read_dist(u)
+    # a vocabulary mismatch
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="vocabulary mismatch"):
+        kl_pair(d, replace(d, vocab=d.vocab + 1))
+    # a truncated, then a missing side file
+    f = u.path / u.manifest["dist"]["file"]
+    data = f.read_bytes()
+    f.write_bytes(data[:-10])
+    with pytest.raises(CorruptArtifactError, match="truncated"):
+        read_dist(u)
+    f.unlink()
+    with pytest.raises(CorruptArtifactError, match="missing"):
+        read_dist(u)
+    f.write_bytes(data)
+    assert hashlib.sha256(f.read_bytes()).hexdigest() == u.manifest["dist"]["sha256"]
+
+
+def test_dist_config_and_run_ids(tmp_path, shared_data):
+    """dist enters a unit's run id only when it is set."""
+    with pytest.raises(ValueError):
+        DistConfig(positions={"every": 0})
+    with pytest.raises(ValueError):
+        DistConfig(format={"topk": 0})
+    s = suite_file(tmp_path, shared_data, "null", "null")
+    plain = plan_units(Store(tmp_path / "st"), load_suite(str(s)), [model(Path("fake"))])
+    assert all("dist" not in p.resolved["task"] for p in plain)
+    (tmp_path / "d").mkdir()
+    s2 = suite_file(tmp_path / "d", shared_data, "{format: full}", "null")
+    with_dist = plan_units(Store(tmp_path / "st"), load_suite(str(s2)), [model(Path("fake"))])
+    assert with_dist[0].run_id != plain[0].run_id and with_dist[1].run_id == plain[1].run_id
