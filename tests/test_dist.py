@@ -5,6 +5,7 @@ models' own logits, a checkpoint's KL to itself is 0, and top-k + tail stays wit
 from __future__ import annotations
 
 import hashlib
+import json
 import textwrap
 from pathlib import Path
 
@@ -199,6 +200,17 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
         ent = entropy(da)
         assert np.all(ent > 0) and np.all(ent <= np.log(da.vocab) + 1e-6)
         assert 0 <= unit_metrics(da)["dist_ece"] <= 1 and np.all((tail_mass(da) >= 0) & (tail_mass(da) <= 1))
+    # rescore compare --baseline a -M kl: the token-level mean KL of each task, both ways, with its bootstrap
+    out = cli("compare", "--store", str(tmp_path / "st"), "--baseline", "a", "-M", "kl*", "-f", "json")
+    assert out.returncode == 0, out.stderr
+    got = {(r["task"], r["metric"]): r for r in json.loads(out.stdout)["rows"]}
+    assert set(got) == {(t, m) for t in ("arc_easy", "wiki") for m in ("kl", "kl_reverse")}
+    for pa_, pb in zip(plans_a, plans_b, strict=True):
+        pair = kl_pair(read_dist(units[pa_.run_id]), read_dist(units[pb.run_id]))
+        for m, which in (("kl", "forward"), ("kl_reverse", "reverse")):
+            r = got[(pa_.task.name, m)]
+            assert r["base"] == 0.0 and r["value"] == pytest.approx(pair.mean(which), rel=1e-12)
+            assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n"] == len(pair.sample_ids)
 
 
 def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_model, shared_data):

@@ -36,6 +36,8 @@ from rescore.report import MAX_RESAMPLES
 from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
 from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models
 from rescore.report.guard import MixedRunsError, guard_mixed, guard_result_rows
+from rescore.report.kl import kl_rows
+from rescore.report.kl import wanted as kl_wanted
 from rescore.report.policy import evaluate
 from rescore.report.results import COMPARE_COLUMNS as COLUMNS
 from rescore.report.results import compare_csv as to_csv
@@ -297,6 +299,18 @@ class _Comparer:
                                                              else f"{label} has no {metric} scores on {task}")
                     _gate(row, policy)
                     out.append(row)
+                if kl_names := kl_wanted(metrics):  # KL of stored distributions: asked for by -M only
+
+                    def empty(metric: str, task: str = task, tier: str | None = tier, label: str = label,
+                              ck: Checkpoint = ck) -> CompareRow:
+                        return CompareRow(model=label, baseline=cat.labels[base], task=task, tier=tier, metric=metric,
+                                          higher_is_better=False, step=ck.step, stage=ck.stage,
+                                          precision=ck.precision)
+
+                    for row in kl_rows(empty, task, b_units, c_units, kl_names, model=label, baseline=cat.labels[base],
+                                       cache=self.counts, **self.kw):
+                        _gate(row, policy)
+                        out.append(row)
         return out
 
     def _baseline_lacks(self, base: Checkpoint, ck: Checkpoint, tasks: set[str] | None,
