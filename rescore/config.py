@@ -130,7 +130,7 @@ class DistConfig(Strict):
     or ``{every: N}`` (one token in N of rolling rows, at an offset drawn from the sample id). ``format``:
     ``full`` (the log-softmax over the whole vocabulary) or ``{topk: K}`` (the K largest logprobs, their
     token ids and the log of the mass left out). ``dtype`` of the stored logprobs. ``max_bytes_per_unit``:
-    a unit whose expected side files exceed it is refused before it runs (``--allow-large-dist`` runs it)."""
+    a unit whose expected side files exceed it is refused before it runs (raise it to run such a unit)."""
 
     positions: Literal["answer", "all"] | dict[Literal["every"], int] = "answer"
     format: Literal["full"] | dict[Literal["topk"], int] = Field(default_factory=lambda: {"topk": 64})

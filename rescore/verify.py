@@ -148,6 +148,13 @@ def check_unit(d: Path) -> list[Finding]:
         out.append(Finding("corrupt", str(pq_path), f"{meta.num_rows} rows, manifest says {m.get('rows_done')}"))
     if (d / ROWS_JSONL).exists():
         out.append(Finding("leftover", str(d / ROWS_JSONL), "log of a complete unit (safe to delete)"))
+    if "dist" in m:  # the stored distributions: size, sha256, bound to the unit and its rows
+        from rescore.artifacts.tensors import read_dist
+
+        try:
+            read_dist(unit)
+        except CorruptArtifactError as e:
+            out.append(Finding("corrupt", getattr(e, "path", str(d)), getattr(e, "why", e.message)))
     return out
 
 

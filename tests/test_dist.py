@@ -263,9 +263,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, shared_data):
     # a truncated, then a missing side file
     f = u.path / u.manifest["dist"]["file"]
     data = f.read_bytes()
+    assert cli("verify", "--store", str(tmp_path / "st")).returncode == 0
     f.write_bytes(data[:-10])
     with pytest.raises(CorruptArtifactError, match="truncated"):
         read_dist(u)
+    out = cli("verify", "--store", str(tmp_path / "st"))
+    assert out.returncode != 0 and "dist.safetensors" in out.stderr + out.stdout
     f.unlink()
     with pytest.raises(CorruptArtifactError, match="missing"):
         read_dist(u)
@@ -286,3 +289,22 @@ def test_dist_config_and_run_ids(tmp_path, shared_data):
     s2 = suite_file(tmp_path / "d", shared_data, "{format: full}", "null")
     with_dist = plan_units(Store(tmp_path / "st"), load_suite(str(s2)), [model(Path("fake"))])
     assert with_dist[0].run_id != plain[0].run_id and with_dist[1].run_id == plain[1].run_id
+
+
+def test_the_expected_size_is_shown_and_a_unit_over_the_budget_is_refused(tmp_path, tiny_model, shared_data):
+    from rescore.gen.dist import bytes_per_position
+
+    assert bytes_per_position(DistConfig(format={"topk": 64}), 50_000) <= 300
+    s = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 4}, format: {topk: 4}}")
+    base = ["gen", str(s), "--model", str(tiny_model), "--name", "tiny", "--device", "cpu", "--no-progress",
+            "--store", str(tmp_path / "st")]
+    out = cli(*base, "-O", "tasks.arc_easy.dist.max_bytes_per_unit=100000")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "over the 97.7 KiB per unit allowed" in out.stderr and "max_bytes_per_unit" in out.stderr
+    assert not list((tmp_path / "st").glob("gen/*/rows.jsonl"))  # refused before anything was written
+    out = cli(*base)
+    assert out.returncode == 0, out.stderr
+    units = {u.manifest["task"]["name"]: u for u in Store(tmp_path / "st").units()}
+    want = units["arc_easy"].manifest["dist"]["positions"] * bytes_per_position(DistConfig(format="full"), 2048)
+    assert f"at {units['arc_easy'].manifest['dist']['positions']:,} positions" in " ".join(out.stderr.split())
+    assert want <= units["arc_easy"].manifest["dist"]["bytes"] <= want + 4096  # header and offsets

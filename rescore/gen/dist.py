@@ -84,4 +84,12 @@ def bytes_per_position(cfg: DistConfig, vocab: int) -> int:
     return 8 + 4 + k * (2 + (2 if vocab <= 65536 else 4))
 
 
-__all__ = ["bytes_per_position", "dist_arrays", "row_dist", "selected"]
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+__all__ = ["bytes_per_position", "human_bytes", "dist_arrays", "row_dist", "selected"]

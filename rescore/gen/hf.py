@@ -107,6 +107,24 @@ class HFBackend:
             else:
                 raise ValueError(f"unknown request type {rt!r}")
 
+    def dist_positions(self, requests: Sequence[Request], cfg: Any) -> int:
+        """How many positions of ``requests`` a task's ``dist`` selects (before anything runs)."""
+        n = 0
+        lls = [r for r in requests if r.request_type == "loglikelihood"]
+        if lls:
+            _, meta = self.rules.loglikelihood_plan(lls)
+            n += sum(int(selected(cfg, "loglikelihood", r.sample_id, sum(len(c) for c in conts)).sum())
+                     for r, (conts, _) in zip(lls, meta, strict=True))
+        rolls = [r for r in requests if r.request_type == "rolling"]
+        if rolls:
+            _, targets = self.rules.rolling_plan(rolls)
+            n += sum(int(selected(cfg, "rolling", r.sample_id, len(t)).sum()) for r, t in zip(rolls, targets, strict=True))
+        return n
+
+    @property
+    def dist_vocab(self) -> int:
+        return self._vocab()
+
     def tok_encode(self, text: str) -> list[int]:
         return self.rules.tok_encode(text)
 
