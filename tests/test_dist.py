@@ -50,8 +50,8 @@ def suite_file(tmp: Path, shared: Path, mc_dist: str, ppl_dist: str) -> Path:
     return p
 
 
-def model(path: Path, name: str = "tiny") -> ModelConfig:
-    return ModelConfig(name=name, path=str(path), device="cpu", batch_size=3, max_length=MAX_LEN)
+def model(path: Path, name: str = "tiny", step: int | None = None) -> ModelConfig:
+    return ModelConfig(name=name, path=str(path), device="cpu", batch_size=3, max_length=MAX_LEN, step=step)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +166,8 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
     other_model = drifted_model
 
     s = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 7}, format: full}")
-    plans_a, _ = generate(tmp_path / "st", s, model(tiny_model, "a"))
-    plans_b, _ = generate(tmp_path / "st", s, model(other_model, "b"))
+    plans_a, _ = generate(tmp_path / "st", s, model(tiny_model, "a", step=0))
+    plans_b, _ = generate(tmp_path / "st", s, model(other_model, "b", step=100))
     store = Store(tmp_path / "st")
     units = {u.run_id: u for u in store.units()}
     for pa_, pb in zip(plans_a, plans_b, strict=True):
@@ -211,6 +211,13 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
             r = got[(pa_.task.name, m)]
             assert r["base"] == 0.0 and r["value"] == pytest.approx(pair.mean(which), rel=1e-12)
             assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["n"] == len(pair.sample_ids)
+    # the report plots KL to the bridge against step
+    assert cli("score", "--store", str(tmp_path / "st")).returncode == 0
+    out = cli("report", str(tmp_path / "r.html"), "--store", str(tmp_path / "st"), "--baseline", "a")
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="kl"' in page and 'data-task="wiki" data-metric="kl"' in page
+    assert 'data-task="arc_easy" data-metric="kl_reverse"' in page
 
 
 def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_model, shared_data):

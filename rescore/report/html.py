@@ -34,6 +34,7 @@ from rescore.artifacts.store import Store
 from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models, series_name
 from rescore.report.compare import load_matrix_file
 from rescore.report.guard import guard_mixed
+from rescore.report.kl import section_kl
 from rescore.report.plots import Panel, Point, metric_figure
 
 BON = (("bon_first", "first"), ("bon_random", "random"), ("bon_oracle", "oracle"),
@@ -418,10 +419,11 @@ def build_report(store: Store, *, models: Sequence[str] | None = None, suites: S
                    allow_mixed=allow_mixed, matrix=matrix)
     title = title or f"rescore report: {store.root}"
     plots, n_plots = section_plots(d)
+    kl = section_kl(d, _bridges(d))  # empty unless units store distributions
     sections = [
         section_summary(d),
         section_deltas(d, models=models, suites=suites, tasks=tasks, metrics=metrics),
-        plots, section_bon(d), section_tier4(d), section_provenance(d),
+        plots, kl, section_bon(d), section_tier4(d), section_provenance(d),
     ]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     warn = "".join(f'<div class="warn">--allow-mixed: {esc(w)}</div>' for w in d.warnings)
@@ -429,7 +431,8 @@ def build_report(store: Store, *, models: Sequence[str] | None = None, suites: S
     nav = ['<li><a href="#summary">Summary</a></li>']
     if d.baseline is not None:
         nav.append('<li><a href="#deltas">Deltas vs the baseline</a></li>')
-    nav += ['<li><a href="#plots">Metrics vs step</a></li>', '<li><a href="#bon">Best-of-n selection</a></li>',
+    nav += ['<li><a href="#plots">Metrics vs step</a></li>'] + (['<li><a href="#kl">KL to the bridge</a></li>'] if kl else [])
+    nav += ['<li><a href="#bon">Best-of-n selection</a></li>',
             '<li><a href="#tier4">Tier4 by category</a></li>', '<li><a href="#provenance">Run provenance</a></li>']
     head = (f"<h1>{esc(title)}</h1><p class=\"muted\">Generated {esc(now)} from store <span class=\"mono\">"
             f"{esc(store.root)}</span>: {len(d.ckpts)} checkpoints, {len({r['task'] for r in d.rows})} tasks, "
