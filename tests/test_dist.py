@@ -201,12 +201,18 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
         assert np.all(ent > 0) and np.all(ent <= np.log(da.vocab) + 1e-6)
         assert 0 <= unit_metrics(da)["dist_ece"] <= 1 and np.all((tail_mass(da) >= 0) & (tail_mass(da) <= 1))
     # rescore compare --baseline a -M kl: the token-level mean KL of each task, both ways, with its bootstrap
-    out = cli("compare", "--store", str(tmp_path / "st"), "--baseline", "a", "-M", "kl*", "-f", "json")
+    out = cli("compare", "--store", str(tmp_path / "st"), "--baseline", "a", "-M", "kl*", "-M", "dist_*", "-f", "json")
     assert out.returncode == 0, out.stderr
     got = {(r["task"], r["metric"]): r for r in json.loads(out.stdout)["rows"]}
-    assert set(got) == {(t, m) for t in ("arc_easy", "wiki") for m in ("kl", "kl_reverse")}
+    assert set(got) == {(t, m) for t in ("arc_easy", "wiki")
+                        for m in ("kl", "kl_reverse", "dist_entropy", "dist_tail_mass", "dist_ece")}
     for pa_, pb in zip(plans_a, plans_b, strict=True):
-        pair = kl_pair(read_dist(units[pa_.run_id]), read_dist(units[pb.run_id]))
+        da, db = read_dist(units[pa_.run_id]), read_dist(units[pb.run_id])
+        for side, d in (("base", da), ("value", db)):  # the per-unit metrics of each side, token-level
+            want = unit_metrics(d)
+            for m in ("dist_entropy", "dist_tail_mass", "dist_ece"):
+                assert got[(pa_.task.name, m)][side] == pytest.approx(want[m], rel=1e-9)
+        pair = kl_pair(da, db)
         for m, which in (("kl", "forward"), ("kl_reverse", "reverse")):
             r = got[(pa_.task.name, m)]
             assert r["base"] == 0.0 and r["value"] == pytest.approx(pair.mean(which), rel=1e-12)

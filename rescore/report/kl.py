@@ -1,5 +1,8 @@
 """KL of a checkpoint's stored next-token distributions to its baseline's, as rows of ``rescore compare``.
 
+``-M 'dist_*'`` compares the per-unit metrics of the stored distributions (``dist_entropy``,
+``dist_tail_mass``, ``dist_ece``) of both sides in the same way.
+
 ``rescore compare --baseline BRIDGE -M kl`` (or ``-M 'kl*'``) adds, per task whose units store distributions
 (a task's ``dist``), the token-level mean KL(baseline ‖ checkpoint) (``kl``) and KL(checkpoint ‖ baseline)
 (``kl_reverse``) over the stored positions (:mod:`rescore.score.metrics_dist`), with the paired bootstrap of
@@ -19,16 +22,23 @@ from rescore.artifacts.store import Unit
 from rescore.artifacts.tensors import DistTensors, read_dist
 from rescore.core import content_hash
 from rescore.report.bootstrap import CountsCache, aggregate_fn, paired_bootstrap
-from rescore.score.metrics_dist import kl_pair
+from rescore.score.metrics_dist import ece_from_rows, kl_pair, row_stats
 
 KL_METRICS = {"kl": "forward", "kl_reverse": "reverse"}
+# per-unit metrics of the stored distributions, compared side by side (rescore.score.metrics_dist.row_stats)
+UNIT_METRICS = ("dist_entropy", "dist_tail_mass", "dist_ece")
 
 
 def wanted(metrics: Sequence[str] | None) -> list[str]:
-    """The KL metrics that the ``-M`` patterns name (none without patterns: KL is asked for, not default)."""
+    """The metrics of stored distributions that the ``-M`` patterns name (none without patterns: they are
+    asked for, not shown by default)."""
     if not metrics:
         return []
-    return [m for m in KL_METRICS if any(fnmatch.fnmatchcase(m, p) for p in metrics)]
+    return [m for m in (*KL_METRICS, *UNIT_METRICS) if any(fnmatch.fnmatchcase(m, p) for p in metrics)]
+
+
+def _ece_agg(cols: Any, w: np.ndarray | None) -> np.ndarray:
+    return ece_from_rows(cols, w)
 
 
 _cache: dict[str, DistTensors] = {}
@@ -47,15 +57,30 @@ def kl_rows(make_row: Any, task: str, b_units: dict[str, Unit], c_units: dict[st
     out = []
     shared = sorted(set(b_units) & set(c_units))
     has = [s for s in shared if "dist" in b_units[s].manifest and "dist" in c_units[s].manifest]
+    # same rows, positions, tokens and vocabulary on both sides (a one-line error otherwise)
     pairs = [kl_pair(_dist(b_units[s]), _dist(c_units[s])) for s in has]
     _, agg = aggregate_fn("ratio")
     for name in names:
         row = make_row(name)
         if not c_units:
             row.status, row.reason = "missing", f"{model} has no {task} units"
-        elif not pairs:
+        elif not has:
             row.status, row.reason = "missing", (f"no stored distributions on {task} for both {baseline} and {model} "
                                                  "(set the task's dist and generate them)")
+        elif name in UNIT_METRICS:
+            base = [row_stats(_dist(b_units[s]))[name] for s in has]
+            cols = [row_stats(_dist(c_units[s]))[name] for s in has]
+            rng_seed = int(content_hash({"seed": seed, "task": task, "model": model, "baseline": baseline,
+                                         "dist": name}, 15), 16)
+            res = paired_bootstrap(base, cols, _ece_agg if name == "dist_ece" else agg, resamples=resamples,
+                                   seed=rng_seed, level=level, cache=cache)
+            row.base, row.value, row.delta = float(res.base), float(res.value), float(res.delta)
+            row.ci_low, row.ci_high, row.p_value, row.stderr, row.n = (res.ci_low, res.ci_high, res.p_value,
+                                                                         res.stderr, res.n)
+            if row.base:
+                row.rel_delta = row.delta / abs(row.base)
+            row.seeds = ",".join(has)
+            row.aggregator = "ece" if name == "dist_ece" else "ratio"
         else:
             cols = [p.rows(KL_METRICS[name]) for p in pairs]
             base = [{"num": np.zeros_like(c["num"]), "den": c["den"]} for c in cols]
@@ -117,4 +142,4 @@ def section_kl(d: Any, bridges: dict[str | None, Any]) -> str:
             'shows here.</p><div class="plots">' + "\n".join(out) + "</div>")
 
 
-__all__ = ["KL_METRICS", "kl_rows", "section_kl", "wanted"]
+__all__ = ["KL_METRICS", "UNIT_METRICS", "kl_rows", "section_kl", "wanted"]

@@ -105,8 +105,40 @@ def per_row(d: DistTensors, per_position: np.ndarray) -> tuple[np.ndarray, np.nd
 def unit_metrics(d: DistTensors, bins: int = 10) -> dict[str, float]:
     """Token-level means over the unit's stored positions."""
     n = max(len(d.positions), 1)
-    return {"dist_entropy": float(entropy(d).sum() / n), "tail_mass": float(tail_mass(d).sum() / n),
+    return {"dist_entropy": float(entropy(d).sum() / n), "dist_tail_mass": float(tail_mass(d).sum() / n),
             "dist_ece": ece(d, bins), "positions": float(len(d.positions))}
+
+
+ECE_BINS = 10
+
+
+def row_stats(d: DistTensors) -> dict[str, dict[str, np.ndarray]]:
+    """Per row (``d.sample_ids`` order), the sufficient statistics of each per-unit metric: ``num``/``den`` for
+    the token-level means of ``dist_entropy`` and ``dist_tail_mass``; for ``dist_ece`` the positions ``n`` and,
+    per confidence bin b, ``d{b}`` = sum(hit - confidence), so that ECE = sum_b |sum d_b| / sum n."""
+    counts = np.diff(d.offsets).astype(np.float64)
+    starts = d.offsets[:-1]
+
+    def sums(v: np.ndarray) -> np.ndarray:
+        return np.where(counts > 0, np.add.reduceat(v, starts), 0.0) if len(v) else np.zeros(len(counts))
+
+    tok, conf = top1(d)
+    diff = (tok == d.targets).astype(np.float64) - conf
+    b = np.minimum((conf * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    ece_cols = {"n": counts, **{f"d{i}": sums(np.where(b == i, diff, 0.0)) for i in range(ECE_BINS)}}
+    return {"dist_entropy": {"num": sums(entropy(d)), "den": counts},
+            "dist_tail_mass": {"num": sums(tail_mass(d)), "den": counts}, "dist_ece": ece_cols}
+
+
+def ece_from_rows(cols: dict[str, np.ndarray], w: np.ndarray | None = None) -> np.ndarray:
+    """ECE from :func:`row_stats` columns, for each row weighting in ``w`` [B, rows] (None: all rows once)."""
+    def ws(x: np.ndarray) -> np.ndarray:
+        return np.asarray([x.sum()]) if w is None else w @ x
+
+    n = ws(cols["n"])
+    tot = sum(np.abs(ws(cols[f"d{i}"])) for i in range(ECE_BINS))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(tot / n, dtype=np.float64)
 
 
 @dataclass
@@ -186,5 +218,5 @@ def summary(pair: KLPair) -> dict[str, Any]:
     return {"kl": pair.mean("forward"), "kl_reverse": pair.mean("reverse"), "positions": len(pair.forward)}
 
 
-__all__ = ["KLPair", "check_pair", "ece", "entropy", "kl_pair", "per_row", "summary", "tail_mass", "top1",
-           "unit_metrics"]
+__all__ = ["ECE_BINS", "KLPair", "check_pair", "ece", "ece_from_rows", "entropy", "kl_pair", "per_row", "row_stats",
+           "summary", "tail_mass", "top1", "unit_metrics"]
