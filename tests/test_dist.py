@@ -159,6 +159,7 @@ def drifted_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
     return out
 
 
+@pytest.mark.slow
 def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, tiny_model, drifted_model, shared_data):
     import torch
     from transformers import AutoModelForCausalLM
@@ -256,6 +257,7 @@ def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_mod
         assert np.all(tail_mass(ta) > 0) and np.all(tail_mass(ta) < 1)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, shared_data):
     # a positions spec that selects nothing: 'answer' on a rolling task
     s = suite_file(tmp_path, shared_data, "{format: full}", "{positions: answer, format: full}")
@@ -304,6 +306,7 @@ def test_dist_config_and_run_ids(tmp_path, shared_data):
     assert with_dist[0].run_id != plain[0].run_id and with_dist[1].run_id == plain[1].run_id
 
 
+@pytest.mark.slow
 def test_the_expected_size_is_shown_and_a_unit_over_the_budget_is_refused(tmp_path, tiny_model, shared_data):
     from rescore.gen.dist import bytes_per_position
 
@@ -321,3 +324,15 @@ def test_the_expected_size_is_shown_and_a_unit_over_the_budget_is_refused(tmp_pa
     want = units["arc_easy"].manifest["dist"]["positions"] * bytes_per_position(DistConfig(format="full"), 2048)
     assert f"at {units['arc_easy'].manifest['dist']['positions']:,} positions" in " ".join(out.stderr.split())
     assert want <= units["arc_easy"].manifest["dist"]["bytes"] <= want + 4096  # header and offsets
+
+
+@pytest.mark.slow
+def test_the_bench_runs_and_prints_bytes_per_position(tmp_path, tiny_model, shared_data):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "dist.py"), "--docs", "1", "--chars", "800", "--reps", "1",
+                          "--model-dir", str(tiny_model)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "topk: 64" in out.stdout and "bytes per position" in out.stdout and "overhead" in out.stdout

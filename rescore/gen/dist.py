@@ -46,8 +46,17 @@ def dist_arrays(cfg: DistConfig, lp: Any) -> dict[str, np.ndarray]:
         return {"logprobs": store(lp)}
     v = lp.shape[-1]
     tv, ti = lp.topk(min(k, v), dim=-1)
-    rest = lp.scatter(1, ti, float("-inf"))
-    tail = torch.logsumexp(rest, dim=-1) if k < v else torch.full((lp.shape[0],), float("-inf"))
+    if k < v:
+        # log(1 - head mass) in float64; where the head holds nearly all the mass that loses precision, so those
+        # rows sum their tail exactly
+        tail = torch.log1p(-tv.double().exp().sum(-1).clamp(max=1.0))
+        close = tail < -6.0
+        if bool(close.any()):
+            idx = close.nonzero()[:, 0]
+            exact = torch.logsumexp(lp[idx].scatter(1, ti[idx], float("-inf")), dim=-1)
+            tail[idx] = exact.double()
+    else:
+        tail = torch.full((lp.shape[0],), float("-inf"))
     ids = ti.to(torch.int32).cpu().numpy()
     return {"topk_ids": ids.astype(np.uint16) if v <= 65536 else ids, "topk_logprobs": store(tv),
             "tail_logmass": tail.float().cpu().numpy()}
