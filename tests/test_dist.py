@@ -336,3 +336,15 @@ def test_the_bench_runs_and_prints_bytes_per_position(tmp_path, tiny_model, shar
                           "--model-dir", str(tiny_model)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "topk: 64" in out.stdout and "bytes per position" in out.stdout and "overhead" in out.stdout
+
+
+def test_a_backend_that_stores_no_distributions_is_refused_before_anything_is_written(tmp_path):
+    store = tmp_path / "st"
+    out = cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy", "--no-progress",
+              "-O", "tasks.arc_easy.dist={format: full}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "the fake backend does not store" in out.stderr
+    assert not list(store.glob("gen/*/rows.*"))
+    out = cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy",
+              "-O", "tasks.arc_easy.dist={positions: {every: 0}}")
+    assert out.returncode == 2 and "positions is 'answer', 'all' or {every: N}" in out.stderr
