@@ -123,6 +123,9 @@ class GenConfig(Strict):
         return GenParams(**self.model_dump())
 
 
+_TOPK64: dict[Literal["topk"], int] = {"topk": 64}
+
+
 class DistConfig(Strict):
     """Distributions stored per scored position as safetensors side files (``gen/<run_id>/tensors/``).
 
@@ -133,7 +136,7 @@ class DistConfig(Strict):
     a unit whose expected side files exceed it is refused before it runs (raise it to run such a unit)."""
 
     positions: Literal["answer", "all"] | dict[Literal["every"], int] = "answer"
-    format: Literal["full"] | dict[Literal["topk"], int] = Field(default_factory=lambda: {"topk": 64})
+    format: Literal["full"] | dict[Literal["topk"], int] = Field(default_factory=lambda: _TOPK64.copy())
     dtype: Literal["float16", "bfloat16"] = "float16"
     max_bytes_per_unit: int = Field(8 << 30, ge=1)
 

@@ -59,6 +59,10 @@ class DistParts:
     def __init__(self, unit_dir: Path, run_id: str) -> None:
         self.dir = Path(unit_dir) / TENSORS
         self.run_id = run_id
+        if self.dir.is_symlink():  # the unit's files are never written through a link
+            from rescore.artifacts.io import symlink_error
+
+            raise symlink_error(self.dir)
         self.dir.mkdir(exist_ok=True)
         nums = [int(m.group(1)) for p in self.dir.iterdir() if (m := _PART.match(p.name))]
         self._next = max(nums, default=0) + 1

@@ -342,7 +342,7 @@ def check_dist(plan: UnitPlan, backend: Backend, requests: Sequence[Request], pr
     if plan.request_type == "generate":
         raise ConfigError(f"task {plan.task.name!r}: dist is for loglikelihood and rolling tasks, not generate",
                           hint=f"remove dist from task {plan.task.name!r}")
-    if plan.task.dist.positions == "answer" and plan.request_type != "loglikelihood":
+    if dist.positions == "answer" and plan.request_type != "loglikelihood":
         raise ConfigError(f"task {plan.task.name!r}: dist positions 'answer' select nothing in a "
                           f"{plan.request_type} task", hint="use positions: all or {every: N}")
     if not getattr(backend, "stores_dist", False):

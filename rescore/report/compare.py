@@ -308,7 +308,7 @@ class _Comparer:
                                           precision=ck.precision)
 
                     for row in kl_rows(empty, task, b_units, c_units, kl_names, model=label, baseline=cat.labels[base],
-                                       cache=self.counts, **self.kw):
+                                       cache=self.counts, **self.kw):  # type: ignore[arg-type]
                         _gate(row, policy)
                         out.append(row)
         return out
