@@ -348,3 +348,15 @@ def test_a_backend_that_stores_no_distributions_is_refused_before_anything_is_wr
     out = cli("gen", "demo", "--model", "fake", "--store", str(store), "-t", "arc_easy",
               "-O", "tasks.arc_easy.dist={positions: {every: 0}}")
     assert out.returncode == 2 and "positions is 'answer', 'all' or {every: N}" in out.stderr
+
+
+def test_compare_with_a_glob_adds_no_distribution_rows_where_none_are_stored(tmp_path):
+    store = str(tmp_path / "st")
+    for m in ("step_1", "step_2"):
+        assert cli("gen", "demo", "--backend", "fake", "--model", m, "--store", store, "-t", "arc_easy",
+                   "--no-progress").returncode == 0
+    assert cli("score", "--store", store).returncode == 0
+    out = cli("compare", "--store", store, "--baseline", "step_1", "-M", "*", "-f", "json")
+    assert out.returncode == 0, out.stderr
+    metrics = {r["metric"] for r in json.loads(out.stdout)["rows"]}
+    assert metrics and not metrics & {"kl", "kl_reverse", "dist_entropy", "dist_tail_mass", "dist_ece"}

@@ -59,6 +59,8 @@ def kl_rows(make_row: Any, task: str, b_units: dict[str, Unit], c_units: dict[st
     has = [s for s in shared if "dist" in b_units[s].manifest and "dist" in c_units[s].manifest]
     # same rows, positions, tokens and vocabulary on both sides (a one-line error otherwise)
     pairs = [kl_pair(_dist(b_units[s]), _dist(c_units[s])) for s in has]
+    if not any("dist" in u.manifest for u in (*b_units.values(), *c_units.values())):
+        return []  # a task that stores no distributions has no such rows (a glob like -M '*' asks for none)
     _, agg = aggregate_fn("ratio")
     for name in names:
         row = make_row(name)
