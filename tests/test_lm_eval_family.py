@@ -381,3 +381,49 @@ def test_prepared_rows_generate_and_score_without_the_data(tmp_path: Path, tiny_
     assert r.exit_code == 0, r.output
     doc = json.loads(next((tmp_path / "out").rglob("results.json")).read_text())
     assert {"acc,none", "perplexity,none", "acc_stderr,none"} <= set(doc["results"]["lambada_openai"])
+
+
+def test_native_gsm8k_with_lm_evals_default_sampler_gives_lm_evals_prompts() -> None:
+    """The native gsm8k family with ``fewshot_sampler: lm_eval_default`` builds exactly the prompts of
+    lm-eval's built-in ``gsm8k`` 5-shot (its Random(1234) shared across the documents in order); the default
+    per-row hash draw does not, which is why the option exists."""
+    if not SHARED.is_dir():
+        pytest.skip("no shared data")
+    from rescore.config import TaskConfig
+    from rescore.tasks import families
+
+    n = 30
+    t = TaskConfig(name="gsm8k", family="gsm8k", num_fewshot=5,
+                   source={"path": str(SHARED / "gsm8k" / "test.jsonl"), "fewshot_path": str(SHARED / "gsm8k" / "train.jsonl")},
+                   params={"fewshot_sampler": "lm_eval_default"})
+    fam = families.get("gsm8k")
+    rows, shots = fam.load_rows(t, None)
+    mine = [r.prompt for r in fam.build_requests(t, rows, shots, None)[:n]]
+    gsm = {"dataset_path": "json", "dataset_name": None,
+           "dataset_kwargs": {"data_files": {"test": str(SHARED / "gsm8k" / "test.jsonl"),
+                                             "train": str(SHARED / "gsm8k" / "train.jsonl")}}}
+    task, _ = lm_eval_objects("gsm8k", {"dataset": gsm})
+    task.set_fewshot_seed(seed=1234)
+    task.build_all_requests(limit=n)
+    theirs = [i.args[0] for i in sorted(task.instances, key=lambda i: i.doc_id)]
+    assert mine == theirs
+    hashed = fam.build_requests(t.model_copy(update={"params": {}}), rows, shots, None)[:n]
+    assert sum(a.prompt == b for a, b in zip(hashed, theirs, strict=True)) == 0
+
+
+def test_lm_eval_default_sampler_leaves_the_eval_row_out_as_lm_eval_does() -> None:
+    """Few-shot rows drawn from the eval split itself: n + 1 drawn, the eval row removed (lm-eval's rule),
+    each draw continuing the one shared generator; a pool too small is a config error."""
+    import random
+
+    from rescore.errors import ConfigError
+    from rescore.tasks.common import IDX, FewshotDrawer
+
+    pool = [{"q": i, IDX: i} for i in range(10)]
+    d = FewshotDrawer("lm_eval_default", 7)
+    got = [d.draw(pool, 3, key=str(i), exclude=pool[i]) for i in range(10)]
+    rng = random.Random(7)
+    want = [[r for r in rng.sample(pool, 4) if r["q"] != i][:3] for i in range(10)]
+    assert got == want and all(pool[i] not in g for i, g in enumerate(got))
+    with pytest.raises(ConfigError, match="few-shot pool has 10 rows"):
+        FewshotDrawer("lm_eval_default", 7).draw(pool, 10, key="0", exclude=pool[0])

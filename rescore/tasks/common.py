@@ -2,12 +2,14 @@
 loading with schema conversion, and the checks every family runs on its settings.
 
 Subsets and few-shot draws rank candidates by a sha256 of (seed, key) instead of ``random``: the result
-is the same on every Python version, and a larger subset contains every row of a smaller one.
+is the same on every Python version, and a larger subset contains every row of a smaller one. The one
+exception is the ``lm_eval_default`` few-shot sampler, which reproduces lm-eval's shared ``random.Random``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 from pydantic import Field
 
 from rescore.config import TaskConfig
+from rescore.errors import ConfigError
 from rescore.params import Params, known_params
 from rescore.tasks.base import param_problems
 from rescore.tasks.schemas import convert, schemas
@@ -69,6 +72,42 @@ def draw_fewshot(
         return list(cands[:n])
     order = sorted(range(len(cands)), key=lambda j: stable_rank(seed, f"{key}\x1f{j}"))
     return [cands[j] for j in order[:n]]
+
+
+class FewshotDrawer:
+    """Few-shot draws of one task, in the order of its eval rows.
+
+    ``random`` and ``first_n`` are :func:`draw_fewshot` (each row's draw stands on its own).
+    ``lm_eval_default`` is lm-eval's default sampler: one ``random.Random(seed)`` per pool (an MMLU subject is a
+    task of its own there) drawn from in row order, ``n`` rows per eval row, or ``n + 1`` with the eval row
+    taken out when the pool is the eval split. Its draws depend on every row before, so they equal lm-eval's
+    when the rows are lm-eval's documents in order (the whole split or its first N; not a ``subset_size``
+    sample) and the requests are built in that order, which :meth:`draw` requires.
+    """
+
+    def __init__(self, sampler: str, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+        self._rngs: dict[Any, random.Random] = {}
+
+    def draw(self, pool: Sequence[dict[str, Any]], n: int, *, key: str, exclude: dict[str, Any] | None,
+             group: Any = None) -> list[dict[str, Any]]:
+        if self.sampler != "lm_eval_default":
+            return draw_fewshot(pool, n, seed=self.seed, key=key, sampler=self.sampler, exclude=exclude)
+        if n <= 0:
+            return []
+        rng = self._rngs.setdefault(group, random.Random(self.seed))
+        pool = list(pool)
+        need = n if exclude is None else n + 1
+        if need > len(pool):
+            raise ConfigError(f"{n} few-shot examples asked for, but the few-shot pool has {len(pool)} rows",
+                              hint="lower num_fewshot or give a larger few-shot split")
+        if exclude is None:
+            return rng.sample(pool, n)
+        other = _content(exclude)
+        picked = [r for r in rng.sample(pool, n + 1) if _content(r) != other][:n]
+        if len(picked) < n:  # the pool holds copies of the eval row: lm-eval draws again without any of them
+            picked = rng.sample([r for r in pool if _content(r) != other], n)
+        return picked
 
 
 def _content(row: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Plain (lm-eval ``gsm8k.yaml``): ``num_fewshot`` examples from the train split, each
 ``"Question: {question}\\nAnswer: {answer}\\n\\n"`` (target delimiter " ", few-shot delimiter "\\n\\n"), then
 ``"Question: {question}\\nAnswer:"``. lm-eval generates greedily until "Question:", "</s>" or "<|im_end|>";
-the suites set those stop strings in the task's ``gen``.
+the suites set those stop strings in the task's ``gen``. With ``params.fewshot_sampler: lm_eval_default``
+the examples are lm-eval's own draws (its ``Random(fewshot_seed)`` shared across the documents in order).
 
 Chat (``chat: true``): the user message is ``params.instruction + "\\n\\n" + question`` when an
 instruction is set, else lm-eval's ``"Question: ...\\nAnswer:"`` text; few-shot examples become earlier
@@ -22,14 +23,14 @@ from typing import Any, Literal
 from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
 from rescore.tasks.base import task_family, task_params
-from rescore.tasks.common import IDX, SourceParams, check_common, draw_fewshot, load_records, sample_id
+from rescore.tasks.common import IDX, FewshotDrawer, SourceParams, check_common, load_records, sample_id
 
 
 class GSM8KParams(SourceParams):
     """Params of ``gsm8k`` tasks."""
 
     instruction: str | None = None  # chat: text in front of each question
-    fewshot_sampler: Literal["random", "first_n"] = "random"
+    fewshot_sampler: Literal["random", "first_n", "lm_eval_default"] = "random"
     question_field: str = "question"
     answer_field: str = "answer"
 
@@ -70,12 +71,11 @@ class GSM8K:
     def build_requests(self, task: TaskConfig, rows: Sequence[dict[str, Any]], fewshot_rows: Sequence[dict[str, Any]],
                        tokenizer: Tokenizer | None) -> list[Request]:
         p = task_params(task, GSM8KParams)
-        sampler, instruction = p.fewshot_sampler, p.instruction
+        drawer, instruction = FewshotDrawer(p.fewshot_sampler, task.fewshot_seed), p.instruction
         out = []
         for row in rows:
             sid = sample_id(row)
-            shots = draw_fewshot(fewshot_rows, task.num_fewshot, seed=task.fewshot_seed, key=sid, sampler=sampler,
-                                 exclude=None)
+            shots = drawer.draw(fewshot_rows, task.num_fewshot, key=sid, exclude=None)
             common = dict(sample_id=sid, task=task.name, request_type="generate", target=row["answer"],
                           meta={"answer": final_answer(row["answer"]), "source_idx": int(row[IDX])})
             if task.chat:

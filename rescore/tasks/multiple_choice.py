@@ -12,8 +12,9 @@ the same choice strings and the same gold index. Requests are then built the way
 
 Rows can be subset (``subset_size``/``subset_seed``, see ``rescore.tasks.common.subset_indices``) and
 few-shot examples come from ``source.fewshot_split``/``fewshot_path`` (``num_fewshot``, ``fewshot_seed``,
-``params.fewshot_sampler``: ``random`` or ``first_n``; MMLU defaults to ``first_n`` of its subject's
-dev rows, as lm-eval does).
+``params.fewshot_sampler``: ``random``, ``first_n`` or ``lm_eval_default``, lm-eval's own shared
+``Random(fewshot_seed)``, see ``rescore.tasks.common.FewshotDrawer``; MMLU defaults to ``first_n`` of its
+subject's dev rows, as lm-eval does).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rescore.config import TaskConfig
 from rescore.core import Request, RequestType, Tokenizer
 from rescore.registry import Registry
 from rescore.tasks.base import task_family, task_params
-from rescore.tasks.common import IDX, SourceParams, check_common, draw_fewshot, load_records, sample_id
+from rescore.tasks.common import IDX, FewshotDrawer, SourceParams, check_common, load_records, sample_id
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class MCParams(SourceParams):
     description: str | None = None  # text in front of the few-shot examples; default: the format's
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
-    fewshot_sampler: Literal["random", "first_n"] | None = None  # default: first_n for mmlu, else random
+    fewshot_sampler: Literal["random", "first_n", "lm_eval_default"] | None = None  # default: first_n for mmlu, else random
     skip_duplicate_choices: bool = False  # drop rows whose choices repeat
 
     @property
@@ -239,7 +240,7 @@ class MultipleChoice:
                        tokenizer: Tokenizer | None) -> list[Request]:
         p = task_params(task, MCParams)
         fmt = formats.get(p.prompt)
-        sampler = p.sampler
+        drawer = FewshotDrawer(p.sampler, task.fewshot_seed)
         tdel, fdel = p.target_delimiter, p.fewshot_delimiter
         pool_by_cat: dict[str | None, list[dict[str, Any]]] = {}
         for r in fewshot_rows:
@@ -250,8 +251,8 @@ class MultipleChoice:
             sid = sample_id(row)
             pool = pool_by_cat.get(doc.category if p.prompt == "mmlu" else None, [])
             same_split = _same_source(task)
-            shots = draw_fewshot(pool, task.num_fewshot, seed=task.fewshot_seed, key=sid, sampler=sampler,
-                                 exclude=row if same_split else None)
+            shots = drawer.draw(pool, task.num_fewshot, key=sid, exclude=row if same_split else None,
+                                group=doc.category if p.prompt == "mmlu" else None)
             contexts, conts = render(doc, [fmt(s) for s in shots], description=doc.description if p.description is None else p.description,
                                      target_delimiter=tdel, fewshot_delimiter=fdel)
             meta: dict[str, Any] = {"source_idx": int(row[IDX])}
