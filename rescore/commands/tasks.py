@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,9 +25,12 @@ def register(app: typer.Typer) -> None:
         data_root: Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")] = None,
         tokenizer: Annotated[str | None, typer.Option(help="Also cache packed perplexity windows for this tokenizer (a model directory or hub id).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Prepare again even when a prepared copy exists.")] = False,
+        check: Annotated[bool, typer.Option("--check", help="Only ask the Hugging Face Hub whether each source's dataset, config, split, revision and fields exist (or are gated); downloads no data, writes nothing.")] = False,
         override: OverridesOpt = None,
     ) -> None:
-        """Download and freeze every task's rows into STORE/data/<task>/<fingerprint>/ (run while online)."""
+        """Download and freeze every task's rows into STORE/data/<task>/<fingerprint>/ (run while online).
+
+        With --check, resolve every Hugging Face source instead and report what is missing or gated."""
         from rich.console import Console
         from rich.table import Table
 
@@ -48,6 +52,9 @@ def register(app: typer.Typer) -> None:
             for name in task:
                 cfg.task(name)  # raises with the valid names
             chosen = [t for t in chosen if t.name in set(task)]
+        if check:
+            _check_sources(cfg, chosen)
+            return
         root = suite_data_root(cfg, data_root)
         tok = _load_tokenizer(tokenizer) if tokenizer else None
         table = Table(title=f"prepared {cfg.name} into {store}")
@@ -104,6 +111,36 @@ def register(app: typer.Typer) -> None:
         for n, _, d in items:
             table.add_row(n, d)
         Console().print(table)
+
+
+def _check_sources(cfg: Any, chosen: list[Any]) -> None:
+    """prepare --check: one row per task with a Hugging Face source; exit 1 when any has a problem."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rescore.tasks.source_check import check_suite, live_hub
+
+    reports = check_suite(cfg, chosen, live_hub())
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+    if not reports:
+        console.print(f"{cfg.name}: no task reads a Hugging Face dataset; nothing to check")
+        return
+    table = Table(title=f"Hugging Face sources of {cfg.name}")
+    for col in ("task", "dataset", "config", "split", "revision", "status"):
+        table.add_column(col, overflow="fold")
+    for r in reports:
+        status = "[red]problem[/red]" if r.problems else "ok, gated" if r.gated else "ok"
+        table.add_row(r.task, r.dataset, r.config or "-", r.split, r.revision or "-", status)
+    console.print(table)
+    for r in reports:  # one line per finding, whole, for a log or a terminal of any width
+        for line in r.problems:
+            print(f"{r.task}: {r.dataset}: {line}")
+        for line in r.notes:
+            print(f"{r.task}: {r.dataset}: note: {line}")
+    bad = [r.task for r in reports if r.problems]
+    if bad:
+        print(f"{len(bad)} of {len(reports)} sources have problems: {', '.join(bad)}")
+        raise typer.Exit(1)
 
 
 def _load_tokenizer(path: str):  # type: ignore[no-untyped-def]
