@@ -9,7 +9,8 @@ and the overhead ratio; with ``--full`` the same for ``format: full``.
 
 Targets (``topk: 64``): <= 300 bytes per position, <= 10% of generation time.
 
-    python bench/dist.py [--docs 8] [--topk 64] [--reps 3] [--vocab 8192] [--full] [--model-dir DIR]
+    python bench/dist.py [--docs 8] [--topk 64] [--reps 3] [--vocab 8192] [--hidden 256] [--layers 4]
+                         [--device cpu|cuda] [--full] [--model-dir DIR] [--text wiki.test.raw]
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--full", action="store_true", help="also measure format: full")
     ap.add_argument("--model-dir", type=Path, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--text", type=Path, default=WIKI, help="the WikiText-2 test split")
     a = ap.parse_args()
 
     from rescore.artifacts.tensors import DistParts
@@ -42,13 +48,14 @@ def main() -> None:
     from rescore.gen.tiny import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rescore-bench-dist-"))
-    model_dir = a.model_dir or build_tiny_model(tmp / "model", hidden=256, layers=4, heads=4, vocab=a.vocab,
-                                                max_position=1024)
-    text = WIKI.read_text(encoding="utf-8")
+    model_dir = a.model_dir or build_tiny_model(tmp / "model", hidden=a.hidden, layers=a.layers,
+                                                heads=max(1, a.hidden // 64), vocab=a.vocab,
+                                                max_position=max(1024, a.max_length), text_path=a.text)
+    text = a.text.read_text(encoding="utf-8")
     reqs = [Request(sample_id=f"d{i:03d}", task="bench", request_type="rolling",
                     text=text[i * a.chars : (i + 1) * a.chars]) for i in range(a.docs)]
-    backend = make_backend(ModelConfig(name="bench", path=str(model_dir), device="cpu", batch_size=a.batch_size,
-                                       max_length=512))
+    backend = make_backend(ModelConfig(name="bench", path=str(model_dir), device=a.device, batch_size=a.batch_size,
+                                       max_length=a.max_length))
 
     def run(cfg: DistConfig | None, rep: int) -> tuple[float, int, int]:
         """Seconds, stored positions and bytes of the compacted file."""
@@ -79,7 +86,8 @@ def main() -> None:
             t, n, size = run(cfg, rep)
             best[name] = min(best.get(name, t), t)
             sizes[name] = (n, size)
-    print(f"{a.docs} documents, vocabulary {a.vocab}, batch size {a.batch_size}; best of {a.reps}")
+    print(f"{a.docs} documents, vocabulary {a.vocab}, hidden {a.hidden}, {a.layers} layers, {a.device}, batch size "
+          f"{a.batch_size}, max length {a.max_length}; best of {a.reps}")
     print(f"generation without distributions: {best['none']:.2f} s")
     for name, (n, size) in sizes.items():
         over = best[name] / best["none"] - 1

@@ -323,8 +323,12 @@ class HFBackend:
             if entropy:
                 parts["entropy"].append((-(lp.exp() * lp).sum(-1)).cpu())
             if dist is not None:
-                keep = torch.from_numpy(np.flatnonzero(dist[1][a : a + HEAD_CHUNK])).to(lp.device)
-                dists.append(dist_arrays(dist[0], lp.index_select(0, keep)))
+                sel = dist[1][a : a + HEAD_CHUNK]
+                if sel.all():  # positions: all / answer select every row of the chunk: no copy
+                    dists.append(dist_arrays(dist[0], lp))
+                elif sel.any():
+                    keep = torch.from_numpy(np.flatnonzero(sel)).to(lp.device)
+                    dists.append(dist_arrays(dist[0], lp.index_select(0, keep)))
         empty = {"chosen": torch.zeros(0), "greedy": torch.zeros(0, dtype=torch.bool),
                  "topk_ids": torch.zeros((0, topk), dtype=torch.long), "topk_logprobs": torch.zeros((0, topk)),
                  "entropy": torch.zeros(0)}
