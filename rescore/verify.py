@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from rescore.artifacts.integrity import READ_ERRORS, first_line, read_sealed_parquet
 from rescore.artifacts.io import read_json, sha256_file
 from rescore.artifacts.lock import is_stale
-from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
+from rescore.artifacts.schema import SCHEMA_VERSION, schema_for, stores_dist
 from rescore.artifacts.store import LOCK, MANIFEST, ROWS_JSONL, ROWS_PARQUET, Store, Unit, scan_jsonl
 from rescore.errors import CorruptArtifactError, UserError
 
@@ -106,7 +106,7 @@ def check_unit(d: Path) -> list[Finding]:
         return [Finding("corrupt", str(mpath), e.message)]
     rt = m.get("request_type")
     try:
-        schema = schema_for(rt)
+        schema = schema_for(rt, dist=stores_dist(m))
     except ValueError:
         return [Finding("corrupt", str(mpath), f"unknown request_type {rt!r}")]
     if m.get("schema_version") != SCHEMA_VERSION:

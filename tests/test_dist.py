@@ -138,6 +138,7 @@ def test_side_files_are_written_referenced_checked_and_byte_identical_after_a_re
                 assert len(pos) and np.all(np.diff(pos) == 3) and pos[0] < 3 and len(toks) - pos[-1] <= 3
                 np.testing.assert_allclose(d.logprobs[np.arange(a, b), d.targets[a:b]], lps[pos], atol=2e-2)
             assert np.array_equal(d.targets[a:b], toks[d.positions[a:b]])
+            assert r["dist_positions"] == d.positions[a:b].tolist()  # the rows name their stored positions
 
 
 @pytest.fixture(scope="module")

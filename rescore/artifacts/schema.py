@@ -85,12 +85,26 @@ _SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
-def schema_for(request_type: RequestType | str) -> pa.Schema:
+# A unit whose task stores distributions (its task config has ``dist``) has one more column: the positions of
+# each row's stored distributions among its scored tokens, in the order of tensors/dist.safetensors. Other
+# units' rows, and so their run ids, are unchanged.
+DIST_FIELD = pa.field("dist_positions", tokens)
+
+
+def schema_for(request_type: RequestType | str, *, dist: bool = False) -> pa.Schema:
     try:
         s = _SCHEMAS[request_type]
     except KeyError:
         raise ValueError(f"unknown request type {request_type!r}") from None
+    if dist and request_type in ("loglikelihood", "rolling"):
+        s = s.append(DIST_FIELD)
     return s.with_metadata({b"rescore_schema_version": str(SCHEMA_VERSION).encode()})
+
+
+def stores_dist(manifest: dict) -> bool:  # type: ignore[type-arg]
+    """Whether a unit's manifest says its task stores distributions (its rows have ``dist_positions``)."""
+    task = manifest.get("task") or {}
+    return isinstance(task, dict) and bool((task.get("config") or {}).get("dist"))
 
 
 def column_names(request_type: RequestType | str) -> list[str]:

@@ -46,7 +46,7 @@ from rescore.artifacts.io import (
     sha256_file,
 )
 from rescore.artifacts.lock import UnitLock
-from rescore.artifacts.schema import SCHEMA_VERSION, schema_for
+from rescore.artifacts.schema import SCHEMA_VERSION, schema_for, stores_dist
 from rescore.errors import CorruptArtifactError, StoreError
 
 MANIFEST = "manifest.json"
@@ -319,7 +319,7 @@ class UnitWriter:
     def __post_init__(self) -> None:
         self.store.gen_dir.mkdir(parents=True, exist_ok=True)
         self.dir = safe_join(self.store.gen_dir, self.run_id)
-        self.schema = schema_for(self.manifest["request_type"])
+        self.schema = schema_for(self.manifest["request_type"], dist=stores_dist(self.manifest))
         self.lock = UnitLock(self.dir / LOCK, f"unit {self.run_id} ({self.manifest.get('task', {}).get('name')})")
         self._fh: Any = None
         self._checked_keys = False

@@ -233,9 +233,19 @@ def read_dist(unit: Any) -> DistTensors:
         raise corrupt(path, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", hint) from None
     if meta.get("run_id") != unit.run_id:
         raise corrupt(path, f"it holds the distributions of unit {meta.get('run_id')}, not of {unit.run_id}", hint)
-    ids = sorted(unit.read_table(["sample_id"]).column("sample_id").to_pylist())
+    cols = ["sample_id", "dist_positions"] if "dist_positions" in unit.columns() else ["sample_id"]
+    rows = unit.read_table(cols)
+    order = sorted(range(rows.num_rows), key=rows.column("sample_id").to_pylist().__getitem__)
+    rows = rows.take(order)
+    ids = rows.column("sample_id").to_pylist()
     if meta.get("sample_ids_sha256") != ids_hash(ids) or len(t["offsets"]) != len(ids) + 1:
         raise corrupt(path, "its rows are not the unit's rows", hint)
+    if "dist_positions" in rows.column_names:  # the rows name the positions the file holds
+        flat = rows.column("dist_positions").combine_chunks()
+        counts = np.asarray(flat.value_lengths().fill_null(0), np.int64)
+        if not np.array_equal(counts, np.diff(t["offsets"])) or not np.array_equal(
+                np.asarray(flat.flatten(), np.int32), t["positions"]):
+            raise corrupt(path, "its positions are not the ones its unit's rows name", hint)
     dtype = meta.get("dtype", "float16")
     fmt = "full" if "logprobs" in t else "topk"
     return DistTensors(

@@ -180,6 +180,7 @@ class HFBackend:
     def _with_dist(self, row: dict[str, Any], ctx: RunContext, out: list[SpanResult]) -> dict[str, Any]:
         if ctx.dist is not None:
             row["_dist"] = row_dist(ctx.dist, [o.dist for o in out if o.dist is not None], self._vocab())
+            row["dist_positions"] = row["_dist"]["positions"].tolist()
         return row
 
     def _vocab(self) -> int:
