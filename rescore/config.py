@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rescore.core import GenParams
-from rescore.errors import ConfigError
+from rescore.errors import ConfigError, close_names
 from rescore.registry import NAME_RE
 
 Precision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
@@ -221,7 +221,10 @@ class SuiteConfig(Strict):
         for t in self.tasks:
             if t.name == name:
                 return t
-        raise ConfigError(f"suite {self.name!r} has no task {name!r}", hint=f"tasks: {[t.name for t in self.tasks]}")
+        names = [t.name for t in self.tasks]
+        close = close_names(name, names)
+        raise ConfigError(f"suite {self.name!r} has no task {name!r}",
+                          hint=(f"did you mean {', '.join(close)}? " if close else "") + f"tasks: {', '.join(names)}")
 
 
 class ModelConfig(Strict):

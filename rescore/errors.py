@@ -7,6 +7,8 @@ raises a subclass of :class:`UserError`. The CLI prints its message as one line 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A problem the user can fix. Printed as one line, no traceback."""
@@ -54,3 +56,10 @@ class BackendError(UserError):
 
 class InjectedFailure(UserError):
     """Raised on purpose by the fake backend's failure injection (crash tests); rows written so far are kept."""
+
+
+def close_names(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The choices closest to ``name`` for a "did you mean" hint: never ``name`` itself, never twice."""
+    import difflib
+
+    return difflib.get_close_matches(name, [c for c in dict.fromkeys(choices) if c != name], n=n, cutoff=cutoff)

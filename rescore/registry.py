@@ -7,12 +7,11 @@ Unknown names raise :class:`UnknownNameError` with the closest matches.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar, overload
 
-from rescore.errors import UnknownNameError
+from rescore.errors import UnknownNameError, close_names
 
 # names reach the filesystem: one rule for them all, kept in rescore.names and re-exported here
 from rescore.names import NAME_RE as NAME_RE
@@ -131,7 +130,7 @@ class Registry(Generic[T]):
 
     def unknown(self, name: str) -> UnknownNameError:
         self.load_entry_points()
-        close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
+        close = close_names(str(name), list(self._entries))
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else None
         choices = ", ".join(sorted(self._entries)) or "(none registered)"
         return UnknownNameError(

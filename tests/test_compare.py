@@ -456,3 +456,21 @@ def test_report_follows_the_matrix_stage_order_and_bridges(toy: ToyStore, tmp_pa
     assert "bridge (stage1-step300)" in svg
     # one line per run: both stage1 checkpoints are the series "stage1"
     assert svg.count(">stage1</text>") == 1 and "stage1-step100</text>" not in svg
+
+
+def test_did_you_mean_never_repeats_a_name_nor_offers_the_input(toy: ToyStore) -> None:
+    from rescore.errors import close_names
+    from rescore.report.results import check_patterns
+
+    assert close_names("answer_chars", ["answer_chars", "answer_char", "answer_char"]) == ["answer_char"]
+    toy.scores(toy.unit(name="stage1-step100", step=None), "toy_acc", ids(4), value=np.ones(4))
+    cat = build_catalog(Store(toy.root))
+    with pytest.raises(ConfigError) as e:
+        resolve_baseline(cat, "stage1-step10")
+    assert str(e.value.hint).count("stage1-step100") == 2  # once as the suggestion, once in the listing
+    assert "did you mean stage1-step100?" in str(e.value.hint)
+    with pytest.raises(ConfigError) as e:  # a metric that exists but has no results: said so, not offered back
+        check_patterns("metric", ["answer_chars"], {"acc"}, what="results", listing="metrics",
+                       names=lambda: ["answer_chars", "acc"])
+    assert "'answer_chars' is known but has nothing here" in str(e.value.hint)
+    assert "did you mean 'answer_chars'" not in str(e.value.hint)

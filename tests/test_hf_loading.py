@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,9 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
     with pytest.raises(BackendError, match="not a local directory and loading is offline") as e:
         load_model(cfg(tmp_path / "nope"))
     assert "options.online" in str(e.value)
+    # the command it names is the one the installed huggingface_hub ships (huggingface-cli is gone)
+    assert "`hf download ID --local-dir DIR`" in str(e.value) and "huggingface-cli" not in str(e.value)
+    assert shutil.which("hf", path=str(Path(sys.executable).parent)) is not None
     (tmp_path / "empty").mkdir()
     with pytest.raises(BackendError, match="no config.json"):
         load_model(cfg(tmp_path / "empty"))

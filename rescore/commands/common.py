@@ -27,6 +27,13 @@ OverridesOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
+
+def comma_list(values: list[str] | None) -> list[str] | None:
+    """Callback of a repeatable option that also takes comma lists: ``-t a,b -t c`` is ``-t a -t b -t c``."""
+    if not values:
+        return values
+    return [v.strip() for given in values for v in given.split(",") if v.strip()]
+
 # every integer option is bounded: what it sets is recorded in manifests (JSON) and Arrow columns (int64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

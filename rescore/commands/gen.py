@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, OverridesOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, OverridesOpt, StoreOpt, comma_list, handle_errors
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         precision: Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 | int8 | int4")] = None,
         name: Annotated[str | None, typer.Option(help="Model label in the store (default: the directory name).")] = None,
         step: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Training step of this checkpoint.")] = None,
-        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable, or comma separated.", callback=comma_list)] = None,
         lm_tasks: Annotated[str | None, typer.Option("--tasks", help="lm-evaluation-harness tasks, groups or tags, comma separated, instead of a suite (lm_eval family; the suite is written into the store).")] = None,
         limit: Annotated[int | None, typer.Option("--limit", min=1, max=INT64_MAX, help="lm_eval tasks: the first N documents of each task.")] = None,
         num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, max=INT64_MAX, help="lm_eval tasks: few-shot examples (default: the task's own).")] = None,

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, comma_list, handle_errors
 
 MapOpt = Annotated[Path, typer.Option("--map", help="Mapping YAML that names the fields (example above).")]
 
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         step: Annotated[int | None, typer.Option(min=0, max=INT64_MAX, help="Training step of the checkpoint.")] = None,
         stage: Annotated[str | None, typer.Option(help="Training stage of the checkpoint.")] = None,
         suite: Annotated[str, typer.Option(help="Suite name recorded in the manifests.")] = "lm-eval",
-        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these lm-eval tasks (glob). Repeatable.")] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these lm-eval tasks (glob). Repeatable, or comma separated.", callback=comma_list)] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Import lm-evaluation-harness 0.4 output written with --log_samples (results_*.json + samples_*.jsonl).

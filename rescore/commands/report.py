@@ -11,14 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, StoreOpt, comma_list, handle_errors
 from rescore.report import MAX_RESAMPLES
 
 ModelsOpt = Annotated[list[str] | None, typer.Option(
     "--models", "-m", help="Only these checkpoints: globs on model name, label NAME@STEP or path. Repeatable.")]
 SuiteOpt = Annotated[list[str] | None, typer.Option(
     "--suite", "-s", help="Only the tasks of this suite (shipped name or YAML path). Repeatable.")]
-TaskOpt = Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks (globs). Repeatable.")]
+TaskOpt = Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks (globs). Repeatable, or comma separated.", callback=comma_list)]
 MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-M", help="Only these metrics (globs). Repeatable.")]
 AllowMixedOpt = Annotated[bool, typer.Option(
     "--allow-mixed", help="Put runs of different precision, dtype, tokenizer or chat template side by side anyway.")]

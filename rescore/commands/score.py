@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, comma_list, handle_errors
 
 PluginOpt = Annotated[
     list[str] | None,
@@ -208,7 +208,7 @@ def register(app: typer.Typer) -> None:
     def results(
         store: StoreOpt = DEFAULT_STORE,
         model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Model name (glob). Repeatable.")] = None,
-        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Task name (glob). Repeatable.")] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Task name (glob). Repeatable, or comma separated.", callback=comma_list)] = None,
         metric: Annotated[list[str] | None, typer.Option("--metric", "-M", help="Metric name (glob, e.g. 'bon_*'). Repeatable.")] = None,
         seed: Annotated[list[str] | None, typer.Option("--seed", help="Seed rows to show: 'agg' (default), a seed, or '*'.")] = None,
         subset: Annotated[list[str] | None, typer.Option("--subset", help="Subset rows: 'all' (default), a category, or '*'.")] = None,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, OverridesOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, OverridesOpt, StoreOpt, comma_list, handle_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def prepare(
         suite: Annotated[str | None, typer.Argument(help="A shipped suite's name (rescore suites) or the path to a suite YAML (or --tasks).")] = None,
         store: StoreOpt = DEFAULT_STORE,
-        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable.")] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these tasks of the suite. Repeatable, or comma separated.", callback=comma_list)] = None,
         lm_tasks: Annotated[str | None, typer.Option("--tasks", help="lm-evaluation-harness tasks, comma separated, instead of a suite (as `rescore gen --tasks`).")] = None,
         limit: Annotated[int | None, typer.Option("--limit", min=1, max=INT64_MAX, help="lm_eval tasks: the first N documents of each task.")] = None,
         num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", min=0, max=INT64_MAX, help="lm_eval tasks: few-shot examples (default: the task's own).")] = None,

@@ -74,7 +74,7 @@ def _resolve_path(cfg: ModelConfig, online: bool) -> tuple[str, Path | None]:
         return cfg.path, None
     raise BackendError(
         f"model path {cfg.path!r} is not a local directory and loading is offline",
-        hint="download the model first (e.g. `huggingface-cli download ID --local-dir DIR`) and set path to DIR, "
+        hint="download the model first (`hf download ID --local-dir DIR`, from huggingface_hub) and set path to DIR, "
         "or set options.online: true to allow hub downloads",
     )
 

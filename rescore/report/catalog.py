@@ -7,7 +7,6 @@ run-id prefix (the checkpoint of that unit); an ambiguous name is an error listi
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Sequence
@@ -16,7 +15,7 @@ from typing import Any
 
 from rescore.artifacts.manifest import Manifest
 from rescore.artifacts.store import Store, Unit
-from rescore.errors import ConfigError, UserError
+from rescore.errors import ConfigError, UserError, close_names
 from rescore.labels import CheckpointIdent, checkpoint_labels, names_step
 
 
@@ -158,6 +157,6 @@ def resolve_baseline(cat: Catalog, spec: str) -> Checkpoint:
                               f"({', '.join(cat.labels[c] for c in found)})",
                               hint="name one by its label (NAME@STEP) or a run id prefix from `rescore ls`")
     labels = [cat.labels[c] for c in cks]
-    close = difflib.get_close_matches(spec, labels + sorted({c.name for c in cks}), n=3)
+    close = close_names(spec, labels + sorted({c.name for c in cks}))
     hint = (f"did you mean {', '.join(close)}? " if close else "") + "checkpoints here: " + ", ".join(labels)
     raise ConfigError(f"no checkpoint matches baseline {spec!r}", hint=hint)

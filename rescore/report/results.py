@@ -59,16 +59,15 @@ def check_patterns(option: str, patterns: Sequence[str], values: Iterable[str], 
                    names: Callable[[], Iterable[str]] | None = None) -> None:
     """Every ``--OPTION`` glob must match one of ``values``; else a ConfigError with the closest of
     ``names()`` (default: the values), listed as ``listing``. ``names`` is only called on a miss."""
-    import difflib
-
-    from rescore.errors import ConfigError
+    from rescore.errors import ConfigError, close_names
 
     values = set(values)
     for p in patterns:
         if not any(fnmatch.fnmatchcase(v, p) for v in values):
             known = sorted(set(names()) | values if names is not None else values)
-            close = difflib.get_close_matches(p, known, n=3, cutoff=0.5)
-            hint = (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
+            close = close_names(p, known)
+            hint = (f"{p!r} is known but has nothing here; " if p in known else "") + \
+                (f"did you mean {', '.join(repr(c) for c in close)}? " if close else "") + \
                 f"{listing}: {', '.join(known[:20]) or 'none'}{' ...' if len(known) > 20 else ''}"
             raise ConfigError(f"--{option} {p!r} matches no {what}", hint=hint)
 

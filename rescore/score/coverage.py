@@ -8,11 +8,10 @@ note, not an error.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 from rescore.artifacts.store import Store, Unit
-from rescore.errors import ConfigError, CorruptArtifactError
+from rescore.errors import ConfigError, CorruptArtifactError, close_names
 from rescore.score.engine import ScoreError, is_current, scan_scores, scores_dir, unit_columns
 from rescore.score.registry import plugin_of
 from rescore.score.spec import Metric
@@ -48,7 +47,7 @@ def check_plugin_columns(store: Store, specs: Sequence[Metric]) -> None:
         for s in mine:
             lacking = [c for c in s.columns if c not in seen]
             for c in lacking:
-                close = difflib.get_close_matches(c, sorted(seen), n=1, cutoff=0.6)
+                close = close_names(c, sorted(seen), n=1, cutoff=0.6)
                 near = f", did you mean {close[0]!r}?" if close else ""
                 problems.append(f"metric {s.name!r} (plugin {plugin_of(s)}) reads column {c!r}, which no "
                                 f"{rt} unit has{near}")

@@ -6,14 +6,13 @@ families, the families' own checks and duplicate task names. :func:`load_suite` 
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from rescore.config import ConfigProblems, SuiteConfig, TaskConfig, apply_overrides, format_validation_error, read_yaml
-from rescore.errors import ConfigError, UserError
+from rescore.errors import ConfigError, UserError, close_names
 from rescore.tasks.base import families
 from rescore.tasks.sources import project_root
 
@@ -37,7 +36,7 @@ def suite_path(name_or_path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     names = [n for n, _, _ in list_suites()]
-    close = difflib.get_close_matches(str(name_or_path), names, n=3, cutoff=0.5)
+    close = close_names(str(name_or_path), names)
     hint = (f"did you mean {', '.join(close)}? " if close else "") + f"shipped suites: {', '.join(names)}"
     raise ConfigError(f"unknown suite {name_or_path!r}", hint=hint + " (or give a path to a suite YAML)")
 

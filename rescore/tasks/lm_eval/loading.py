@@ -8,7 +8,6 @@ neither local nor prepared while offline, ``trust_remote_code``), each one line.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 import json
 import logging
@@ -19,7 +18,7 @@ from typing import Any
 
 from rescore.config import TaskConfig
 from rescore.core import content_hash
-from rescore.errors import ConfigError, MissingDataError
+from rescore.errors import ConfigError, MissingDataError, close_names
 from rescore.params import Params
 
 
@@ -87,7 +86,7 @@ def check_name(name: str, include_path: str | None) -> None:
     tm = task_manager(include_path)
     if name in tm.all_tasks:
         return
-    close = difflib.get_close_matches(name, tm.all_tasks, n=5, cutoff=0.6)
+    close = close_names(name, tm.all_tasks, n=5, cutoff=0.6)
     raise ConfigError(f"lm-eval has no task, group or tag {name!r}",
                       hint=f"did you mean {', '.join(close)}?" if close else "list them with `rescore tasks --lm-eval PATTERN`")
 

@@ -1,0 +1,35 @@
+"""Rough edges a new user meets first: comma lists for -t, did-you-mean on a task name, the demo store ignored by git."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from support import invoke
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_task_option_takes_comma_lists_and_names_the_closest_task(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    r = invoke("gen", "demo", "--model", "fake", "--store", str(store), "--no-progress", "-t", "hellaswag,arc_easy,gsm8k_chat")
+    assert r.exit_code == 0, r.output
+    r = invoke("gen", "demo", "--model", "fake", "--store", str(store), "--no-progress", "-t", "hellaswag,arc_eazy")
+    assert r.exit_code == 2
+    assert "has no task 'arc_eazy' (did you mean arc_easy? tasks: wikitext2_packed, " in " ".join(r.output.split())
+    assert "[" not in r.output  # the valid names as a sentence, not a Python list
+    assert invoke("score", "--store", str(store), "--no-progress").exit_code == 0
+    r = invoke("results", "--store", str(store), "-t", "hellaswag,arc_easy", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    col = lines[0].split(",").index("task")
+    assert {line.split(",")[col] for line in lines[1:]} == {"hellaswag", "arc_easy"}  # gsm8k_chat left out
+
+
+def test_the_demo_store_is_ignored_by_git() -> None:
+    from rescore.commands.demo import DEMO_STORE
+
+    if not (ROOT / ".git").exists():
+        return
+    r = subprocess.run(["git", "check-ignore", "-q", f"{DEMO_STORE}/x"], cwd=ROOT, check=False)
+    assert r.returncode == 0, f"{DEMO_STORE}/ is not in .gitignore"
