@@ -305,6 +305,10 @@ def test_dist_config_and_run_ids(tmp_path, shared_data):
     s2 = suite_file(tmp_path / "d", shared_data, "{format: full}", "null")
     with_dist = plan_units(Store(tmp_path / "st"), load_suite(str(s2)), [model(Path("fake"))])
     assert with_dist[0].run_id != plain[0].run_id and with_dist[1].run_id == plain[1].run_id
+    # the size budget is not part of a unit's identity
+    budget = plan_units(Store(tmp_path / "st"), load_suite(str(s2), ["tasks.arc_easy.dist.max_bytes_per_unit=5"]),
+                        [model(Path("fake"))])
+    assert budget[0].run_id == with_dist[0].run_id
 
 
 @pytest.mark.slow

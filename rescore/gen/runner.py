@@ -77,6 +77,15 @@ def unset_dist(task: TaskConfig) -> set[str]:
     return {"dist"} if task.dist is None else set()
 
 
+def task_identity_exclude(task: TaskConfig) -> dict[str, Any]:
+    """What of a task's config its units' rows do not depend on: the seeds list, the tier (a report label), its
+    own gen section (the effective sampling parameters are recorded apart), ``dist`` when off, and the size
+    budget of stored distributions."""
+    out: dict[str, Any] = {"seeds": True, "tier": True, "gen": True}
+    out["dist"] = True if task.dist is None else {"max_bytes_per_unit": True}
+    return out
+
+
 def task_gen_params(suite: SuiteConfig, task: TaskConfig, request_type: RequestType) -> GenParams | None:
     if request_type != "generate":
         return None
@@ -128,7 +137,7 @@ def plan_units(
                     "model": model_identity(model),
                     # what the rows depend on: not the seeds list, the tier (a report label) or the task's
                     # own gen section (the effective sampling parameters are under "gen")
-                    "task": task.model_dump(mode="json", exclude={"seeds", "tier", "gen", *unset_dist(task)}),
+                    "task": task.model_dump(mode="json", exclude=task_identity_exclude(task)),
                     "data_fp": data.data_fp,
                     "seed": seed,
                     "gen": gen.to_dict() if gen else None,
