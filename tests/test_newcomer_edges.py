@@ -33,3 +33,22 @@ def test_the_demo_store_is_ignored_by_git() -> None:
         return
     r = subprocess.run(["git", "check-ignore", "-q", f"{DEMO_STORE}/x"], cwd=ROOT, check=False)
     assert r.returncode == 0, f"{DEMO_STORE}/ is not in .gitignore"
+
+
+def test_piped_tables_and_progress_never_cut_a_model_run_id_or_task(tmp_path: Path) -> None:
+    """Not a terminal (a log file, a pipe): every table prints full width and no progress line wraps."""
+    from support import cli
+
+    long = "stage1-step100-a-checkpoint-name-long-enough-to-be-cut-at-eighty-columns"
+    models = tmp_path / "m.yaml"
+    models.write_text(f"models:\n  - {{name: {long}, path: fake, backend: fake}}\n"
+                      f"  - {{name: {long}-2, path: fake, backend: fake}}\n", encoding="utf-8")
+    store = tmp_path / "store"
+    r = cli("gen", "demo", "--model", models, "--store", store, "--no-progress", "-t", "hellaswag")
+    assert r.returncode == 0, r.stderr
+    assert f"{long}-2" in r.stdout and f"[2/2] {long}-2 · hellaswag · seed 0: 8 rows" in r.stderr.splitlines()
+    r = cli("status", "--store", store)
+    assert r.returncode == 0 and f" {long} " in r.stdout and f" {long}-2 " in r.stdout
+    r = cli("ls", "--store", store)
+    runs = [p.name for p in (store / "gen").iterdir()]
+    assert all(run in r.stdout for run in runs) and f"{long}-2" in r.stdout

@@ -28,6 +28,15 @@ OverridesOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 
+def out_console(*, stderr: bool = False, soft_wrap: bool = False) -> Any:
+    """A rich console for tables and messages: the terminal's width, or, when the stream is a pipe or a file,
+    wide enough that no table cuts a model, run id or task and no line wraps (rich's default there is 80)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, soft_wrap=soft_wrap, width=None if stream.isatty() else 1000)
+
+
 def comma_list(values: list[str] | None) -> list[str] | None:
     """Callback of a repeatable option that also takes comma lists: ``-t a,b -t c`` is ``-t a -t b -t c``."""
     if not values:

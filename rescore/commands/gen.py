@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, OverridesOpt, StoreOpt, comma_list, handle_errors
+from rescore.commands.common import (
+    DEFAULT_STORE,
+    INT64_MAX,
+    OverridesOpt,
+    StoreOpt,
+    comma_list,
+    handle_errors,
+    out_console,
+)
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -93,7 +101,6 @@ def register(app: typer.Typer) -> None:
             write_provenance(st.root, suite_cfg)
         plans = plan_units(st, suite_cfg, models, data_root=data_root, allow_direct=direct, tasks=task,
                            seeds=parse_seeds(seeds))
-        from rich.console import Console
 
         from rescore.errors import StoreError
 
@@ -105,7 +112,7 @@ def register(app: typer.Typer) -> None:
                 if not hasattr(e, "results"):
                     raise
                 skipped, results = e, e.results
-        summarize(results, Console())
+        summarize(results, out_console())
         if skipped is not None:
             raise skipped
 

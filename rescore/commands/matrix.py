@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors, out_console
 
 MatrixArg = Annotated[Path | None, typer.Argument(help="Checkpoint matrix YAML (examples: rescore/configs/models/*.yaml).")]
 DataRootOpt = Annotated[Path | None, typer.Option(help="Directory that local task files are relative to.")]
@@ -50,7 +50,6 @@ def print_plan(units: list[Any], groups_todo: list[list[Any]], json_out: bool) -
     if json_out:
         print(json.dumps({"units": rows, "would_run": would, "jobs": len(groups_todo)}, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     t = Table()
@@ -62,7 +61,7 @@ def print_plan(units: list[Any], groups_todo: list[list[Any]], json_out: bool) -
         rows_txt = f"{r['rows_done']}/{r['rows_total']}" if r["rows_total"] is not None else "-"
         note = f"bridge for {r['bridge_for']}" if r["bridge_for"] else ""
         t.add_row(r["checkpoint"], r["suite"], r["task"], str(r["seed"]), f"[{st}]{r['state']}[/{st}]", rows_txt, note)
-    c = Console()
+    c = out_console()
     c.print(t)
     n = {k: sum(1 for r in rows if r["state"] == k) for k in ("complete", "partial", "missing", "corrupt")}
     c.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing"
@@ -178,11 +177,10 @@ def register(app: typer.Typer) -> None:
             if code:
                 raise typer.Exit(code)
             return
-        from rich.console import Console
 
         from rescore.commands.gen import summarize
         from rescore.commands.progress import RichProgress
 
         with RichProgress(enabled=progress) as prog:
             results = run_local(Store(store), pending, progress=prog)
-        summarize(results, Console())
+        summarize(results, out_console())

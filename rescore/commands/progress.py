@@ -17,10 +17,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from rescore.commands.common import out_console
+
 
 class RichProgress:
     def __init__(self, console: Console | None = None, *, enabled: bool | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or out_console(stderr=True, soft_wrap=True)
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._p: Progress | None = None
         self._task: TaskID | None = None

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, comma_list, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, comma_list, handle_errors, out_console
 
 PluginOpt = Annotated[
     list[str] | None,
@@ -293,11 +293,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _console(stdout: bool = False):  # type: ignore[no-untyped-def]
-    from rich.console import Console
 
-    stream = sys.stdout if stdout else sys.stderr
-    # a pipe or a file gets wide lines rather than rich's 80-column default
-    return Console(stderr=not stdout, soft_wrap=True, width=None if stream.isatty() else 200)
+    return out_console(stderr=not stdout, soft_wrap=True)
 
 
 class _Progress:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors, out_console
 
 
 def unit_rows(store_path: Path) -> list[dict[str, Any]]:
@@ -50,11 +50,9 @@ def unit_rows(store_path: Path) -> list[dict[str, Any]]:
 
 def table_console():  # type: ignore[no-untyped-def]
     """A console for tables: the terminal's width, or wide enough not to cut run ids when piped."""
-    import sys
 
-    from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=220)
+    return out_console()
 
 
 def model_labels(rows: list[dict[str, Any]]) -> list[str]:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, OverridesOpt, StoreOpt, comma_list, handle_errors
+from rescore.commands.common import (
+    DEFAULT_STORE,
+    INT64_MAX,
+    JsonOpt,
+    OverridesOpt,
+    StoreOpt,
+    comma_list,
+    handle_errors,
+    out_console,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +39,6 @@ def register(app: typer.Typer) -> None:
         """Download and freeze every task's rows into STORE/data/<task>/<fingerprint>/ (run while online).
 
         With --check, resolve every Hugging Face source instead and report what is missing or gated."""
-        from rich.console import Console
         from rich.table import Table
 
         from rescore import tasks as task_api
@@ -60,7 +67,7 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"prepared {cfg.name} into {store}")
         for col in ("task", "family", "rows", "few-shot", "fingerprint", "windows"):
             table.add_column(col)
-        console = Console(stderr=False)
+        console = out_console()
         for t in chosen:
             data = prepare_task(store, t, data_root=root, force=force)
             windows = "-"
@@ -102,7 +109,6 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps([{"name": n, "path": str(p), "description": d} for n, p, d in items], indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title="suites")
@@ -110,18 +116,17 @@ def register(app: typer.Typer) -> None:
         table.add_column("description")
         for n, _, d in items:
             table.add_row(n, d)
-        Console().print(table)
+        out_console().print(table)
 
 
 def _check_sources(cfg: Any, chosen: list[Any]) -> None:
     """prepare --check: one row per task with a Hugging Face source; exit 1 when any has a problem."""
-    from rich.console import Console
     from rich.table import Table
 
     from rescore.tasks.source_check import check_suite, live_hub
 
     reports = check_suite(cfg, chosen, live_hub())
-    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+    console = out_console()
     if not reports:
         console.print(f"{cfg.name}: no task reads a Hugging Face dataset; nothing to check")
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors
+from rescore.commands.common import DEFAULT_STORE, INT64_MAX, JsonOpt, StoreOpt, handle_errors, out_console
 
 verify_app = typer.Typer(help="Check the store: integrity, reproducible scores, deterministic generation.",
                          invoke_without_command=True, no_args_is_help=False)
@@ -32,14 +32,13 @@ def verify(
         return
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from rescore.artifacts.store import Store
     from rescore.verify import check_store, compare_results, load_results_file, rescore_into_temp
 
     st = Store(store)
-    console = Console()
+    console = out_console()
     if against is not None:
         from rescore.commands.score import _load_plugins
 
