@@ -474,3 +474,14 @@ def test_did_you_mean_never_repeats_a_name_nor_offers_the_input(toy: ToyStore) -
                        names=lambda: ["answer_chars", "acc"])
     assert "'answer_chars' is known but has nothing here" in str(e.value.hint)
     assert "did you mean 'answer_chars'" not in str(e.value.hint)
+
+
+def test_matrix_without_a_bridge_says_to_add_one_or_pass_a_baseline(toy: ToyStore, tmp_path: Path) -> None:
+    matrix_store(toy, drop=0.0)
+    mfile = tmp_path / "m.yaml"
+    mfile.write_text(MATRIX.replace("    bridge: stage1\n", ""))
+    r = invoke("compare", "--store", str(toy.root), "--matrix", str(mfile))
+    assert r.exit_code == 2
+    text = " ".join(r.output.split())
+    assert "names no bridge" in text and "add `bridge: STAGE` to a stage" in text and "--baseline CHECKPOINT" in text
+    assert "rescore plan" not in text

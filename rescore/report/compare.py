@@ -157,6 +157,10 @@ def compare(store: Store, baseline: str | None = None, *, matrix: str | Path | N
         m = load_matrix_file(matrix)
         pairs = matrix_pairs(cat, m.config, select_models(cat, models) if models else None)
         label = f"each stage's bridge (matrix {m.config.name})"
+        if not pairs and not any(s.bridge for s in m.config.stages):
+            raise ConfigError(f"matrix {m.config.name!r} names no bridge, so no stage has a baseline to compare with",
+                              hint="add `bridge: STAGE` to a stage of the matrix (its baseline is that stage's last "
+                                   "checkpoint), or pass --baseline CHECKPOINT instead of --matrix")
         if not pairs:
             raise ConfigError(f"matrix {m.config.name!r} has no bridged stage with checkpoints in {store.root}",
                               hint="`rescore plan MATRIX` shows what to generate")
