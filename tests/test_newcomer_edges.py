@@ -52,3 +52,15 @@ def test_piped_tables_and_progress_never_cut_a_model_run_id_or_task(tmp_path: Pa
     r = cli("ls", "--store", store)
     runs = [p.name for p in (store / "gen").iterdir()]
     assert all(run in r.stdout for run in runs) and f"{long}-2" in r.stdout
+
+
+def test_the_scorer_installs_with_every_builtin_metric_available() -> None:
+    """math-verify comes with the core install, so `rescore score` has no per-run note that math_equiv is
+    skipped; every built-in metric can run."""
+    from importlib.metadata import requires
+
+    from rescore.score.spec import metrics
+
+    core = [r for r in requires("rescore") or [] if "extra ==" not in r]
+    assert any(r.startswith("math-verify") for r in core), core
+    assert {n: metrics.get(n).available() for n in metrics.names() if metrics.get(n).available()} == {}
