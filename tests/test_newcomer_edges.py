@@ -64,3 +64,14 @@ def test_the_scorer_installs_with_every_builtin_metric_available() -> None:
     core = [r for r in requires("rescore") or [] if "extra ==" not in r]
     assert any(r.startswith("math-verify") for r in core), core
     assert {n: metrics.get(n).available() for n in metrics.names() if metrics.get(n).available()} == {}
+
+
+def test_status_marks_seeds_a_task_does_not_run_and_says_why(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert invoke("gen", "demo", "--model", "fake", "--store", str(store), "--no-progress", "-t", "arc_easy,gsm8k_chat").exit_code == 0
+    r = invoke("status", "--store", str(store))
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[2].strip(): [c.strip() for c in line.split("│")[3:5]] for line in r.output.splitlines()
+            if line.startswith("│")}
+    assert rows == {"arc_easy": ["complete", "-"], "gsm8k_chat": ["complete", "complete"]}
+    assert "-: no unit at that seed (a deterministic task runs at one seed" in r.output

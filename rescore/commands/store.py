@@ -125,16 +125,21 @@ def register(app: typer.Typer) -> None:
         t.add_column("task")
         for s in seeds:
             t.add_column(f"seed {s}")
-        style = {"complete": "green", "missing": "red"}
+        style = {"complete": "green", "missing": "red", "-": "dim"}
+        unseeded = False
         for m, tasks in sorted(matrix.items()):
             for task, cells in sorted(tasks.items()):
                 vals = []
                 for s in seeds:
-                    c = cells.get(s, "")
+                    c = cells.get(s, "-")
+                    unseeded |= c == "-"
                     st = style.get(c, "yellow" if c.startswith("partial") else ("red" if "corrupt" in c else ""))
                     vals.append(f"[{st}]{c}[/{st}]" if st else c)
                 t.add_row(m, task, *vals)
         console.print(t)
+        if unseeded:
+            console.print("-: no unit at that seed (a deterministic task runs at one seed; sampled tasks run at each)",
+                          highlight=False)
         n = {k: sum(1 for r in rows if r["status"] == k) for k in ("complete", "partial", "missing", "corrupt")}
         console.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing"
                       + (f", {n['corrupt']} corrupt (see `rescore verify`)" if n["corrupt"] else ""), highlight=False)
