@@ -75,3 +75,26 @@ def test_status_marks_seeds_a_task_does_not_run_and_says_why(tmp_path: Path) -> 
             if line.startswith("│")}
     assert rows == {"arc_easy": ["complete", "-"], "gsm8k_chat": ["complete", "complete"]}
     assert "-: no unit at that seed (a deterministic task runs at one seed" in r.output
+
+
+def test_results_name_the_suite_when_a_task_is_in_two_suites_of_a_checkpoint(tmp_path: Path) -> None:
+    """A bridge scored on its own stage's suite and on the next one's: two arc_easy rows, told apart."""
+    import yaml
+
+    from rescore.tasks.suites import suite_path
+
+    demo = yaml.safe_load(suite_path("demo").read_text())
+    demo.update(name="next_stage", data_root=str(ROOT / "rescore" / "data"),
+                tasks=[{**t, "subset_size": 4} for t in demo["tasks"] if t["name"] == "arc_easy"])
+    other = tmp_path / "next_stage.yaml"
+    other.write_text(yaml.safe_dump(demo), encoding="utf-8")
+    store = tmp_path / "store"
+    for suite in ("demo", str(other)):
+        r = invoke("gen", suite, "--model", "fake", "--store", str(store), "--no-progress", "-t", "arc_easy")
+        assert r.exit_code == 0, r.output
+    assert invoke("score", "--store", str(store), "--no-progress").exit_code == 0
+    r = invoke("results", "--store", str(store), "--metric", "acc")
+    assert r.exit_code == 0, r.output
+    assert "suite" in r.output and "next_stage" in r.output and "demo" in r.output
+    r = invoke("results", "--store", str(store), "--metric", "acc", "--format", "markdown")
+    assert "| arc_easy (suite demo) | acc" in r.output and "| arc_easy (suite next_stage) | acc" in r.output

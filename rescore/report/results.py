@@ -101,14 +101,29 @@ def to_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps([{k: clean(v) for k, v in r.items()} for r in rows], indent=2, ensure_ascii=False)
 
 
+def suites_differ(rows: list[dict[str, Any]]) -> bool:
+    """Whether one checkpoint's task appears in several suites among ``rows`` (e.g. a bridge scored on its own
+    stage's suite and on the next one's): then the rows say which suite they are of."""
+    seen: dict[tuple[Any, ...], Any] = {}
+    for r in rows:
+        key = (*_model_key(r), r.get("task"))
+        if seen.setdefault(key, r.get("suite")) != r.get("suite"):
+            return True
+    return False
+
+
 def rich_table(rows: list[dict[str, Any]], title: str | None = None):  # type: ignore[no-untyped-def]
     from rich.table import Table
 
+    columns = DISPLAY_COLUMNS
+    if suites_differ(rows):
+        i = columns.index("task")
+        columns = (*columns[:i], "suite", *columns[i:])
     t = Table(title=title)
-    for c in DISPLAY_COLUMNS:
+    for c in columns:
         t.add_column(c, justify="right" if c in ("value", "stderr", "n", "n_seeds", "step") else "left")
     for r in rows:
-        t.add_row(*(fmt(r.get(c)) for c in DISPLAY_COLUMNS))
+        t.add_row(*(fmt(r.get(c)) for c in columns))
     return t
 
 
@@ -121,8 +136,9 @@ def _model_key(r: dict[str, Any]) -> tuple[Any, ...]:
     return (r["model"], r.get("checkpoint"), r.get("step"), r.get("precision"))
 
 
-def _task_label(r: dict[str, Any]) -> str:
-    return r["task"] if r.get("subset") in (None, "all") else f"{r['task']} / {r['subset']}"
+def _task_label(r: dict[str, Any], suite: bool = False) -> str:
+    label = r["task"] if r.get("subset") in (None, "all") else f"{r['task']} / {r['subset']}"
+    return f"{label} (suite {r.get('suite')})" if suite else label
 
 
 def _result(r: dict[str, Any]) -> str:
@@ -168,6 +184,7 @@ def to_markdown(rows: list[dict[str, Any]], provenance: dict[str, dict[str, Any]
     for r in rows:
         models.setdefault(_model_key(r), []).append(r)
     labels = _unique_labels(models)
+    by_suite = suites_differ(rows)
     parts: list[str] = []
     for key, rs in models.items():
         first = rs[0]
@@ -182,7 +199,7 @@ def to_markdown(rows: list[dict[str, Any]], provenance: dict[str, dict[str, Any]
         parts.append("| Task | Metric | Result | Error Range |")
         parts.append("|---|---|---:|---|")
         for r in rs:
-            parts.append(f"| {_task_label(r)} | {_metric_label(r)} | {_result(r)} | {_ci(r)} |")
+            parts.append(f"| {_task_label(r, by_suite)} | {_metric_label(r)} | {_result(r)} | {_ci(r)} |")
         parts.append("")
     if len(models) > 1:
         parts.append(comparison_markdown(rows, models, labels))
@@ -207,11 +224,12 @@ def _unique_labels(models: dict[tuple[Any, ...], list[dict[str, Any]]]) -> dict[
 def comparison_markdown(rows: list[dict[str, Any]], models: dict[tuple[Any, ...], list[dict[str, Any]]],
                         labels: dict[tuple[Any, ...], str]) -> str:
     keys = list(models)
+    by_suite = suites_differ(rows)
     cells: dict[tuple[str, str], dict[tuple[Any, ...], dict[str, Any]]] = {}
     order: list[tuple[str, str]] = []
     for k in keys:
         for r in models[k]:
-            rk = (_task_label(r), r["metric"])
+            rk = (_task_label(r, by_suite), r["metric"])
             if rk not in cells:
                 cells[rk] = {}
                 order.append(rk)
