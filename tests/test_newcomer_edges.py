@@ -98,3 +98,22 @@ def test_results_name_the_suite_when_a_task_is_in_two_suites_of_a_checkpoint(tmp
     assert "suite" in r.output and "next_stage" in r.output and "demo" in r.output
     r = invoke("results", "--store", str(store), "--metric", "acc", "--format", "markdown")
     assert "| arc_easy (suite demo) | acc" in r.output and "| arc_easy (suite next_stage) | acc" in r.output
+
+
+def test_export_lm_eval_keys_and_versions_look_like_lm_evals(tmp_path: Path) -> None:
+    import json
+
+    store = tmp_path / "store"
+    assert invoke("gen", "demo", "--model", "fake", "--store", str(store), "--no-progress",
+                  "-t", "hellaswag,wikitext2_docs").exit_code == 0
+    assert invoke("score", "--store", str(store), "--no-progress").exit_code == 0
+    r = invoke("export", "lm-eval", str(tmp_path / "out"), "--store", str(store))
+    assert r.exit_code == 0 and r.output.strip() == str(tmp_path / "out" / "fake" / "results.json")  # says what it wrote
+    doc = json.loads((tmp_path / "out" / "fake" / "results.json").read_text())
+    keys = set(doc["results"])
+    assert {"hellaswag", "wikitext2_docs"} <= keys and "wikitext2_docs_wikitext2_docs" not in keys
+    assert all(" " not in k and k == k.lower() for k in keys), keys
+    assert "hellaswag_education_and_communications" in keys
+    assert doc["results"]["hellaswag_education_and_communications"]["alias"] == " - Education and Communications"
+    assert all(isinstance(v, float) for v in doc["versions"].values()), doc["versions"]
+    assert doc["configs"]["hellaswag"]["metadata"]["rescore_metric_versions"]["acc"] == 1

@@ -298,7 +298,9 @@ def lm_eval_doc(store: Store, key: tuple[Any, ...], rows: list[dict[str, Any]]) 
         lm_family = r["family"] == "lm_eval"
         if lm_family and not str(r["metric"]).startswith("lm-eval."):
             continue  # lm-eval's own metrics of the task are its results; the built-ins would take their keys
-        name = r["task"] if r["subset"] == "all" else r["subset"] if lm_family else f"{r['task']}_{r['subset']}"
+        if r["subset"] == r["task"]:
+            continue  # a slice named after its task holds the whole task: the task's own entry has it
+        name = r["task"] if r["subset"] == "all" else r["subset"] if lm_family else subtask_key(r["task"], r["subset"])
         entry = results.setdefault(name, {"alias": r["task"] if r["subset"] == "all" else f" - {r['subset']}"})
         vkey, skey = lm_eval_key(r["metric"])
         entry[vkey] = _clean(r["value"])
@@ -310,12 +312,14 @@ def lm_eval_doc(store: Store, key: tuple[Any, ...], rows: list[dict[str, Any]]) 
             manifest = store.unit(ids[0]).manifest if ids else {}
             tcfg = (manifest.get("task") or {}).get("config") or {}
             n_shot[name] = int(tcfg.get("num_fewshot") or 0)
-            versions[name] = {"rescore_metric_versions": {}}
             configs[name] = {"task": r["task"], "output_type": _output_type(r["request_type"]),
                              "num_fewshot": n_shot[name], "metadata": {"family": r["family"], "suite": r["suite"],
-                                                                       "data_fp": r["data_fp"], "run_ids": ids}}
-        if r["subset"] == "all" and name in versions:
-            versions[name]["rescore_metric_versions"][r["metric"]] = r["metric_version"]
+                                                                       "data_fp": r["data_fp"], "run_ids": ids,
+                                                                       "rescore_metric_versions": {}}}
+        if r["subset"] == "all" and name in configs:
+            configs[name]["metadata"]["rescore_metric_versions"][r["metric"]] = r["metric_version"]
+            # lm-eval's versions are one number per task: the highest version of the task's metrics here
+            versions[name] = max(float(r["metric_version"] or 0), versions.get(name, 0.0))
     return {
         "results": results, "groups": {}, "configs": configs, "versions": versions, "n-shot": n_shot,
         "higher_is_better": hib, "n-samples": n_samples,
@@ -323,6 +327,12 @@ def lm_eval_doc(store: Store, key: tuple[Any, ...], rows: list[dict[str, Any]]) 
         "model_name": key[0], "model_name_sanitized": key[0],
         "rescore": {"checkpoint": key[1], "step": resolve_step(key[2], key[1]), "stage": key[4], "precision": key[3]},
     }
+
+
+def subtask_key(task: str, subset: str) -> str:
+    """lm-eval's key of a task's slice: ``{task}_{slice}`` in lower case with every run of other characters
+    than letters, digits, ``-`` and ``.`` as one ``_`` (``hellaswag_education_and_communications``)."""
+    return f"{task}_{re.sub(r'[^a-z0-9.-]+', '_', subset.lower()).strip('_')}"
 
 
 def _output_type(request_type: str | None) -> str:
