@@ -117,3 +117,31 @@ def test_export_lm_eval_keys_and_versions_look_like_lm_evals(tmp_path: Path) -> 
     assert doc["results"]["hellaswag_education_and_communications"]["alias"] == " - Education and Communications"
     assert all(isinstance(v, float) for v in doc["versions"].values()), doc["versions"]
     assert doc["configs"]["hellaswag"]["metadata"]["rescore_metric_versions"]["acc"] == 1
+
+
+def test_show_rows_is_one_json_document_and_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    import json
+
+    from support import cli
+
+    store = tmp_path / "store"
+    assert invoke("gen", "demo", "--model", "fake", "--store", str(store), "--no-progress",
+                  "-t", "gsm8k_chat,hellaswag").exit_code == 0
+    runs = {json.loads((p / "manifest.json").read_text())["task"]["name"]: p.name for p in (store / "gen").iterdir()}
+    r = invoke("show", runs["gsm8k_chat"], "--store", str(store), "--rows", "2")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)  # one document, not a manifest followed by JSON lines
+    assert doc["manifest"]["run_id"] == runs["gsm8k_chat"] and len(doc["rows"]) == 2
+    row = doc["rows"][0]
+    assert isinstance(row["messages"], list) and isinstance(row["meta"], dict) and isinstance(row["sampling"], dict)
+    # `| head`: the reader stops early; rescore stops quietly
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "rescore.cli", "show", runs["hellaswag"], "--store", str(store),
+                          "--rows", "100"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.read(100)
+    p.stdout.close()
+    err = p.stderr.read().decode() if p.stderr else ""
+    assert p.wait(timeout=120) == 0 and err == "", err
+    assert cli("show", runs["hellaswag"], "--store", str(store)).returncode == 0

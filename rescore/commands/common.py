@@ -58,6 +58,15 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into a closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test runner's buffer)
+        pass
+
+
 def handle_errors(fn: F) -> F:
     """Turn :class:`UserError` into one line on stderr and its exit code; no traceback.
 
@@ -77,6 +86,9 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("RESCORE_DEBUG"):
                 raise
             fail(e.render(), e.exit_code)
+        except BrokenPipeError:  # `rescore ... | head`: the reader has what it wanted; stop quietly
+            _quiet_stdout()
+            raise typer.Exit(0) from None
         except OSError as e:  # a full disk, a permission problem, a store path that is a file
             if os.environ.get("RESCORE_DEBUG"):
                 raise

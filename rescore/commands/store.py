@@ -55,6 +55,14 @@ def table_console():  # type: ignore[no-untyped-def]
     return out_console()
 
 
+JSON_COLUMNS = ("meta", "messages", "sampling")  # the row columns stored as canonical JSON text (schema.py)
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row with its JSON-text columns decoded (model text is never touched)."""
+    return {k: json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v for k, v in row.items()}
+
+
 def model_labels(rows: list[dict[str, Any]]) -> list[str]:
     """A row label per unit that tells checkpoints apart (:func:`rescore.labels.checkpoint_labels`)."""
     from rescore.labels import CheckpointIdent, checkpoint_labels
@@ -170,18 +178,21 @@ def register(app: typer.Typer) -> None:
         store: StoreOpt = DEFAULT_STORE,
         rows: Annotated[int, typer.Option(min=0, max=INT64_MAX, help="Also print the first N rows.")] = 0,
     ) -> None:
-        """Print a unit's manifest (and optionally its first rows) as JSON."""
+        """Print a unit's manifest (and with --rows N its first rows) as one JSON document.
+
+        With --rows: {"manifest": ..., "rows": [...]}, the rows' JSON columns (meta, messages, sampling) as JSON."""
         from rescore.artifacts.store import Store
 
         u = Store(store).unit(run_id)
-        print(json.dumps(u.manifest, indent=2, sort_keys=True, default=str))
-        if rows:
-            if u.complete:
-                table = u.read_table().slice(0, rows)
-                for r in table.to_pylist():
-                    print(json.dumps(r, default=str))
-            else:
-                print(f"(unit is {u.status}; rows are in {u.path / 'rows.jsonl'})")
+        if not rows:
+            print(json.dumps(u.manifest, indent=2, sort_keys=True, default=str))
+            return
+        doc: dict[str, Any] = {"manifest": u.manifest, "rows": []}
+        if u.complete:
+            doc["rows"] = [_decoded(r) for r in u.read_table().slice(0, rows).to_pylist()]
+        else:
+            doc["note"] = f"the unit is {u.status}: its rows so far are in {u.path / 'rows.jsonl'}"
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str, ensure_ascii=False))
 
     @app.command()
     @handle_errors
