@@ -145,3 +145,14 @@ def test_show_rows_is_one_json_document_and_a_closed_pipe_is_not_an_error(tmp_pa
     err = p.stderr.read().decode() if p.stderr else ""
     assert p.wait(timeout=120) == 0 and err == "", err
     assert cli("show", runs["hellaswag"], "--store", str(store)).returncode == 0
+
+
+def test_gen_prints_its_own_progress_and_no_library_progress_bars(tmp_path: Path, tiny_model: Path) -> None:
+    from support import cli
+
+    r = cli("gen", "demo", "--model", tiny_model, "--store", tmp_path / "store", "--no-progress", "-t", "arc_easy",
+            "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "arc_easy · seed 0: 8 rows" in r.stderr
+    for bar in ("Loading weights", "Writing model shards", "it/s]", "%|"):
+        assert bar not in r.stderr and bar not in r.stdout, bar

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rescore.commands.common import StoreOpt, handle_errors
+from rescore.commands.common import StoreOpt, handle_errors, out_console
 
 if TYPE_CHECKING:
     from rescore.config import SuiteConfig
@@ -56,7 +56,6 @@ def register(app: typer.Typer) -> None:
         results.
 
         Runs again in seconds: the model, the artifacts and the scores are reused from the store."""
-        from rich.console import Console
 
         from rescore.artifacts.store import Store
         from rescore.commands.gen import summarize
@@ -68,7 +67,7 @@ def register(app: typer.Typer) -> None:
         from rescore.score.engine import read_results, score_store
         from rescore.tasks.suites import load_suite
 
-        console = Console()
+        console = out_console()
         t0 = time.perf_counter()
         st = Store(store)
         st.root.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,20 @@ def load_model(cfg: ModelConfig) -> Loaded:
     return load_hf(cfg, options)  # type: ignore[arg-type]
 
 
+def quiet_libraries() -> None:
+    """No progress bars of transformers or huggingface_hub ("Loading weights", "Writing model shards",
+    downloads): rescore reports its own progress, and a bar per load fills every log."""
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()
+    except (ImportError, AttributeError):  # an install without them, or a version without the switch
+        pass
+
+
 @loader("hf", options=HFLoaderOptions, check=check_hf)
 def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
     """Load ``cfg``'s model and tokenizer under its precision/device policy; raise BackendError if it cannot."""
@@ -127,6 +141,7 @@ def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise BackendError(f"the hf backend needs torch and transformers: {e}", hint="pip install 'rescore[hf]'") from None
+    quiet_libraries()
 
     online = options.online
     source, local = _resolve_path(cfg, online)

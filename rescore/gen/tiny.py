@@ -90,6 +90,9 @@ def build_tiny_model(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    from rescore.gen.loading import quiet_libraries
+
+    quiet_libraries()
     _build_tokenizer(corpus, vocab, chat_template).save_pretrained(tmp)
     _build_model(params).save_pretrained(tmp, safe_serialization=True)
     (tmp / MARKER).write_text(json.dumps({**params}, indent=1, sort_keys=True))
