@@ -36,7 +36,7 @@ from rescore.gen.dist import dist_arrays, empty_array, row_dist, selected
 from rescore.gen.loaders import loaders
 from rescore.gen.rows import RowCollector, loglikelihood_row, rolling_row
 from rescore.gen.sampling import run_generate
-from rescore.gen.units import RequestRules, SpanResult, Unit, eos_ids, plan_batches
+from rescore.gen.units import RequestRules, SpanResult, Unit, eos_ids, plan_batches, sequence_key
 from rescore.params import Params
 
 HEAD_CHUNK = 2048  # scored positions projected through the LM head at once (bounds N x vocab memory)
@@ -79,6 +79,9 @@ class HFBackend:
         if not self._mask_dtype.is_floating_point:
             self._mask_dtype = torch.float32
         self._head_path = self._check_head_path()
+        # Identical sequences of a batch run once (see score_batch); False runs every unit as its own row.
+        self.dedupe: bool = True
+        self.forward_sequences = 0  # rows fed to the model by score_batch so far (what dedupe saves)
 
     # -- Backend protocol --------------------------------------------------------------------------------
     @property
@@ -208,7 +211,8 @@ class HFBackend:
         done = rows.take()
         if done:
             yield done
-        for batch in plan_batches([u for u in units if u.tokens], ctx.batch_size, ctx.max_batch_tokens):
+        for batch in plan_batches([u for u in units if u.tokens], ctx.batch_size, ctx.max_batch_tokens,
+                                  dedupe=self.dedupe and dist is None):
             if not any(rows.wants(u.owner) for u in batch):
                 continue
             results = self.score_batch(batch, ctx.topk, entropy, greedy, dist=dist)
@@ -222,14 +226,28 @@ class HFBackend:
     def score_batch(self, batch: list[Unit], topk: int, entropy: bool, greedy: bool = True,
                     dist: Any = None) -> list[list[SpanResult]]:
         """One forward pass over ``batch`` (right-padded); per unit, per span, the scored values. ``dist``:
-        (DistConfig, each span's first token in its row's numbering, each row's selected-positions mask)."""
+        (DistConfig, each span's first token in its row's numbering, each row's selected-positions mask).
+
+        With ``self.dedupe``, units with identical sequences (a left-truncated multiple-choice request's
+        one-token choices all see the same last max_length context tokens) share one row of the forward
+        pass, and each reads its scored positions from that row; a batch without such twins is unchanged."""
         torch = self.torch
         dev = self.device
-        B, L = len(batch), max(len(u.tokens) for u in batch)
+        row_of: list[int] = []  # per unit: its row in the forward pass
+        firsts: list[Unit] = []  # per row: the first unit that has it
+        keys: dict[tuple[Any, ...], int] = {}
+        for u in batch:
+            key = sequence_key(u) if self.dedupe and dist is None else (len(firsts),)
+            if key not in keys:
+                keys[key] = len(firsts)
+                firsts.append(u)
+            row_of.append(keys[key])
+        B, L = len(firsts), max(len(u.tokens) for u in batch)
+        self.forward_sequences += B
         ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros((B, L), dtype=torch.long)
         seg = torch.full((B, L), -1, dtype=torch.long)  # -1 = padding
-        for b, u in enumerate(batch):
+        for b, u in enumerate(firsts):
             n = len(u.tokens)
             ids[b, :n] = torch.tensor(u.tokens)
             pos[b, :n] = torch.tensor(u.position_ids) if u.position_ids is not None else torch.arange(n)
@@ -239,7 +257,7 @@ class HFBackend:
         mask = segment_mask(seg, self._mask_dtype) if any(u.segments is not None for u in batch) else None
         b_idx, p_idx, tgt = [], [], []
         span_sel: list[np.ndarray] = []  # per span: which of its positions keep their distribution
-        for b, u in enumerate(batch):
+        for b, u in zip(row_of, batch, strict=True):
             for sp in u.spans:
                 b_idx += [b] * len(sp.positions)
                 p_idx += sp.positions
@@ -248,10 +266,15 @@ class HFBackend:
                     s0 = dist[1][(u.owner, sp.slot)]
                     span_sel.append(dist[2][u.owner][s0 : s0 + len(sp.positions)])
         dsel = (dist[0], np.concatenate(span_sel) if span_sel else np.zeros(0, bool)) if dist is not None else None
+        inv = None
+        if B < len(batch):  # twins score the same positions: each distinct position goes through the head once
+            first: dict[tuple[int, int], int] = {}
+            inv = np.array([first.setdefault(bp, len(first)) for bp in zip(b_idx, p_idx, strict=True)], np.int64)
+            b_idx, p_idx = [bp[0] for bp in first], [bp[1] for bp in first]
         with torch.inference_mode():
             stats = self._scored_stats(ids.to(dev), None if mask is None else mask.to(dev), pos.to(dev),
                                        torch.tensor(b_idx), torch.tensor(p_idx), torch.tensor(tgt, dtype=torch.long),
-                                       greedy=greedy, topk=topk, entropy=entropy, dist=dsel)
+                                       greedy=greedy, topk=topk, entropy=entropy, dist=dsel, inv=inv)
         chosen = stats["chosen"].numpy()
         is_greedy = stats["greedy"].numpy() if greedy else None
         ti = stats["topk_ids"].tolist() if topk else None
@@ -287,11 +310,13 @@ class HFBackend:
         return out
 
     def _scored_stats(self, ids: Any, mask: Any, pos: Any, b_idx: Any, p_idx: Any, tgt: Any, *, greedy: bool,
-                      topk: int, entropy: bool, dist: Any = None) -> dict[str, Any]:
+                      topk: int, entropy: bool, dist: Any = None, inv: np.ndarray | None = None) -> dict[str, Any]:
         """Per scored position (CPU tensors): the target's logprob, whether it is the argmax, top-k, entropy.
 
         The hidden states at the scored positions go through the LM head and a float32 log-softmax in
-        chunks of HEAD_CHUNK positions, reduced right away (no [N, vocab] tensor for the whole batch)."""
+        chunks of HEAD_CHUNK positions, reduced right away (no [N, vocab] tensor for the whole batch).
+        ``inv`` (no ``dist``): the positions ``b_idx``/``p_idx`` are distinct and scored position k (target
+        ``tgt[k]``) reads position ``inv[k]``."""
         torch = self.torch
         if self._head_path:
             hidden = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
@@ -307,12 +332,21 @@ class HFBackend:
             def chunk_lp(a: int, b: int) -> Any:
                 return torch.log_softmax(sel[a:b].float(), dim=-1)
 
-        n = len(tgt)
+        n = len(tgt) if inv is None else len(b_idx)
         parts: dict[str, list[Any]] = {"chosen": [], "greedy": [], "topk_ids": [], "topk_logprobs": [], "entropy": []}
         dists: list[dict[str, np.ndarray]] = []
+        order = None
+        if inv is not None:  # scored positions grouped by the chunk of the position they read, then put back
+            order = torch.from_numpy(np.argsort(inv, kind="stable"))
+            inv_sorted = torch.from_numpy(inv)[order]
         for a in range(0, n, HEAD_CHUNK):
             lp = chunk_lp(a, min(n, a + HEAD_CHUNK))
-            t = tgt[a : a + HEAD_CHUNK].to(lp.device)
+            if order is None:
+                t = tgt[a : a + HEAD_CHUNK].to(lp.device)
+            else:
+                ks = ((inv_sorted >= a) & (inv_sorted < a + HEAD_CHUNK)).nonzero()[:, 0]
+                lp = lp.index_select(0, (inv_sorted[ks] - a).to(lp.device))
+                t = tgt[order[ks]].to(lp.device)
             chosen = lp.gather(1, t[:, None])[:, 0]
             parts["chosen"].append(chosen.cpu())
             if greedy:
@@ -334,6 +368,10 @@ class HFBackend:
                  "topk_ids": torch.zeros((0, topk), dtype=torch.long), "topk_logprobs": torch.zeros((0, topk)),
                  "entropy": torch.zeros(0)}
         out = {k: torch.cat(v) if v else empty[k] for k, v in parts.items()}
+        if order is not None:
+            back = torch.empty_like(order)
+            back[order] = torch.arange(len(order))
+            out = {k: v[back] if len(v) else v for k, v in out.items()}
         if dist is not None:
             names = ["logprobs"] if dist[0].topk is None else ["topk_ids", "topk_logprobs", "tail_logmass"]
             out["dist"] = {k: np.concatenate([d[k] for d in dists]) if dists else empty_array(dist[0], k, self._vocab())

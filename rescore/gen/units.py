@@ -264,22 +264,42 @@ def shared_unit(owner: int, pairs: list[tuple[list[int], list[int]]]) -> Unit:
     return Unit(owner, tokens, spans, position_ids, segments)
 
 
-def plan_batches(units: list[Unit], batch_size: int, max_batch_tokens: int) -> list[list[Unit]]:
+def sequence_key(u: Unit) -> tuple[Any, ...]:
+    """What a forward pass of ``u`` depends on: units with equal keys have equal logits at every position."""
+    return (tuple(u.tokens), None if u.position_ids is None else tuple(u.position_ids),
+            None if u.segments is None else tuple(u.segments))
+
+
+def plan_batches(units: list[Unit], batch_size: int, max_batch_tokens: int, *, dedupe: bool = False) -> list[list[Unit]]:
     """Longest first (lm-eval's order: memory errors show up at once), at most ``batch_size`` sequences and
-    ``max_batch_tokens`` padded tokens per batch (a longer single sequence runs alone)."""
+    ``max_batch_tokens`` padded tokens per batch (a longer single sequence runs alone).
+
+    With ``dedupe``, units whose sequences are identical (:func:`sequence_key`; e.g. the choices of a
+    left-truncated multiple-choice request whose continuations are one token each) count as one sequence,
+    since the engine runs each distinct sequence of a batch once. A plan without such duplicates is the
+    same either way."""
     order = sorted(units, key=lambda u: (-len(u.tokens), u.owner))
     batches: list[list[Unit]] = []
     cur: list[Unit] = []
+    seen: set[tuple[Any, ...]] = set()
     for u in order:
+        key = sequence_key(u) if dedupe else None
+        if key is not None and key in seen:
+            cur.append(u)  # runs with its twin: no new sequence
+            continue
         width = len(cur[0].tokens) if cur else len(u.tokens)
-        if cur and (len(cur) >= batch_size or (len(cur) + 1) * width > max_batch_tokens):
+        n = len(seen) if dedupe else len(cur)
+        if cur and (n >= batch_size or (n + 1) * width > max_batch_tokens):
             batches.append(cur)
             cur = []
+            seen = set()
         cur.append(u)
+        if key is not None:
+            seen.add(key)
     if cur:
         batches.append(cur)
     return batches
 
 
 __all__ = ["ChoiceTokens", "RequestRules", "Span", "SpanResult", "Unit", "eos_ids", "plan_batches", "render_prompt",
-           "rolling_windows", "shared_unit"]
+           "rolling_windows", "sequence_key", "shared_unit"]
