@@ -156,3 +156,20 @@ def test_gen_prints_its_own_progress_and_no_library_progress_bars(tmp_path: Path
     assert "arc_easy · seed 0: 8 rows" in r.stderr
     for bar in ("Loading weights", "Writing model shards", "it/s]", "%|"):
         assert bar not in r.stderr and bar not in r.stdout, bar
+
+
+def test_an_ece_interval_stays_within_0_and_1_and_counts_print_as_integers() -> None:
+    import numpy as np
+
+    import rescore.score.aggregate  # noqa: F401  (registers the built-in aggregators)
+    from rescore.report.results import fmt_value
+    from rescore.score.spec import aggregators
+
+    ece = aggregators.get("ece")
+    conf = np.array([0.99, 0.99, 0.99, 0.99, 0.15])  # confident and wrong: ECE 0.82, a wide interval
+    agg = ece.finish(ece.stats({"conf": conf, "correct": np.zeros(5)}, {}), {})
+    assert agg.value is not None and agg.ci_high is not None and agg.ci_low is not None
+    assert 0.0 <= agg.ci_low <= agg.value <= agg.ci_high <= 1.0
+    assert agg.value + 1.96 * (agg.stderr or 0) > 1.0  # the clip is what keeps it there
+    assert fmt_value({"value": 15457.0, "aggregator": "sum"}) == "15457"
+    assert fmt_value({"value": 0.5, "aggregator": "mean"}) == "0.5000"

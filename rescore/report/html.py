@@ -36,6 +36,7 @@ from rescore.report.compare import load_matrix_file
 from rescore.report.guard import guard_mixed
 from rescore.report.kl import section_kl
 from rescore.report.plots import Panel, Point, metric_figure
+from rescore.report.results import fmt, fmt_value
 
 BON = (("bon_first", "first"), ("bon_random", "random"), ("bon_oracle", "oracle"),
        ("bon_max_mean_logprob", "max-logprob (mean)"), ("bon_max_sum_logprob", "max-logprob (sum)"),
@@ -63,21 +64,11 @@ def esc(x: Any) -> str:
     return html.escape("" if x is None else str(x))
 
 
-def fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "—"
-    if isinstance(v, float):
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.2f}" if abs(v) >= 1000 else f"{v:.4f}"
-    return str(v)
-
-
 def pm(r: dict[str, Any] | None) -> str:
     if r is None:
         return "—"
     se = r.get("stderr")
-    return fmt(r.get("value")) + (f" ± {fmt(se)}" if se is not None else "")
+    return fmt_value(r) + (f" ± {fmt(se)}" if se is not None else "")
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -84,6 +84,14 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def fmt_value(r: dict[str, Any]) -> str:
+    """A result's value: a count (the ``sum`` aggregator, e.g. tokens) as an integer, else :func:`fmt`."""
+    v = r.get("value")
+    if r.get("aggregator") == "sum" and isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return fmt(v)
+
+
 def to_csv(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     cols = list(columns or (rows[0].keys() if rows else DISPLAY_COLUMNS))
     buf = io.StringIO()
@@ -123,7 +131,7 @@ def rich_table(rows: list[dict[str, Any]], title: str | None = None):  # type: i
     for c in columns:
         t.add_column(c, justify="right" if c in ("value", "stderr", "n", "n_seeds", "step") else "left")
     for r in rows:
-        t.add_row(*(fmt(r.get(c)) for c in columns))
+        t.add_row(*(fmt_value(r) if c == "value" else fmt(r.get(c)) for c in columns))
     return t
 
 
@@ -142,7 +150,7 @@ def _task_label(r: dict[str, Any], suite: bool = False) -> str:
 
 
 def _result(r: dict[str, Any]) -> str:
-    v = fmt(r.get("value"))
+    v = fmt_value(r)
     return f"{v} ± {fmt(r['stderr'])}" if r.get("stderr") is not None else v
 
 

@@ -186,7 +186,8 @@ def _ece_finish(s: Stats, p: Mapping[str, Any]) -> Agg:
         sw, sww = float(np.abs(d).sum()), float(np.asarray(s["dd"]).sum())
         se = math.sqrt(max(sww - sw * sw / n, 0.0) / (n - 1)) / math.sqrt(n)
     lo, hi = _ci(value, se)
-    lo = max(lo, 0.0) if lo is not None else None  # an ECE is never negative
+    lo = max(lo, 0.0) if lo is not None else None  # an ECE lies in [0, 1]: so does its interval
+    hi = min(hi, 1.0) if hi is not None else None
     return Agg(value, se, n, lo, hi)
 
 
