@@ -247,13 +247,42 @@ def test_plugin_metric_is_computed_alone_and_stays_in_results(store: Path, tmp_p
     gen_units = [u for u in Store(store).units() if u.request_type == "generate"]
     assert {c["metric"] for c in out["computed"]} == {"answer_chars"}
     assert len(out["computed"]) == len(gen_units)
-    # a later plain run (plugin not loaded) computes nothing and keeps the plugin's results
+    # a later plain run (it loads the plugin the store recorded) computes nothing new and keeps its results
     r = cli("score", "--store", str(store), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["computed"] == []
     t = read_results(Store(store))
     assert pc.sum(pc.equal(t["metric"], "answer_chars")).as_py() > 0
     r = cli("metrics", "--plugin", str(plugin), "--json")
     assert any(m["name"] == "answer_chars" and m["description"] == "Characters in candidate 0." for m in json.loads(r.stdout))
+
+
+def test_the_store_remembers_its_plugins_so_later_checkpoints_get_their_metrics(store: Path, tmp_path: Path,
+                                                                               base_store: Path) -> None:
+    plugin = tmp_path / "my_metrics.py"
+    plugin.write_text(PLUGIN)
+    assert cli("score", "--store", str(store), "--plugin", str(plugin)).returncode == 0
+    assert json.loads((store / "plugins.json").read_text()) == {"plugins": [str(plugin.resolve())]}
+    # a checkpoint generated later: a plain `rescore score` computes the plugin's metric for it too
+    data = base_store.parent
+    later = tmp_path / "models.yaml"
+    later.write_text("models:\n  - {name: ckpt-c, path: /ckpts/run1/step_300, backend: fake, step: 300}\n")
+    r = invoke("gen", str(data / "suite.yaml"), "--model", str(later), "--store", str(store), "--data-root", str(data),
+               "--direct", "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = cli("score", "--store", str(store), "--json")
+    assert r.returncode == 0, r.stderr
+    new = {c["run_id"] for c in json.loads(r.stdout)["computed"] if c["metric"] == "answer_chars"}
+    c_gen = {u.run_id for u in Store(store).units() if u.manifest["model"]["name"] == "ckpt-c" and u.request_type == "generate"}
+    assert new == c_gen and c_gen
+    # a recorded plugin that is gone: one line naming it and the file that records it, exit 2, nothing lost
+    plugin.unlink()
+    before = (store / "results.parquet").read_bytes()
+    r = cli("score", "--store", str(store))
+    assert r.returncode == 2 and "plugins.json" in r.stderr and str(plugin.resolve()) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and (store / "results.parquet").read_bytes() == before
+    (store / "plugins.json").write_text("{not json")
+    r = cli("score", "--store", str(store))
+    assert r.returncode != 0 and "corrupt file" in r.stderr and "plugins.json" in r.stderr
 
 
 def test_bad_plugin_is_a_config_error(tmp_path: Path, store: Path) -> None:

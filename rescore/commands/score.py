@@ -31,6 +31,59 @@ def _load_plugins(plugins: list[str] | None) -> list[Any]:
     return added
 
 
+PLUGINS_FILE = "plugins.json"  # STORE/plugins.json: the metric plugins a plain `rescore score` loads
+
+
+def plugin_ref(ref: str) -> str:
+    """A plugin as the store records it: a file by its absolute path, a module by its name."""
+    p = Path(ref)
+    return str(p.resolve()) if p.suffix == ".py" or p.exists() else ref
+
+
+def store_plugins(store: Path) -> list[str]:
+    """The plugins recorded in ``store`` (``rescore score --plugin`` records them); checked before use."""
+    from rescore.errors import StoreError
+
+    path = store / PLUGINS_FILE
+    if not path.is_file():
+        return []
+    try:
+        refs = json.loads(path.read_text(encoding="utf-8"))["plugins"]
+        if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
+            raise ValueError("'plugins' is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"corrupt file {path}: {e}",
+                         hint='it holds {"plugins": ["/path/to/metrics.py", "package.module", ...]}: fix it or remove '
+                              "it (then pass --plugin to `rescore score` again)") from None
+    return refs
+
+
+def load_store_plugins(store: Path, given: list[str]) -> list[Any]:
+    """Load the store's recorded plugins that ``given`` does not name; a missing one is a one-line error."""
+    from rescore.errors import ConfigError
+
+    added = []
+    for ref in store_plugins(store):
+        if ref in given:
+            continue
+        try:
+            added += _load_plugins([ref])
+        except ConfigError as e:
+            raise ConfigError(f"{e.message} (a plugin recorded in {store / PLUGINS_FILE}, which a plain `rescore score` "
+                              "loads)", hint=f"restore it, or remove it from {store / PLUGINS_FILE}") from None
+    return added
+
+
+def remember_plugins(store: Path, given: list[str]) -> None:
+    """Record ``given`` in the store, so later plain ``rescore score`` runs (new checkpoints) compute them too."""
+    from rescore.artifacts.io import atomic_write_json
+
+    known = store_plugins(store)
+    refs = known + [r for r in given if r not in known]
+    if refs != known:
+        atomic_write_json(store / PLUGINS_FILE, {"plugins": refs}, root=store)
+
+
 def reranker_coverage(st: Any, report: Any) -> tuple[int, int, int] | None:
     """(samples the reranker file left unscored, samples it could score, units) over the units where this
     run computed bon_reranker; None when it covered them all. A sample it could score is one that bon_first
@@ -68,14 +121,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compute the missing (metric, version) scores of every complete unit, then rebuild results.parquet.
 
-        With --plugin (and no --metric) only the plugin's metrics are computed across the store.
+        With --plugin (and no --metric) only the plugin's metrics are computed across the store. The store
+        records the plugins it was scored with (STORE/plugins.json): a plain `rescore score` loads them again, so
+        checkpoints added later get their metrics too.
         """
         from rescore.artifacts.store import Store
         from rescore.errors import StoreError
         from rescore.score.engine import score_store, select_metrics
         from rescore.score.spec import metrics as registry
 
-        added = _load_plugins(plugin)
+        given = [plugin_ref(p) for p in plugin or []]
+        load_store_plugins(store, given)  # plugins a plain `rescore score` keeps computing (new checkpoints too)
+        added = _load_plugins(given)
         params: dict[str, dict[str, Any]] = {}
         if reranker is not None:
             from rescore.score.rerank import check_file
@@ -115,6 +172,8 @@ def register(app: typer.Typer) -> None:
             discard_empty_plugin_scores(st, specs)
         except UserError as e:
             plugin_error = e
+        if given and plugin_error is None:
+            remember_plugins(store, given)
         if json_out:
             print(json.dumps({
                 "computed": [{"run_id": r, "metric": m, "version": v} for r, m, v in report.computed],
