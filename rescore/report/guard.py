@@ -1,5 +1,5 @@
 """The mixed-run guard: runs are put side by side only when they agree on precision, dtype, tokenizer hash
-and (for chat tasks) chat template hash; otherwise :class:`MixedRunsError` names the runs that differ
+and (for chat tasks) chat template hash, where both record it; otherwise :class:`MixedRunsError` names the runs that differ
 (``--allow-mixed`` turns the refusal into a warning)."""
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def guard_mixed(cat: Catalog, ckpts: Sequence[Checkpoint], *, allow_mixed: bool 
                 for u in cat.units.get(c, {}).get(task, {}).values():
                     if fld == "chat_template_hash" and not _uses_chat(u):
                         continue
-                    val = str((u.manifest.get("model") or {}).get(fld))
+                    val = (u.manifest.get("model") or {}).get(fld)
+                    if val is None:  # not recorded (an imported run has no tokenizer hash): nothing to compare
+                        continue
+                    val = str(val)
                     seen.setdefault(val, {}).setdefault(cat.labels[c], u.run_id[:12])
             if len(seen) > 1:
                 for val, who in seen.items():

@@ -49,7 +49,7 @@ def model_identity(res: dict[str, Any], opts: Options) -> dict[str, Any]:
         "name": name, "path": str(path) if path is not None else None, "backend": f"lm-eval:{cfg.get('model')}",
         "precision": precision, "step": opts.step, "stage": opts.stage,
         "args": {k: str(v) for k, v in sorted(args.items())},
-        "dtype": cfg.get("model_dtype"), "revision": cfg.get("model_revision"), "sha": cfg.get("model_sha"),
+        "dtype": _torch_dtype(cfg.get("model_dtype")), "revision": cfg.get("model_revision"), "sha": cfg.get("model_sha"),
         "chat_template_sha": res.get("chat_template_sha"),
     }
 

@@ -56,13 +56,31 @@ def rows_of(loaded: dict[str, Any], *, limit: int | None, chat: bool, fewshot_as
             doc = insts[0].doc
             target = t.doc_to_target(doc)
             gold = target if t.OUTPUT_TYPE == "multiple_choice" and isinstance(target, int) else None
+            counts = _rolling_counts(t, doc) if t.OUTPUT_TYPE == "loglikelihood_rolling" else {}
             rows.append({
-                "lm_task": name, "doc_id": int(doc_id), "group": group, "output_type": t.OUTPUT_TYPE,
+                **counts, "lm_task": name, "doc_id": int(doc_id), "group": group, "output_type": t.OUTPUT_TYPE,
                 "type": insts[0].request_type, "repeats": int(insts[0].repeats or 1),
                 "args": [_plain(list(i.args)) for i in insts], "idx": [int(i.idx) for i in insts],
                 "doc": _plain(doc), "gold": gold, "target": None if isinstance(target, int | list) else str(target),
             })
     return rows
+
+
+def _rolling_counts(t: Any, doc: Any) -> dict[str, int]:
+    """The word and byte counts the task's own ``process_results`` divides a rolling document's loglikelihood
+    by (wikitext counts the raw page, not the detokenized text it scores), so that rescore's word and byte
+    perplexities of the row are lm-eval's, as those of an imported lm-eval run are. Empty when the task's
+    results carry no (loglikelihood, count) pairs: rescore counts the scored text then."""
+    try:
+        res = t.process_results(doc, [0.0])
+    except Exception:  # noqa: BLE001 - a task whose results need more than a loglikelihood
+        return {}
+    out = {}
+    for key, metric in (("n_words", "word_perplexity"), ("n_bytes", "byte_perplexity")):
+        v = res.get(metric) if isinstance(res, dict) else None
+        if isinstance(v, tuple | list) and len(v) == 2 and isinstance(v[1], int) and not isinstance(v[1], bool):
+            out[key] = v[1]
+    return out
 
 
 def request_type_of(rows: Sequence[dict[str, Any]]) -> RequestType:
@@ -112,7 +130,7 @@ def build(task_name: str, rows: Sequence[dict[str, Any]], tokenizer: Any) -> lis
         if rt == "loglikelihood":
             out.append(Request(**common, contexts=tuple(a[0] for a in args), continuations=tuple(a[1] for a in args)))
         elif rt == "rolling":
-            out.append(Request(**common, text=r["args"][0][0]))
+            out.append(Request(**common, text=r["args"][0][0], n_words=r.get("n_words"), n_bytes=r.get("n_bytes")))
         else:
             out.append(Request(**common, prompt=args[0][0]))
     return out
