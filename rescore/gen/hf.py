@@ -10,6 +10,11 @@ own segment. A 4D attention mask lets a segment see the shared prefix and itself
 restart after the prefix, so each token gets exactly the attention it would get in a per-choice forward.
 Only the hidden states at scored positions go through the LM head and log-softmax.
 
+Identical sequences of a batch run once: when left-truncation to max_length leaves several choices of a
+request with the same input (one-token continuations after a long few-shot prompt, MMLU 5-shot at 256), the
+batch plan counts them as one sequence and the forward pass feeds it once (``score_batch``). A batch without
+such twins, and a unit that stores distributions, runs exactly as every unit on its own.
+
 Generation is the seeded decode loop of :mod:`rescore.gen.sampling`, with this backend as its :class:`Decoder`.
 
 Stored per token: the target's logprob (float32, from the float32 log-softmax of the model's logits),
