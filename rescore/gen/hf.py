@@ -13,7 +13,7 @@ Only the hidden states at scored positions go through the LM head and log-softma
 Identical sequences of a batch run once: when left-truncation to max_length leaves several choices of a
 request with the same input (one-token continuations after a long few-shot prompt, MMLU 5-shot at 256), the
 batch plan counts them as one sequence and the forward pass feeds it once (``score_batch``). A batch without
-such twins, and a unit that stores distributions, runs exactly as every unit on its own.
+such twins, and every batch of a unit that stores distributions, runs as it would without this.
 
 Generation is the seeded decode loop of :mod:`rescore.gen.sampling`, with this backend as its :class:`Decoder`.
 
