@@ -83,6 +83,7 @@ def _loader(obj: object) -> Loader:
 
 loaders: Registry[Loader] = Registry("checkpoint loader", group="rescore.loaders", coerce=_loader)
 loaders.register_lazy("hf", "rescore.gen.loading:load_hf")
+loaders.register_lazy("nanotron", "rescore.gen.loader_nanotron:load_nanotron")
 
 
 def loader(name: str, *, options: type[Params] = NoParams,
