@@ -213,3 +213,49 @@ def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path: Path) -> 
     assert "fp32, bf16 or fp16" in _fails(tmp_path, good, precision="int8")
     r = invoke("gen", "demo", "--model", str(good), "--loader", "nanotrn", "--store", str(tmp_path / "s2"), "--no-progress")
     assert r.exit_code == 2 and "did you mean 'nanotron'" in r.output
+
+
+def test_plan_and_backfill_find_nanotron_checkpoint_directories(tmp_path: Path) -> None:
+    """A matrix over Nanotron's <ckpts>/<stage>/<STEP>/ directories with model: {loader: nanotron}: plan checks for
+    model_config.json (not config.json), names a step that is not there, and backfill generates through the loader."""
+    import textwrap
+
+    from support import cli
+
+    hf = tiny(tmp_path)
+    ckpts = tmp_path / "ckpts"
+    write_nanotron(hf, ckpts / "stage1" / "100", interleaved=True)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent(f"""
+        name: one
+        data_root: {Path(__file__).resolve().parents[1] / "rescore" / "data"}
+        tasks:
+          - {{name: arc_easy, family: multiple_choice, source: {{path: arc_easy/arc_easy.jsonl, split: test}},
+             subset_size: 4, params: {{prompt: arc, schema: llm_foundry}}}}
+    """))
+    matrix = tmp_path / "matrix.yaml"
+
+    def write(steps: str) -> None:
+        matrix.write_text(textwrap.dedent(f"""
+            name: nt
+            precision: fp32
+            suites: [{suite}]
+            model: {{loader: nanotron, device: cpu}}
+            stages:
+              - {{name: stage1, path: "{ckpts}/stage1/{{step}}", steps: {steps}}}
+        """))
+
+    write("[100, 200]")
+    r = cli("plan", str(matrix), "--store", str(tmp_path / "store"))
+    assert r.returncode == 2 and "stage1 step 200" in r.stderr and "does not exist" in r.stderr, r.stderr
+    (ckpts / "stage1" / "200").mkdir(parents=True)
+    shutil.copy(hf / "config.json", ckpts / "stage1" / "200" / "config.json")  # an hf directory, not nanotron
+    r = cli("plan", str(matrix), "--store", str(tmp_path / "store"))
+    assert r.returncode == 2 and "has no model_config.json" in r.stderr, r.stderr
+    write("[100]")
+    r = cli("backfill", str(matrix), "--store", str(tmp_path / "store"))
+    assert r.returncode == 0, r.stderr
+    from rescore.artifacts.store import Store
+
+    (u,) = Store(tmp_path / "store").units()
+    assert u.complete and u.manifest["model"]["loader"] == "nanotron" and u.manifest["model"]["step"] == 100

@@ -207,15 +207,19 @@ def missing_checkpoints(m: MatrixConfig, checkpoints: list[Checkpoint]) -> list[
     out = []
     seen = set()
     for c in checkpoints:
+        marker = CHECKPOINT_MARKERS.get(c.model.loader)  # another loader's own check runs when it loads
         p = Path(c.model.path)
         if p in seen:
             continue
         seen.add(p)
         if not p.is_dir():
             out.append(f"{c.stage} step {c.step}: {p} does not exist")
-        elif not (p / "config.json").is_file():
-            out.append(f"{c.stage} step {c.step}: {p} has no config.json")
+        elif marker is not None and not (p / marker).is_file():
+            out.append(f"{c.stage} step {c.step}: {p} has no {marker}")
     return out
+
+
+CHECKPOINT_MARKERS = {"hf": "config.json", "nanotron": "model_config.json"}  # the file a checkpoint dir holds
 
 
 def check_checkpoints(m: MatrixConfig, checkpoints: list[Checkpoint], source: str) -> None:
