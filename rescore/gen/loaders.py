@@ -84,6 +84,7 @@ def _loader(obj: object) -> Loader:
 loaders: Registry[Loader] = Registry("checkpoint loader", group="rescore.loaders", coerce=_loader)
 loaders.register_lazy("hf", "rescore.gen.loading:load_hf")
 loaders.register_lazy("nanotron", "rescore.gen.loader_nanotron:load_nanotron")
+loaders.register_lazy("torch_state_dict", "rescore.gen.loader_state_dict:load_state_dict")
 
 
 def loader(name: str, *, options: type[Params] = NoParams,
