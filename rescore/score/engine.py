@@ -173,6 +173,7 @@ def check_params(spec: Metric, kw: dict[str, Any]) -> None:
         if not ok:
             raise ConfigError(f"metric {spec.name!r}: parameter {k}={v!r} should be {type(ref).__name__} like its "
                               f"default {ref!r}", hint=f"e.g. --metric {spec.name}:{k}={ref!r}")
+    spec.check_param_types(kw)  # against the function's annotations too (k: int | None takes no list)
 
 
 def _keeps_name(spec: Metric, kw: dict[str, Any]) -> bool:
