@@ -523,16 +523,16 @@ def test_parallel_jobs_give_the_same_results(store: Path, tmp_path: Path) -> Non
 
 def test_default_jobs_use_processes_only_for_large_stores(store: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from rescore.score import engine
+    from rescore.score import parallel
 
-    monkeypatch.setattr(engine, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
     small = score_store(Store(store))  # a few hundred rows: one process
     assert small.jobs == 1
     other = tmp_path / "other"
     shutil.copytree(store, other)
     for p in (other / "scores").iterdir():
         shutil.rmtree(p)
-    monkeypatch.setattr(engine, "AUTO_JOBS_MIN_ROWS", 10)  # as if the store were large
+    monkeypatch.setattr(parallel, "AUTO_JOBS_MIN_ROWS", 10)  # as if the store were large
     r = cli("score", "--store", str(other), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["jobs"] == 1  # the CLI runs in its own process: real CPUs, real threshold
@@ -540,9 +540,9 @@ def test_default_jobs_use_processes_only_for_large_stores(store: Path, tmp_path:
     assert big.jobs == 2 and big.computed
     assert read_results(Store(store)).equals(read_results(Store(other)))
     specs = select_metrics()
-    unit_bytes = max(engine._unit_memory(u, [s for s in specs if s.request_type == u.request_type])
+    unit_bytes = max(parallel._unit_memory(u, [s for s in specs if s.request_type == u.request_type])
                      for u in Store(other).units())
-    monkeypatch.setattr(engine, "available_memory", lambda: 3 * unit_bytes)  # room for one worker, not two
+    monkeypatch.setattr(parallel, "available_memory", lambda: 3 * unit_bytes)  # room for one worker, not two
     assert score_store(Store(other), force=True).jobs == 1
 
 
