@@ -48,7 +48,7 @@ class Registry(Generic[T]):
         """``reg.register("x", obj)`` or ``@reg.register("x")`` / ``@reg.register()`` (uses ``__name__``)."""
 
         def add(o: T) -> T:
-            key = name if name is not None else getattr(o, "name", None) or o.__name__
+            key = name if name is not None else getattr(o, "name", None) or getattr(o, "__name__")  # noqa: B009
             check_name(key, self.kind)
             self._entries[key] = o
             return o

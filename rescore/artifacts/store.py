@@ -101,7 +101,7 @@ class Store:
     def units(self) -> list[Unit]:
         """Every unit with a readable manifest. Units whose manifest cannot be read are left out and listed
         in :attr:`corrupt` (path, message), so one damaged unit never blocks the rest of the store."""
-        self.corrupt: list[tuple[Path, str]] = []
+        self.corrupt = []
         if not self.gen_dir.is_dir():
             return []
         out = []

@@ -40,6 +40,7 @@ def tokenizer_text(suite: SuiteConfig) -> Path:
     from rescore.tasks.suites import suite_data_root
 
     source = suite.task("wikitext2_packed").source
+    assert source is not None and source.path is not None  # the shipped demo suite reads a local file
     return resolve_path(source.path, suite_data_root(suite))
 
 

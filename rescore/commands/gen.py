@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
         else:
             from rescore.tasks.lm_eval.cli import with_lm_eval_options
 
+            assert suite is not None  # one of SUITE and --tasks, checked above
             suite_cfg = with_lm_eval_options(load_suite(suite, overrides=override), limit=limit, num_fewshot=num_fewshot)
         options = {}
         if rows_per_s is not None:

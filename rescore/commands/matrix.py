@@ -129,7 +129,7 @@ def register(app: typer.Typer) -> None:
         Store(store).check_writable()
         units, m = _units(store, matrix, from_results, mapping, data_root, direct)
         cfg = m.slurm if m is not None else SlurmConfig()
-        upd = {k: v for k, v in {"partition": partition, "gres": gres, "cpus_per_task": cpus, "time": time,
+        upd: dict[str, Any] = {k: v for k, v in {"partition": partition, "gres": gres, "cpus_per_task": cpus, "time": time,
                                   "account": account, "max_parallel": max_parallel,
                                   "units_per_job": units_per_job}.items() if v is not None}
         if sbatch_opt:

@@ -18,9 +18,10 @@ from rich.progress import (
 )
 
 from rescore.commands.common import out_console
+from rescore.gen.runner import Progress as UnitProgress
 
 
-class RichProgress:
+class RichProgress(UnitProgress):
     def __init__(self, console: Console | None = None, *, enabled: bool | None = None) -> None:
         self.console = console or out_console(stderr=True, soft_wrap=True)
         self.enabled = sys.stderr.isatty() if enabled is None else enabled

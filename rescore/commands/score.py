@@ -239,7 +239,7 @@ def register(app: typer.Typer) -> None:
         from rescore.score.spec import metrics as registry
 
         _load_plugins(plugin)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name in registry.names():
             m = registry.get(name)
             rows.append({"name": name, "version": m.version, "request_type": m.request_type,

@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         if lm_tasks is not None:
             cfg = suite_from_tasks(lm_tasks, limit=limit, num_fewshot=num_fewshot)
         else:
+            assert suite is not None  # one of SUITE and --tasks, checked above
             cfg = with_lm_eval_options(load_suite(suite, overrides=override), limit=limit, num_fewshot=num_fewshot)
         chosen = list(cfg.tasks)
         if task:

@@ -128,6 +128,7 @@ def determinism(
         if not all(r.ok for r in reports):
             raise typer.Exit(1)
         return
+    assert run_id is not None  # checked above: a RUN_ID or --matrix
     rep = verify_determinism(store, run_id, rows=rows, atol=atol, data_root=data_root, allow_direct=direct,
                              model_path=model_path, device=device, batch_size=batch_size)
     if json_out:

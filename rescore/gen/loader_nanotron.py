@@ -82,6 +82,7 @@ def _model_config(root: Path) -> dict[str, Any]:
 
 
 def _tokenizer_dir(root: Path, options: NanotronOptions) -> Path:
+    name: Any
     if options.tokenizer:
         name = options.tokenizer
         where = "options.tokenizer"
@@ -208,7 +209,7 @@ def hf_state_dict(weights: Path, conf: dict[str, Any]) -> dict[str, Any]:
 def llama_config(conf: dict[str, Any], attn: str) -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    return LlamaConfig(  # type: ignore[call-arg]
         vocab_size=conf["vocab_size"], hidden_size=conf["hidden_size"], intermediate_size=conf["intermediate_size"],
         num_hidden_layers=conf["num_hidden_layers"], num_attention_heads=conf["num_attention_heads"],
         num_key_value_heads=conf.get("num_key_value_heads") or conf["num_attention_heads"],
@@ -276,7 +277,7 @@ def load_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Loaded:
         model.tie_weights()
     # buffers that are not weights (the rotary frequencies) are computed here, as transformers computes them
     model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_conf)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise BackendError(f"nanotron checkpoint {root}: no weights for {', '.join(leftover[:3])}",

@@ -126,7 +126,8 @@ class PlainLM:
         from transformers import PretrainedConfig
 
         self.module = module
-        self.config = PretrainedConfig(num_hidden_layers=1, vocab_size=vocab, max_position_embeddings=max_length)
+        self.config = PretrainedConfig(num_hidden_layers=1, vocab_size=vocab,  # type: ignore[call-arg]
+                                       max_position_embeddings=max_length)
         self.base_model = self
 
     def eval(self) -> PlainLM:

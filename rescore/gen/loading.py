@@ -171,7 +171,7 @@ def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
             "and trust_remote_code",
         ) from None
     if quant is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
 
     if local is None:  # downloaded: fingerprint the files in the local cache

@@ -296,7 +296,7 @@ def run_units(
     results.sort(key=lambda r: order[r.plan.run_id])
     if damaged:
         also = f"; {len(locked)} more are being written by other processes" if locked else ""
-        err = CorruptArtifactError(f"{len(damaged)} damaged unit(s) were left as they are: " + "; ".join(damaged[:3])
+        err: Exception = CorruptArtifactError(f"{len(damaged)} damaged unit(s) were left as they are: " + "; ".join(damaged[:3])
                                    + (f"; and {len(damaged) - 3} more" if len(damaged) > 3 else "") + also,
                                    hint="the other units are done; delete a damaged unit's directory and run the same "
                                         "command to regenerate it (`rescore verify` lists every damaged file)")

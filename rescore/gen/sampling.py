@@ -152,8 +152,8 @@ def decode_batch(decoder: Decoder, batch: list[Candidate], p: GenParams, ctx: Ru
             chosen = lp.gather(1, nxt[:, None])[:, 0].cpu().tolist()
             nxt_l = nxt.cpu().tolist()
             if k:
-                tv, ti = lp.topk(k, dim=-1)
-                tv, ti = tv.cpu().tolist(), ti.cpu().tolist()
+                tv_t, ti_t = lp.topk(k, dim=-1)
+                tv, ti = tv_t.cpu().tolist(), ti_t.cpu().tolist()
             for b, c in enumerate(batch):
                 if not active[b]:
                     continue

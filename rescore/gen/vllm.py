@@ -298,7 +298,7 @@ class VLLMBackend(VLLMEngine):
             if owner in warm:
                 params = self._sampling_params(max_tokens=1, temperature=0.0, detokenize=False)
                 self.stats["warmups"] += 1
-                queue.append(_Job(warm[owner], params, lambda out, g=group: warm_done(g)))
+                queue.append(_Job(warm[owner], params, lambda out, g=group: warm_done(g)))  # type: ignore[misc]
             else:
                 for s in group:
                     submit(s, read_cache=True)
@@ -355,7 +355,8 @@ class VLLMBackend(VLLMEngine):
                     detokenize=bool(p.stop),  # vLLM needs text only to find stop strings
                     skip_special_tokens=True,
                 )
-                queue.append(_Job(prompt_ids[i], params, lambda out, i=i, c=c, seed=seed: finished(i, c, seed, out)))
+                queue.append(_Job(prompt_ids[i], params,
+                                  lambda out, i=i, c=c, seed=seed: finished(i, c, seed, out)))  # type: ignore[misc]
 
         def take() -> list[dict[str, Any]]:
             rows = ready[:]

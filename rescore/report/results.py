@@ -123,7 +123,7 @@ def suites_differ(rows: list[dict[str, Any]]) -> bool:
 def rich_table(rows: list[dict[str, Any]], title: str | None = None):  # type: ignore[no-untyped-def]
     from rich.table import Table
 
-    columns = DISPLAY_COLUMNS
+    columns: tuple[str, ...] = DISPLAY_COLUMNS
     if suites_differ(rows):
         i = columns.index("task")
         columns = (*columns[:i], "suite", *columns[i:])
@@ -249,11 +249,11 @@ def comparison_markdown(rows: list[dict[str, Any]], models: dict[tuple[Any, ...]
         best = _best(row)
         vals = []
         for k in keys:
-            r = row.get(k)
-            if r is None:
+            cell = row.get(k)
+            if cell is None:
                 vals.append("—")
                 continue
-            s = _result(r)
+            s = _result(cell)
             vals.append(f"**{s}**" if k in best else s)
         any_r = next(iter(row.values()))
         out.append(f"| {rk[0]} | {_metric_label({**any_r, 'n_seeds': None})} | " + " | ".join(vals) + " |")

@@ -70,7 +70,7 @@ def _tok_text(tok: Any, ids: Sequence[int] | None) -> list[str] | None:
 def _topk(tok: Any, ids: Any, lps: Any) -> list[list[list[Any]]] | None:
     if ids is None or lps is None:
         return None
-    out = []
+    out: list[list[list[Any]]] = []
     for pos_ids, pos_lps in zip(ids, lps, strict=False):
         if pos_ids is None:
             out.append([])
@@ -86,7 +86,7 @@ def _detail(rt: str, r: dict[str, Any], tok: Any) -> dict[str, Any]:
                 "nc": list(r.get("choice_n_chars") or []), "gr": list(r.get("choice_is_greedy") or [])}
     if rt == "rolling":
         ids, lps = r.get("token_ids") or [], r.get("logprobs") or []
-        order = np.argsort(np.asarray(lps, dtype=np.float64))[:WORST] if lps else []
+        order: Any = np.argsort(np.asarray(lps, dtype=np.float64))[:WORST] if lps else []
         texts = _tok_text(tok, [ids[i] for i in order]) or []
         return {"sum": _f(r.get("sum_logprob")), "n": r.get("n_tokens"),
                 "worst": [[int(i), t, _f(lps[i], 3)] for i, t in zip(order, texts, strict=False)]}

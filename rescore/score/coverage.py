@@ -82,7 +82,7 @@ def discard_empty_plugin_scores(store: Store, specs: Sequence[Metric]) -> None:
             meta = scan_scores(store, u.run_id).get(s.file_name)
             if is_current(meta, s, u.manifest.get("rows_parquet_sha256")):
                 current.append((u, meta))
-        if not current or any(m.get("applies") for _, m in current):
+        if not current or any(m is not None and m.get("applies") for _, m in current):
             continue
         for u, _ in current:
             (scores_dir(store, u.run_id) / s.file_name).unlink(missing_ok=True)

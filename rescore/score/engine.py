@@ -157,8 +157,9 @@ def aggregate_rows(spec: Metric, cols: dict[str, Any], subsets: dict[str, np.nda
         grouped_applies = applies[order]
     out: dict[str, dict[str, Any]] = {}
     for name, mask in subsets.items():
-        if order is not None and name in subsets.bounds:  # the same rows in the same order, from a slice
-            a, b = subsets.bounds[name]
+        bounds = subsets.bounds if isinstance(subsets, Subsets) else {}
+        if order is not None and name in bounds:  # the same rows in the same order, from a slice
+            a, b = bounds[name]
             sel = grouped_applies[a:b]
             if not sel.any():
                 continue

@@ -150,7 +150,7 @@ def check_score_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         table = _load_score_file(path)
         raw = (table.schema.metadata or {}).get(META_KEY)
-        meta = orjson.loads(raw) if raw else None
+        meta: Any = orjson.loads(raw) if raw else None
     except CorruptArtifactError as e:
         return None, getattr(e, "why", e.message)
     except orjson.JSONDecodeError as e:
@@ -318,7 +318,7 @@ def choose_files(have: dict[str, dict[str, Any]], source_sha: str | None,
         m = _FILE_RE.match(fname)
         if not m or meta.get("source_sha256") != source_sha:
             continue
-        by_name.setdefault(meta.get("metric", m.group("name")), []).append(meta)
+        by_name.setdefault(str(meta.get("metric", m.group("name"))), []).append(meta)
     out = {}
     for name, metas_ in by_name.items():
         spec = specs_by_name.get(name)

@@ -78,9 +78,9 @@ def select_metrics(names: Sequence[str] | None = None, *, params: dict[str, dict
     else:
         base = list(only) if only is not None else [metrics.get(n) for n in metrics.names()]
         for spec in base:
-            kw = params.get(spec.name)
-            if kw:
-                spec = spec.with_params(name=spec.name if _keeps_name(spec, kw) else None, **kw)
+            given = params.get(spec.name)
+            if given:
+                spec = spec.with_params(name=spec.name if _keeps_name(spec, given) else None, **given)
             if not spec.missing_params():
                 chosen.append(spec)
     seen: dict[str, Metric] = {}

@@ -359,7 +359,7 @@ def metric(
             higher_is_better=higher_is_better, aggregator=aggregator, version=version, description=desc,
             params=freeze_params(params), agg_params=freeze_params(agg_params), required_params=tuple(required_params),
             needs_unit=needs_unit, lm_eval_key=lm_eval_key,
-            **({"available": available} if available is not None else {}),
+            **({"available": available} if available is not None else {}),  # type: ignore[arg-type]
         )
         register_metric(spec)
         fn.metric_spec = spec  # type: ignore[attr-defined]

@@ -147,7 +147,7 @@ def get_task_data(store_root: Path, task: TaskConfig, *, data_root: Path | None 
     if is_local(task) or allow_direct:
         return load_direct(task, data_root, fp, content)
     raise MissingDataError(
-        f"task {task.name!r} has no prepared data in {d} (its source is the Hugging Face dataset {task.source.hf!r})",
+        f"task {task.name!r} has no prepared data in {d} (its source is the Hugging Face dataset {task.source.hf if task.source else None!r})",
         hint=f"run `{prepare_command(task, store_root, suite)}` where the network is reachable, or pass --direct",
     )
 
@@ -231,7 +231,8 @@ def read_prepared(d: Path) -> TaskData:
         t = pq.read_table(d / ROWS).to_pydict()
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         raise CorruptArtifactError(f"{d / ROWS} cannot be read ({e})", hint="delete it and run `rescore prepare` again") from None
-    rows, fewshot = [], []
+    rows: list[dict[str, Any]] = []
+    fewshot: list[dict[str, Any]] = []
     for part, idx, row in zip(t["part"], t["idx"], t["row"], strict=True):
         r = {**json.loads(row), IDX: idx}
         (rows if part == "eval" else fewshot).append(r)

@@ -129,7 +129,8 @@ def undouble_crlf(text: str) -> str:
 
 
 def wikitext_pages(text: str) -> list[str]:
-    pages, cur = [], []
+    pages: list[str] = []
+    cur: list[str] = []
     for line in text.split("\n"):
         rline = line.replace("= = =", "===").replace("= =", "==").strip()
         if rline.startswith("= ") and rline.strip().endswith(" ="):
@@ -254,7 +255,8 @@ def pack_windows(docs: Sequence[str], tokenizer: Tokenizer, *, target_tokens: in
 
 def _scored_text_stats(tokenizer: Tokenizer, ids: Sequence[int]) -> tuple[int, int]:
     eos = tokenizer.eos_token_id
-    pieces, cur = [], []
+    pieces: list[list[int]] = []
+    cur: list[int] = []
     for t in ids:
         if t == eos:
             pieces.append(cur)
