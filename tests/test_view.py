@@ -166,3 +166,12 @@ def test_in_a_browser_the_table_a_sample_a_filter_and_the_flips(page: Path, tmp_
     worse, better = flips(d, "hellaswag")
     fl = open_page(page, "task=hellaswag&view=flips", tmp_path / "d")
     assert fl.view == "flips" and set(fl.worse) == worse and set(fl.better) == better and worse
+
+
+def test_the_page_is_written_readable_like_the_report(page: Path) -> None:
+    """Written atomically through a private temporary file, the page ends with the usual mode of a shared file."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert page.stat().st_mode & 0o777 == 0o666 & ~umask

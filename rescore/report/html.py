@@ -25,7 +25,7 @@ from __future__ import annotations
 import html
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -435,14 +435,19 @@ def build_report(store: Store, *, models: Sequence[str] | None = None, suites: S
 
 
 def write_report(store: Store, out: Path, **kw: Any) -> Path:
+    return write_page(out, lambda: build_report(store, **kw), example="report.html")
+
+
+def write_page(out: Path, build: Callable[[], str], *, example: str) -> Path:
+    """Write the page ``build()`` returns to ``out`` atomically, readable like any file one shares."""
     from rescore.artifacts.io import atomic_write_text
 
     out = Path(out)
     if out.is_dir():
         from rescore.errors import UserError
 
-        raise UserError(f"{out} is a directory", hint="give the HTML file to write, e.g. report.html")
-    page = build_report(store, **kw)
+        raise UserError(f"{out} is a directory", hint=f"give the HTML file to write, e.g. {example}")
+    page = build()
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)
@@ -452,4 +457,4 @@ def write_report(store: Store, out: Path, **kw: Any) -> Path:
     return out
 
 
-__all__ = ["build_report", "write_report", "ReportData"]
+__all__ = ["build_report", "write_page", "write_report", "ReportData"]

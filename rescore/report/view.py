@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import html
 import json
 import math
 from collections.abc import Sequence
@@ -207,25 +208,14 @@ def render(data: dict[str, Any]) -> str:
     packed = base64.b64encode(gzip.compress(raw, mtime=0)).decode("ascii")
     title = f"rescore view: {data['store']}"
     page = Path(__file__).with_name("view.html").read_text(encoding="utf-8")
-    return (page.replace("__TITLE__", _esc(title)).replace("__DATA__", packed)
+    return (page.replace("__TITLE__", html.escape(title)).replace("__DATA__", packed)
             )
 
 
-def _esc(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-
 def write_view(store: Store, out: Path, **kw: Any) -> Path:
-    from rescore.artifacts.io import atomic_write_text
+    from rescore.report.html import write_page
 
-    out = Path(out)
-    if out.is_dir():
-        raise UserError(f"{out} is a directory", hint="give the HTML file to write, e.g. view.html")
-    page = build_view(store, **kw)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, page)
-    return out
+    return write_page(out, lambda: build_view(store, **kw), example="view.html")
 
 
 __all__ = ["build_view", "render", "view_data", "write_view"]
