@@ -91,3 +91,19 @@ def test_a_unit_resumes_only_with_the_weights_it_started_with() -> None:
     changed = Manifest.build({"request_type": "generate", "model": {"fingerprint": "b" * 64, "path": "/m"}})
     with pytest.raises(StoreError, match="fingerprint was aaaaaaaaaaaaaaaa, now it is bbbbbbbbbbbbbbbb"):
         check_same_model(started, changed, plan)
+
+
+def test_the_writer_refuses_to_write_a_malformed_manifest(tmp_path) -> None:
+    """UnitWriter checks every manifest it writes against the typed model: a producer out of step with it stops
+    with the field named, and nothing of the unit is written."""
+    import pytest
+
+    from rescore.artifacts.store import Store, UnitWriter
+    from rescore.errors import StoreError
+
+    st = Store(tmp_path / "store")
+    bad = {"run_id": "abcdef0123456789abcd", "request_type": "loglikelihood", "status": "running", "seed": "zero"}
+    with pytest.raises(StoreError, match="seed"):
+        with UnitWriter(st, "abcdef0123456789abcd", bad):
+            pass
+    assert not (st.gen_dir / "abcdef0123456789abcd" / "manifest.json").exists()

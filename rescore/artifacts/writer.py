@@ -41,6 +41,7 @@ from rescore.artifacts.io import (
     safe_join,
 )
 from rescore.artifacts.lock import UnitLock
+from rescore.artifacts.manifest import checked_manifest
 from rescore.artifacts.schema import SCHEMA_VERSION, schema_for, stores_dist
 from rescore.artifacts.store import _NOFOLLOW, LOCK, MANIFEST, ROWS_JSONL, ROWS_PARQUET, Store, TornLineWarning, now_iso
 from rescore.errors import CorruptArtifactError, StoreError
@@ -116,7 +117,7 @@ class UnitWriter:
         self.done_ids = scan_jsonl(jsonl, repair=True)
         self.manifest.update(status="running", schema_version=SCHEMA_VERSION, run_id=self.run_id,
                              host=socket.gethostname(), pid=os.getpid())
-        atomic_write_json(mpath, self.manifest)
+        atomic_write_json(mpath, checked_manifest(self.manifest))
         self._resume_bytes = jsonl.stat().st_size if jsonl.exists() else 0
         self._fh = os.fdopen(os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666), "ab")
 
@@ -159,7 +160,7 @@ class UnitWriter:
 
     def write_manifest(self) -> None:
         """Rewrite the (running) unit's manifest after a change to ``self.manifest``."""
-        atomic_write_json(self.dir / MANIFEST, self.manifest)
+        atomic_write_json(self.dir / MANIFEST, checked_manifest(self.manifest))
 
     def finish(self, expected_ids: Sequence[str], extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
         """Compact rows.jsonl to rows.parquet (atomic) and mark the unit complete."""
@@ -183,7 +184,7 @@ class UnitWriter:
             completed_at=now_iso(), **(extra_manifest or {}),
         )
         self.manifest.pop("pid", None)
-        atomic_write_json(self.dir / MANIFEST, self.manifest)
+        atomic_write_json(self.dir / MANIFEST, checked_manifest(self.manifest))
         try:
             jsonl.unlink()
         except FileNotFoundError:
@@ -192,7 +193,7 @@ class UnitWriter:
 
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(fields)
-        atomic_write_json(self.dir / MANIFEST, self.manifest)
+        atomic_write_json(self.dir / MANIFEST, checked_manifest(self.manifest))
 
 
 def write_rows_parquet(path: Path, table: pa.Table, run_id: str) -> dict[str, Any]:
