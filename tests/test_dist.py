@@ -228,6 +228,7 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
     assert 'data-task="arc_easy" data-metric="kl_reverse"' in page
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_model, shared_data):
     full = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 11}, format: full}")
     (tmp_path / "k").mkdir()
@@ -355,6 +356,7 @@ def test_a_backend_that_stores_no_distributions_is_refused_before_anything_is_wr
     assert out.returncode == 2 and "positions is 'answer', 'all' or {every: N}" in out.stderr
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_compare_with_a_glob_adds_no_distribution_rows_where_none_are_stored(tmp_path):
     store = str(tmp_path / "st")
     for m in ("step_1", "step_2"):

@@ -251,6 +251,7 @@ def test_every_response_identical(runs: dict[str, Any]) -> None:
 
 
 # -- fast: requests and bad input -----------------------------------------------------------------------------
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_requests_are_lm_evals_own(tmp_path: Path) -> None:
     """GSM8K 5-shot (lm-eval's default sampler, seed 1234) and ARC-Easy: rescore's requests carry exactly the
     contexts, continuations and generation kwargs that lm-eval builds."""
@@ -383,6 +384,7 @@ def test_prepared_rows_generate_and_score_without_the_data(tmp_path: Path, tiny_
     assert {"acc,none", "perplexity,none", "acc_stderr,none"} <= set(doc["results"]["lambada_openai"])
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_native_gsm8k_with_lm_evals_default_sampler_gives_lm_evals_prompts() -> None:
     """The native gsm8k family with ``fewshot_sampler: lm_eval_default`` builds exactly the prompts of
     lm-eval's built-in ``gsm8k`` 5-shot (its Random(1234) shared across the documents in order); the default

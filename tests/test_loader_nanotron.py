@@ -143,6 +143,7 @@ def test_same_logits_as_the_transformers_model(case: str, tmp_path: Path) -> Non
         assert (got16 - ref16).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_gen_with_the_nanotron_loader_gives_the_hf_rows_and_scores(tmp_path: Path) -> None:
     """Per-choice loglikelihoods, acc and greedy generations equal those of the same weights loaded by hf."""
     from rescore.artifacts.store import Store
@@ -215,6 +216,7 @@ def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path: Path) -> 
     assert r.exit_code == 2 and "did you mean 'nanotron'" in r.output
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_plan_and_backfill_find_nanotron_checkpoint_directories(tmp_path: Path) -> None:
     """A matrix over Nanotron's <ckpts>/<stage>/<STEP>/ directories with model: {loader: nanotron}: plan checks for
     model_config.json (not config.json), names a step that is not there, and backfill generates through the loader."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from support import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +148,7 @@ def test_show_rows_is_one_json_document_and_a_closed_pipe_is_not_an_error(tmp_pa
     assert cli("show", runs["hellaswag"], "--store", str(store)).returncode == 0
 
 
+@pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_gen_prints_its_own_progress_and_no_library_progress_bars(tmp_path: Path, tiny_model: Path) -> None:
     from support import cli
 
