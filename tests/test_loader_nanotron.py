@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ def _fails(tmp_path: Path, cfg_path: Path, **extra: Any) -> str:
     return lines[0]
 
 
-def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
+def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hf = tiny(tmp_path)
     good = write_nanotron(hf, tmp_path / "good", interleaved=True)
     no_conf = tmp_path / "no_conf"
@@ -211,7 +212,9 @@ def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path: Path) -> 
     f = next((truncated / "model").rglob("model_weight.safetensors"))
     f.write_bytes(f.read_bytes()[:40])
     assert str(f) in _fails(tmp_path, truncated)
-    assert "fp32, bf16 or fp16" in _fails(tmp_path, good, precision="int8")
+    with monkeypatch.context() as m:  # int8 without bitsandbytes importable: what to install
+        m.setitem(sys.modules, "bitsandbytes", None)
+        assert "precision int8 needs bitsandbytes" in _fails(tmp_path, good, precision="int8")
     r = invoke("gen", "demo", "--model", str(good), "--loader", "nanotrn", "--store", str(tmp_path / "s2"), "--no-progress")
     assert r.exit_code == 2 and "did you mean 'nanotron'" in r.output
 

@@ -25,7 +25,8 @@ How the parameters map onto ``LlamaForCausalLM``:
   ``unsharded_shape``); shards without them are refused.
 
 Options (under ``options:`` of the model): ``tokenizer`` (a local tokenizer directory, instead of the one
-config.yaml names) and ``attn_implementation`` (``sdpa``). Precision: fp32, bf16 or fp16.
+config.yaml names) and ``attn_implementation`` (``sdpa``). Precision: fp32, bf16, fp16, and int8/int4 through
+bitsandbytes exactly as the ``hf`` loader quantizes the same Llama (see :mod:`rescore.gen.quantize`).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from typing import Any
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
 from rescore.gen.loaders import Loaded, loader
+from rescore.gen.quantize import QUANTIZED, dtype_for, quantization_info, quantize_linears, require_bitsandbytes
 from rescore.params import Params
 
 SHARD_RE = re.compile(r"pp-rank-(\d+)-of-(\d+)_tp-rank-(\d+)-of-(\d+)")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class NanotronOptions(Params):
@@ -63,9 +64,6 @@ def check_nanotron(cfg: ModelConfig, options: NanotronOptions) -> None:
     if not (root / "model").is_dir():
         raise BackendError(f"nanotron checkpoint {root} has no model/ directory of weights",
                            hint="point path at a Nanotron checkpoint directory (<ckpts>/<stage>/<STEP>/)")
-    if cfg.precision not in PRECISIONS:
-        raise BackendError(f"the nanotron loader loads fp32, bf16 or fp16, not {cfg.precision}",
-                           hint="choose one of those precisions")
 
 
 def _model_config(root: Path) -> dict[str, Any]:
@@ -257,8 +255,10 @@ def load_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Loaded:
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise BackendError(f"cannot load the tokenizer in {tok_dir}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                            hint="set options.tokenizer to a directory saved with save_pretrained") from None
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     device = resolve_device(cfg.device)
+    dtype = dtype_for(cfg.precision, device)
+    if cfg.precision in QUANTIZED:
+        require_bitsandbytes(cfg.precision)  # before the weights are read
     hf_conf = llama_config(conf, options.attn_implementation)
     sd = hf_state_dict(root / "model", conf)
     with torch.device("meta"):
@@ -277,11 +277,14 @@ def load_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Loaded:
         model.tie_weights()
     # buffers that are not weights (the rotary frequencies) are computed here, as transformers computes them
     model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_conf)
-    model.to(device)  # type: ignore[arg-type]
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise BackendError(f"nanotron checkpoint {root}: no weights for {', '.join(leftover[:3])}",
                            hint="the checkpoint is not a Llama checkpoint of this transformers version's layout")
+    if cfg.precision in QUANTIZED:  # as the hf loader quantizes the same Llama: lm_head stays unquantized
+        quantize_linears(model, cfg.precision, device, skip=("lm_head",))
+    else:
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     info = {
         "precision": cfg.precision, "dtype": str(dtype).removeprefix("torch."), "device": device,
@@ -289,6 +292,7 @@ def load_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Loaded:
         "chat_template_hash": chat_template_hash(tokenizer), "max_length": max_length_of(model, tokenizer, cfg),
         "attn_implementation": options.attn_implementation, "loader": "nanotron",
         "rope_interleaved": bool(conf.get("rope_interleaved", True)), "versions": library_versions(),
+        "quantization": quantization_info(cfg.precision),
     }
     return Loaded(model=model, tokenizer=tokenizer, info=info)
 

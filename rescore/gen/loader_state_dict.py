@@ -16,7 +16,8 @@ unpickle is refused. The module's ``forward(input_ids)`` returns the logits of e
 tuple whose first item is, or an object with ``.logits``). Each sequence of a batch runs on its own without its
 padding, so a module needs no attention mask or position ids, and the values do not depend on how a batch was
 padded; generation recomputes the whole sequence at each step (no KV cache): this loader is for small models.
-Precision: fp32, bf16 or fp16.
+Precision: fp32, bf16, fp16, and int8/int4 through bitsandbytes: every layer of type ``torch.nn.Linear`` is
+quantized except the output layer (see :mod:`rescore.gen.quantize`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from pydantic import Field
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
 from rescore.gen.loaders import Loaded, loader
+from rescore.gen.quantize import QUANTIZED, dtype_for, quantization_info, quantize_linears
 from rescore.params import Params
 
 SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class StateDictOptions(Params):
@@ -54,9 +55,6 @@ def check_state_dict(cfg: ModelConfig, options: StateDictOptions) -> None:
     if path.suffix not in SUFFIXES:
         raise BackendError(f"state dict file {path} is not one of {', '.join(SUFFIXES)}",
                            hint="save the model's state_dict() with torch.save or safetensors")
-    if cfg.precision not in PRECISIONS:
-        raise BackendError(f"the torch_state_dict loader loads fp32, bf16 or fp16, not {cfg.precision}",
-                           hint="choose one of those precisions")
     if ":" not in options.factory:
         raise BackendError(f"options.factory {options.factory!r} is not 'package.module:callable'",
                            hint="name the function (or class) that builds the module")
@@ -219,18 +217,24 @@ def load_state_dict(cfg: ModelConfig, options: StateDictOptions) -> Loaded:
                 else f"has keys the module does not: {', '.join(result.unexpected_keys[:3])}")
         raise BackendError(f"the state dict {path} does not fit the module of {options.factory!r}: it {what}",
                            hint="check options.factory and options.factory_kwargs against the checkpoint")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
     device = resolve_device(cfg.device)
-    module.to(device=device, dtype=dtype)
+    dtype = dtype_for(cfg.precision, device)
     max_length = int(cfg.max_length or getattr(getattr(module, "config", None), "block_size", 0) or 2048)
+    module.to(dtype=dtype)
     model = PlainLM(module, 0, max_length).eval()
     with torch.inference_mode():  # the logits' width is the vocabulary the scorer sees (it may pad the tokenizer's)
-        model.config.vocab_size = int(model._logits(torch.zeros((1, 1), dtype=torch.long, device=device)).shape[-1])
+        model.config.vocab_size = int(model._logits(torch.zeros((1, 1), dtype=torch.long)).shape[-1])
+    if cfg.precision in QUANTIZED:  # the output layer (vocabulary-wide or tied) stays unquantized
+        quantize_linears(module, cfg.precision, device, skip=(), vocab=model.config.vocab_size)
+        module.eval()
+    else:
+        module.to(device=device)
     info = {
         "precision": cfg.precision, "dtype": str(dtype).removeprefix("torch."), "device": device,
         "fingerprint": _fingerprint(path, options), "tokenizer_hash": tokenizer_hash(tok_dir, tokenizer),
         "chat_template_hash": chat_template_hash(tokenizer), "max_length": max_length, "loader": "torch_state_dict",
         "factory": options.factory, "versions": library_versions(),
+        "quantization": quantization_info(cfg.precision),
     }
     return Loaded(model=model, tokenizer=tokenizer, info=info)
 

@@ -26,6 +26,7 @@ from pydantic import field_validator
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
 from rescore.gen.loaders import Loaded, loader, loader_options
+from rescore.gen.quantize import QUANTIZED, dtype_for, quantization_info, require_bitsandbytes
 from rescore.params import Params
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -79,30 +80,12 @@ def _resolve_path(cfg: ModelConfig, online: bool) -> tuple[str, Path | None]:
     )
 
 
-def _dtype_for(precision: str, device: str) -> Any:
-    import torch
-
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    # Quantized: the non-quantized parts and the compute dtype. CPU kernels run float32 fastest and exactly.
-    return torch.float32 if device == "cpu" else torch.bfloat16
-
-
 def _quantization_config(precision: str, dtype: Any) -> Any:
-    if precision not in ("int8", "int4"):
+    if precision not in QUANTIZED:
         return None
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except Exception as e:  # ImportError, or a broken native library
-        raise BackendError(
-            f"precision {precision} needs bitsandbytes, which cannot be imported here: {e}",
-            hint="pip install 'bitsandbytes==0.50.2' or use precision fp32/bf16/fp16",
-        ) from None
+    require_bitsandbytes(precision)
+    from transformers import BitsAndBytesConfig
+
     if precision == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
@@ -146,7 +129,7 @@ def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
     online = options.online
     source, local = _resolve_path(cfg, online)
     device = resolve_device(cfg.device)
-    dtype = _dtype_for(cfg.precision, device)
+    dtype = dtype_for(cfg.precision, device)
     quant = _quantization_config(cfg.precision, dtype)
     common: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "local_files_only": not online}
     if online and options.revision:
@@ -185,19 +168,11 @@ def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
         "chat_template_hash": chat_template_hash(tokenizer),
         "max_length": max_length_of(model, tokenizer, cfg),
         "attn_implementation": kwargs["attn_implementation"],
-        "quantization": _quantization_info(cfg.precision),
+        "quantization": quantization_info(cfg.precision),
         "trust_remote_code": cfg.trust_remote_code,
         "versions": library_versions(),
     }
     return Loaded(model=model, tokenizer=tokenizer, info=info)
-
-
-def _quantization_info(precision: str) -> dict[str, Any] | None:
-    if precision == "int8":
-        return {"method": "bitsandbytes", "bits": 8, "scheme": "llm.int8"}
-    if precision == "int4":
-        return {"method": "bitsandbytes", "bits": 4, "scheme": "nf4"}
-    return None
 
 
 def _cached_dir(model: Any) -> Path | None:
