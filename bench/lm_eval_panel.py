@@ -1,8 +1,8 @@
 """Wall time per task of the lm_eval family's panel: rescore (gen, then score) vs lm-eval's
 ``simple_evaluate`` (hf model), same tiny model, same batch size, same documents, in the same run.
 
-The panel is the parity test's (tests/test_lm_eval_family.py: 15 lm-eval task configs over local copies of
-the data in ../shared/data). Prints, per task, lm-eval's seconds, rescore's gen and score seconds and the
+The panel is the parity test's (tests/test_lm_eval_family.py: 16 lm-eval task configs, IFEval when
+lm-eval's ifeval extra is installed, over local copies of the data in ../shared/data). Prints, per task, lm-eval's seconds, rescore's gen and score seconds and the
 ratio lm-eval / rescore (>= 1.0: rescore is at least as fast). Target: >= 1.0x on every task.
 
 The last line, ``mmlu_two@256``, is the panel's two-subject MMLU group 5-shot with both sides' model at

@@ -3,7 +3,7 @@
 Default tier (fast): the requests rescore builds through lm-eval's task objects are lm-eval's own (prompts,
 few-shot examples, generation kwargs), and the bad inputs are one line, exit 2.
 
-Slow tier: a panel of 15 lm-eval task configs over all four output types (multiple_choice, loglikelihood,
+Slow tier: a panel of 16 lm-eval task configs over all four output types (multiple_choice, loglikelihood,
 loglikelihood_rolling, generate_until; an MMLU group of two subjects; GSM8K 5-shot with lm-eval's default
 sampler and with a chat template and ``fewshot_as_multiturn``; BBH with its few-shot prompts and regex
 filters) runs through ``lm_eval.simple_evaluate`` (hf model, ``log_samples``) and through ``rescore gen`` +
@@ -76,7 +76,38 @@ def panel(d: Path) -> dict[str, dict[str, Any]]:
         "bbh_cot_zeroshot_sports_understanding": {"dataset": {**_local(bbh("sports_understanding")), **short}},
         "bbh_zeroshot_web_of_lies": {"dataset": {**_local(bbh("web_of_lies")), **short}},
     }
+    if _ifeval_installed():  # IFEval (lm-eval's `ifeval` extra) on prompts none of whose checks need nltk's data
+        p["ifeval"] = {"dataset": {**_local(_jsonl(d / "rows" / "ifeval.jsonl", ifeval_rows(punkt=False)[:LIMIT])),
+                                   "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0,
+                                                         "max_gen_toks": 32}}}
     return p
+
+
+# IFEval checks that tokenize sentences or words with nltk's punkt_tab data (not shipped by any registry)
+PUNKT_CHECKS = ("length_constraints:number_sentences", "change_case:capital_word_frequency")
+
+
+def _ifeval_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("langdetect", "immutabledict"))
+
+
+def ifeval_rows(*, punkt: bool) -> list[dict[str, Any]]:
+    """IFEval prompts from the shared data whose checks need nltk's punkt_tab (punkt=True) or do not."""
+    rows = [json.loads(x) for x in (SHARED / "ifeval" / "input_data.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r for r in rows if any(i in PUNKT_CHECKS for i in r["instruction_id_list"]) == punkt]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_nltk_downloads():
+    """lm-eval's IFEval module downloads nltk's punkt_tab when it is imported and the data is missing: tests
+    never download."""
+    import nltk
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(nltk, "download", lambda *a, **k: False)
+        yield
 
 
 def _mmlu_group(d: Path) -> Path:
@@ -342,6 +373,47 @@ def test_lm_eval_not_installed(tmp_path: Path) -> None:
     err = _bad(tmp_path, {"name": "gsm8k", "family": "lm_eval"},
                env={"PYTHONPATH": f"{hide}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     assert "pip install" in err and "lm-eval" in err
+
+
+@pytest.mark.slow  # lm-eval indexes its task YAMLs in the subprocess
+def test_a_task_that_needs_a_missing_package_names_it(tmp_path: Path) -> None:
+    """A task whose code imports a package that is not installed (IFEval's langdetect, say): one line naming
+    the package and the lm-eval extra, exit 2."""
+    inc = tmp_path / "tasks"
+    inc.mkdir()
+    (inc / "utils.py").write_text("import rescore_absent_package_for_tests\n\n\ndef process_results(doc, results):\n"
+                                  "    return {}\n")
+    (inc / "needs_pkg.yaml").write_text(yaml.safe_dump({
+        "task": "needs_pkg", "output_type": "generate_until", "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": str(tmp_path / "d.jsonl")}}, "test_split": "test",
+        "doc_to_text": "q", "doc_to_target": "a", "metric_list": [{"metric": "exact_match"}]})
+        + "process_results: !function utils.process_results\n")
+    (tmp_path / "d.jsonl").write_text('{"q": "1+1", "a": "2"}\n')
+    err = _bad(tmp_path, {"name": "needs_pkg", "family": "lm_eval", "params": {"include_path": str(inc)}})
+    assert "needs the Python package 'rescore_absent_package_for_tests'" in err and "lm_eval[ifeval]" in err
+
+
+@pytest.mark.slow  # IFEval's checks import langdetect and nltk; generation on the tiny model
+def test_ifeval_without_nltks_punkt_tab_is_one_line_at_scoring(tmp_path: Path, tiny_model: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """IFEval's sentence and word checks need nltk's punkt_tab, which no package registry ships: generation
+    runs, and scoring without the data stops with one line naming the command that installs it."""
+    if not (SHARED.is_dir() and _ifeval_installed()):
+        pytest.skip("needs the shared data and lm-eval's ifeval extra (langdetect, immutabledict)")
+    import nltk
+
+    data = _jsonl(tmp_path / "ifeval.jsonl", ifeval_rows(punkt=True)[:2])
+    gen_kwargs = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": 16}
+    path = suite(tmp_path, {"ifeval": {"dataset": {**_local(data), "generation_kwargs": gen_kwargs}}})
+    store = tmp_path / "store"
+    r = invoke("gen", str(path), "--model", str(tiny_model), "--store", str(store), "--no-progress", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "no-nltk-data")])
+    r = invoke("score", "--store", str(store), "--no-progress")
+    assert r.exit_code == 2, r.output
+    errors = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert "'punkt_tab' data" in errors[0] and "python -m nltk.downloader punkt_tab" in errors[0]
 
 
 def test_prepared_rows_generate_and_score_without_the_data(tmp_path: Path, tiny_model: Path) -> None:
