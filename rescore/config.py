@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from rescore.core import GenParams
 from rescore.errors import ConfigError, close_names
@@ -175,10 +175,23 @@ class SourceConfig(Strict):
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "txt", "bz2-hellaswag"] = "auto"
     fewshot_split: str | None = None
     fewshot_path: str | None = None
+    data_dir: str | None = Field(None, description="a folder of the Hugging Face dataset's repository to read the "
+                                 "split from, when the repository keeps several variants of one split")
 
     def model_post_init(self, __context: Any) -> None:
         if (self.hf is None) == (self.path is None):
             raise ValueError("a source needs exactly one of 'hf' (dataset id) or 'path' (local file)")
+        if self.data_dir is not None and self.hf is None:
+            raise ValueError("data_dir applies to a Hugging Face dataset ('hf'), not to a local 'path'")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_data_dir(self, handler: Any) -> Any:
+        """A source without data_dir serialises as it did before the field existed: run ids and data
+        fingerprints of existing tasks stay the same."""
+        out = handler(self)
+        if self.data_dir is None and isinstance(out, dict):
+            out.pop("data_dir", None)
+        return out
 
 
 class TaskConfig(Strict):

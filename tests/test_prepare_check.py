@@ -19,7 +19,8 @@ class FakeHub:
     """The Hub's answers for a few datasets (what huggingface_hub and datasets would return)."""
 
     DATA: dict[str, dict[str, Any]] = {
-        "org/plain": {"sha": "a" * 40, "gated": False, "configs": {"default": (["train", "test"], ["text", "id"])}},
+        "org/plain": {"sha": "a" * 40, "gated": False, "configs": {"default": (["train", "test"], ["text", "id"])},
+                      "dirs": {"correct": ["validation"]}},
         "org/multi": {"sha": "b" * 40, "gated": False,
                       "configs": {"en": (["validation"], ["text"]), "de": (["validation"], ["text"])}},
         "org/gated": {"sha": "c" * 40, "gated": True, "configs": {"default": (["train"], None)}},
@@ -40,8 +41,10 @@ class FakeHub:
         self.calls.append(("configs", repo, revision))
         return list(self.DATA[repo]["configs"])
 
-    def splits(self, repo: str, config: str | None, revision: str | None) -> list[str]:
+    def splits(self, repo: str, config: str | None, revision: str | None, data_dir: str | None = None) -> list[str]:
         self.calls.append(("splits", repo, config, revision))
+        if data_dir is not None:  # a folder of the repository: only the splits its files give
+            return self.DATA[repo].get("dirs", {}).get(data_dir, [])
         return self.DATA[repo]["configs"][config or "default"][0]
 
     def columns(self, repo: str, config: str | None, revision: str | None) -> list[str] | None:
@@ -114,3 +117,35 @@ def test_prepare_check_offline_is_one_line() -> None:
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) <= 2 and "set offline" in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_source_can_name_a_folder_of_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data_dir``: the split is read from one folder of the repository (a repository holding correct and
+    incorrect solutions as two validation files); --check asks for that folder's splits, the loader passes it
+    to datasets, and a source without it keeps the identity it always had."""
+    from rescore.gen.runner import task_identity_exclude
+    from rescore.tasks import sources
+    from rescore.tasks.data import data_key
+    from rescore.tasks.source_check import check_task
+
+    plain = TaskConfig.model_validate(_task("t", hf="org/plain", split="validation"))
+    folder = TaskConfig.model_validate(_task("t", hf="org/plain", split="validation", data_dir="correct"))
+    assert "data_dir" not in plain.model_dump(mode="json")["source"]
+    assert "data_dir" not in plain.model_dump(mode="json", exclude=task_identity_exclude(plain))["source"]
+    assert data_key(plain) != data_key(folder)
+    assert check_task(folder, FakeHub()).problems == []
+    assert check_task(plain, FakeHub()).problems == ["no split 'validation' (splits: train, test)"]
+    wrong = TaskConfig.model_validate(_task("t", hf="org/plain", split="test", data_dir="correct"))
+    assert check_task(wrong, FakeHub()).problems == ["no split 'test' (splits: validation)"]
+
+    import datasets
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: seen.update(args=a, kwargs=k) or [{"text": "x"}])
+    monkeypatch.setattr(sources, "hub_unreachable", lambda: None)
+    assert list(sources.iter_hf(folder.source, "validation")) == [{"text": "x"}]
+    assert seen["kwargs"]["data_dir"] == "correct" and seen["args"] == ("org/plain", None)
+    list(sources.iter_hf(plain.source, "validation"))
+    assert "data_dir" not in seen["kwargs"]
+    with pytest.raises(ValueError, match="data_dir applies to a Hugging Face dataset"):
+        TaskConfig.model_validate({"name": "t", "family": "ppl_packed", "source": {"path": "x.jsonl", "data_dir": "a"}})

@@ -27,7 +27,7 @@ class HubResolver(Protocol):
 
     def configs(self, repo: str, revision: str | None) -> list[str]: ...
 
-    def splits(self, repo: str, config: str | None, revision: str | None) -> list[str]: ...
+    def splits(self, repo: str, config: str | None, revision: str | None, data_dir: str | None = None) -> list[str]: ...
 
     def columns(self, repo: str, config: str | None, revision: str | None) -> list[str] | None:
         """The row columns, or None when the Hub's metadata does not say."""
@@ -100,8 +100,8 @@ def check_task(task: TaskConfig, hub: HubResolver, cache: dict[Any, Any] | None 
         rep.problems.append(f"it has several configs and none is named: set source.config_name to one of "
                             f"{', '.join(configs[:12])}{', ...' if len(configs) > 12 else ''}")
         return rep
-    state, splits = ask(("splits", src.hf, src.config_name, src.revision), hub.splits, src.hf, src.config_name,
-                        src.revision)
+    state, splits = ask(("splits", src.hf, src.config_name, src.revision, src.data_dir), hub.splits, src.hf,
+                        src.config_name, src.revision, src.data_dir)
     if state == "error":
         rep.problems.append(f"its splits could not be listed: {splits}")
         return rep
@@ -140,10 +140,11 @@ class LiveHub:
 
         return list(datasets.get_dataset_config_names(repo, revision=revision))
 
-    def splits(self, repo: str, config: str | None, revision: str | None) -> list[str]:
+    def splits(self, repo: str, config: str | None, revision: str | None, data_dir: str | None = None) -> list[str]:
         import datasets
 
-        return list(datasets.get_dataset_split_names(repo, config, revision=revision))
+        extra = {"data_dir": data_dir} if data_dir else {}
+        return list(datasets.get_dataset_split_names(repo, config, revision=revision, **extra))
 
     def columns(self, repo: str, config: str | None, revision: str | None) -> list[str] | None:
         import datasets

@@ -249,8 +249,9 @@ def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Ite
     unreachable = None if _env_offline() else hub_unreachable()
     try:
         with _offline_hub() if unreachable else nullcontext():
+            extra = {"data_dir": source.data_dir} if source.data_dir else {}
             ds = datasets.load_dataset(
-                source.hf, source.config_name, split=split, revision=source.revision, streaming=streaming
+                source.hf, source.config_name, split=split, revision=source.revision, streaming=streaming, **extra
             )
             yield from ds  # a streamed dataset reads while it is iterated: same mode, same errors
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (offline, missing config, auth)
@@ -265,7 +266,8 @@ def iter_hf(source: SourceConfig, split: str, *, streaming: bool = False) -> Ite
             hint = ("check the dataset id, config and split, and the network; or point the task's source.path at "
                     "a local copy (relative paths resolve against --data-root)")
         raise MissingDataError(
-            f"could not load Hugging Face dataset {source.hf!r} (config {source.config_name!r}, split {split!r}): "
+            f"could not load Hugging Face dataset {source.hf!r} (config {source.config_name!r}, split {split!r}"
+            f"{f', data_dir {source.data_dir!r}' if source.data_dir else ''}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", hint=hint) from None
 
 
