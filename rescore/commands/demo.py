@@ -59,10 +59,10 @@ def register(app: typer.Typer) -> None:
         Runs again in seconds: the model, the artifacts and the scores are reused from the store."""
 
         from rescore.artifacts.store import Store
-        from rescore.commands.gen import summarize
         from rescore.commands.progress import RichProgress
         from rescore.config import ModelConfig
         from rescore.errors import BackendError
+        from rescore.gen.progress import summarize
         from rescore.gen.runner import plan_units, run_units
         from rescore.report import results as rep
         from rescore.score.engine import read_results, score_store

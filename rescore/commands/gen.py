@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
         from rescore.commands.models import resolve_models
         from rescore.commands.progress import RichProgress
         from rescore.errors import ConfigError
+        from rescore.gen.progress import summarize
         from rescore.gen.runner import plan_units, run_units
         from rescore.tasks.suites import load_suite
 
@@ -117,19 +118,3 @@ def register(app: typer.Typer) -> None:
         if skipped is not None:
             raise skipped
 
-
-def summarize(results, console) -> None:  # type: ignore[no-untyped-def]
-    from rich.table import Table
-
-    t = Table(title="generation summary", show_lines=False)
-    for col in ("run id", "model", "task", "seed", "action", "rows", "seconds"):
-        t.add_column(col)
-    for r in results:
-        t.add_row(r.plan.run_id[:12], r.plan.model.name, r.plan.task.name, str(r.plan.seed), r.action,
-                  f"{r.rows_written}/{r.rows_total}" if r.action != "skipped" else "-", f"{r.seconds:.1f}")
-    console.print(t)
-    n = {a: sum(1 for r in results if r.action == a) for a in ("generated", "resumed", "skipped", "damaged", "locked")}
-    console.print(f"{len(results)} units: {n['generated']} generated, {n['resumed']} resumed, "
-                  f"{n['skipped']} already complete"
-                  + (f", {n['damaged']} damaged (left as they are)" if n["damaged"] else "")
-                  + (f", {n['locked']} being written by another process" if n["locked"] else ""), highlight=False)

@@ -178,8 +178,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(code)
             return
 
-        from rescore.commands.gen import summarize
         from rescore.commands.progress import RichProgress
+        from rescore.gen.progress import summarize
 
         with RichProgress(enabled=progress) as prog:
             results = run_local(Store(store), pending, progress=prog)

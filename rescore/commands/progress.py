@@ -1,4 +1,5 @@
-"""Rich progress display for long generation and scoring runs (units, rows, rows/s, tokens/s, ETA)."""
+"""Rich progress display for long generation and scoring runs (units, rows, rows/s, tokens/s, ETA); without a
+terminal, the plain lines of :class:`rescore.gen.progress.LineProgress` (what Slurm jobs write too)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,16 @@ from rich.progress import (
 )
 
 from rescore.commands.common import out_console
-from rescore.gen.runner import Progress as UnitProgress
+from rescore.gen.progress import LineProgress
 
 
-class RichProgress(UnitProgress):
+class RichProgress(LineProgress):
     def __init__(self, console: Console | None = None, *, enabled: bool | None = None) -> None:
+        super().__init__()  # stderr, looked up when written
         self.console = console or out_console(stderr=True, soft_wrap=True)
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._p: Progress | None = None
         self._task: TaskID | None = None
-        self._tokens = 0
-        self._t0 = time.perf_counter()
-        self._rows = 0
 
     def __enter__(self) -> RichProgress:
         if self.enabled:
@@ -45,17 +44,22 @@ class RichProgress(UnitProgress):
         if self._p is not None:
             self._p.__exit__(*exc)
 
-    def start_unit(self, index: int, count: int, plan: Any, total: int, done: int) -> None:
-        self._tokens, self._rows, self._t0 = 0, 0, time.perf_counter()
-        desc = f"[{index + 1}/{count}] {plan.label}"
-        if self._p is not None:
-            self._task = self._p.add_task(desc, total=total, completed=done, rate="")
+    def write(self, text: str) -> None:
+        if self._p is not None:  # above the live bar
+            self.console.print(text, highlight=False, markup=False)
         else:
-            resumed = f" (resuming at {done})" if done else ""
-            self.console.print(f"{desc}: {total} rows{resumed}", highlight=False)
+            super().write(text)
+
+    def start_unit(self, index: int, count: int, plan: Any, total: int, done: int) -> None:
+        if self._p is None:
+            super().start_unit(index, count, plan, total, done)
+            return
+        self._rows, self._tokens, self._t0 = 0, 0, time.perf_counter()
+        desc = f"[{index + 1}/{count}] {plan.label}"
+        self._task = self._p.add_task(desc, total=total, completed=done, rate="")
 
     def advance(self, rows: int) -> None:
-        self._rows += rows
+        super().advance(rows)
         if self._p is not None and self._task is not None:
             dt = max(time.perf_counter() - self._t0, 1e-9)
             rate = f"{self._rows / dt:,.1f} rows/s"
@@ -63,15 +67,6 @@ class RichProgress(UnitProgress):
                 rate += f" {self._tokens / dt:,.0f} tok/s"
             self._p.update(self._task, advance=rows, rate=rate)
 
-    def tokens(self, n: int) -> None:
-        self._tokens += n
-
     def end_unit(self) -> None:
         if self._p is None:
-            dt = max(time.perf_counter() - self._t0, 1e-9)
-            tok = f", {self._tokens / dt:,.0f} tok/s" if self._tokens else ""
-            self.console.print(f"  done: {self._rows} rows in {dt:.1f}s ({self._rows / dt:,.1f} rows/s{tok})",
-                               highlight=False)
-
-    def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+            super().end_unit()

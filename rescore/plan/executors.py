@@ -65,7 +65,8 @@ def run_workers(matrix_path: Path, store: Path, n: int, extra: Sequence[str] = (
 
 def slurm_job(store_root: str, matrix_path: str, run_ids: list[str], data_root: str | None,
               allow_direct: bool = False) -> dict[str, Any]:
-    """Entry point of one Slurm array task (pickled by submitit): run these units of the matrix.
+    """Entry point of one Slurm array task (pickled by submitit): run these units of the matrix, printing
+    a line as each unit starts and ends and the generation summary, like the sbatch script's tasks.
 
     It plans the matrix again with the submitter's ``--direct``: without it, a task whose data was planned
     from its source (not a prepared copy) would fail here with MissingDataError."""
@@ -82,7 +83,11 @@ def slurm_job(store_root: str, matrix_path: str, run_ids: list[str], data_root: 
     if missing:
         raise IncompleteJobError(f"the matrix no longer plans units {sorted(missing)[:5]}",
                                  hint="the matrix or suite changed after submission; plan again")
-    run_local(store, todo(mine))
+    # the lines of the sbatch script's `rescore backfill --no-progress`, on stdout (submitit's *_log.out)
+    from rescore.gen.progress import LineProgress, log_console, summarize
+
+    results = run_local(store, todo(mine), progress=LineProgress(sys.stdout))
+    summarize(results, log_console(sys.stdout))
     return {"units": len(run_ids), "host": os.uname().nodename}
 
 
