@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -224,8 +225,14 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
     out = cli("report", str(tmp_path / "r.html"), "--store", str(tmp_path / "st"), "--baseline", "a")
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "r.html").read_text()
-    assert 'id="kl"' in page and 'data-task="wiki" data-metric="kl"' in page
-    assert 'data-task="arc_easy" data-metric="kl_reverse"' in page
+    # one figure per task in the style of the metric-vs-step figures: a subplot per direction
+    assert 'id="kl"' in page
+    for task in ("wiki", "arc_easy"):
+        fig = re.search(rf'<figure id="kl-{task}" class="plot kl" data-task="{task}" data-metrics="kl kl_reverse".*?</figure>',
+                        page, re.S)
+        assert fig, task
+        assert len(re.findall(r'<g id="axes_\d+">', fig.group(0))) == 2
+        assert "KL(bridge ‖ checkpoint) ↓" in fig.group(0) and "KL(checkpoint ‖ bridge) ↓" in fig.group(0)
 
 
 @pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)

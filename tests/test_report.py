@@ -46,17 +46,23 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Page(HTMLParser):
-    """Collects what the assertions need: tags, attributes, table classes, figure data, text."""
+    """Collects what the assertions need: tags, attributes, table classes and column counts, figures (task,
+    metrics) with their subplots and SVG texts, text."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tags: dict[str, int] = {}
         self.attrs: list[tuple[str, str, str]] = []
         self.tables: list[str] = []
-        self.figures: list[tuple[str, str]] = []
+        self.columns: list[tuple[str, str, int]] = []  # (class, data-task, columns of the header row)
+        self.figures: list[tuple[str, tuple[str, ...]]] = []
+        self.kinds: list[str] = []
+        self.subplots: list[int] = []  # per figure: matplotlib axes drawn in its SVG
+        self.svg_texts: list[list[str]] = []  # per figure: its SVG's text elements
         self.best_cells = 0
         self.ids: list[str] = []
         self.text: list[str] = []
+        self.in_figure = self.in_svg_text = self.in_head_row = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags[tag] = self.tags.get(tag, 0) + 1
@@ -65,15 +71,40 @@ class Page(HTMLParser):
             self.attrs.append((tag, k, v))
         if tag == "table":
             self.tables.append(a.get("class", ""))
-        if tag == "figure" and "plot" in a.get("class", ""):
-            self.figures.append((a["data-task"], a["data-metric"]))
+            self.columns.append((a.get("class", ""), a.get("data-task", ""), 0))
+        if tag == "tr" and self.columns and self.columns[-1][2] == 0:
+            self.in_head_row = True
+        if tag == "th" and self.in_head_row:
+            cls, task, n = self.columns[-1]
+            self.columns[-1] = (cls, task, n + int(a.get("colspan", "1")))
+        if tag == "figure" and "plot" in a.get("class", "").split():
+            self.figures.append((a["data-task"], tuple(a["data-metrics"].split())))
+            self.kinds.append(a["class"])
+            self.subplots.append(0)
+            self.svg_texts.append([])
+            self.in_figure = True
+        if self.in_figure and tag == "g" and re.fullmatch(r"axes_\d+", a.get("id", "")):
+            self.subplots[-1] += 1
+        if self.in_figure and tag == "text":
+            self.svg_texts[-1].append("")
+            self.in_svg_text = True
         if tag == "td" and "best" in a.get("class", ""):
             self.best_cells += 1
         if tag in ("h2", "h3") and "id" in a:
             self.ids.append(a["id"])
 
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure":
+            self.in_figure = False
+        if tag == "text":
+            self.in_svg_text = False
+        if tag == "tr":
+            self.in_head_row = False
+
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+        if self.in_svg_text:
+            self.svg_texts[-1][-1] += data
 
 
 def parse(path: Path) -> tuple[Page, str]:
@@ -84,11 +115,15 @@ def parse(path: Path) -> tuple[Page, str]:
     return p, src
 
 
-def expected_plots(store: Path) -> set[tuple[str, str]]:
-    """Every task/metric with a value in the results (counts excluded): each must have a plot."""
+def expected_plots(store: Path) -> dict[str, set[str]]:
+    """Every task with a value in the results (counts excluded), with its metrics: each task of the demo store
+    (steps 0, 100 and 200) must have one figure with one subplot per metric."""
     rows = pq.read_table(store / "results.parquet").to_pylist()
-    return {(r["task"], r["metric"]) for r in rows
-            if r["seed"] == "agg" and r["subset"] == "all" and r["aggregator"] != "sum" and r["value"] is not None}
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        if r["seed"] == "agg" and r["subset"] == "all" and r["aggregator"] != "sum" and r["value"] is not None:
+            out.setdefault(r["task"], set()).add(r["metric"])
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +137,19 @@ def demo_report(demo_store: Path) -> Path:
 def test_report_has_every_plot_and_table(demo_store: Path, demo_report: Path) -> None:
     page, src = parse(demo_report)
     want = expected_plots(demo_store)
-    assert len(want) > 20
-    assert set(page.figures) == want and len(page.figures) == len(want)
-    assert page.tags["svg"] == len(want)  # one inline SVG per plot, nothing else
+    assert sum(map(len, want.values())) > 20
+    # one figure per task, one subplot per metric, every metric named once as a subplot title
+    assert sorted(t for t, _ in page.figures) == sorted(want)
+    for (task, metrics), n_axes, texts in zip(page.figures, page.subplots, page.svg_texts, strict=True):
+        assert set(metrics) == want[task] and len(metrics) == len(want[task])
+        assert n_axes == len(metrics), (task, n_axes, metrics)
+        titles = [t.rsplit(" ", 1)[0] for t in texts if t.endswith((" ↑", " ↓"))]
+        assert sorted(titles) == sorted(metrics), task
+        # each stage and the bridge named once per figure (in its legend), not on every subplot
+        assert texts.count("stage sft") == 1 and texts.count("stage pretrain") == 1, task
+        assert texts.count("bridge (bridge@0)") == 1 and texts.count(task) == 1, task
+    assert page.tags["svg"] == len(want)  # one inline SVG per figure, nothing else
+    assert "note-steps" not in src  # every task spans three steps
     assert {"summary", "bon", "tier4", "provenance"} <= set(page.tables)
     assert {"summary", "plots", "bon", "tier4", "provenance", "suite-demo"} <= set(page.ids)
     assert page.tables.count("tier4") == 2  # all_checks_pass_rate and instruction_match_rate by category
@@ -113,9 +158,104 @@ def test_report_has_every_plot_and_table(demo_store: Path, demo_report: Path) ->
                    "fingerprint", "bytes-v1", "fp32", "float32", "bridge@0", "sft@100", "sft@200",
                    "Generation commands"):
         assert needle in text, needle
-    # the bridge (last checkpoint of the previous stage) is drawn on the sft panels
-    assert "bridge (bridge@0)" in src and "stage sft" in src and "stage pretrain" in src
     assert page.best_cells > 0  # p_correct differs, so some columns have a best
+
+
+LONG = "a-checkpoint-name-long-enough-to-need-wrapping-in-every-table-of-the-report"
+
+
+@pytest.fixture(scope="module")
+def two_step_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """arc_easy at steps 100 and 200; hellaswag only at step 100."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("steps")
+    store = root / "store"
+    for name, step, tasks in ((LONG, 100, ("arc_easy", "hellaswag")), ("later", 200, ("arc_easy",))):
+        models = root / f"{name}.yaml"
+        models.write_text(f"models:\n  - {{name: {name}, path: fake, backend: fake, step: {step}, stage: sft}}\n")
+        run("gen", "demo", "--model", str(models), "--store", str(store), "--data-root", str(SHARED_DATA),
+            "--no-progress", *(a for t in tasks for a in ("-t", t)))
+    run("score", "--store", str(store), "--no-progress")
+    return store
+
+
+def test_step_plots_only_where_a_task_has_two_steps(two_step_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    run("report", str(out), "--store", str(two_step_store))
+    page, src = parse(out)
+    want = expected_plots(two_step_store)
+    assert [t for t, _ in page.figures] == ["arc_easy"]  # hellaswag has one step: no figure
+    assert set(page.figures[0][1]) == want["arc_easy"] and page.subplots == [len(want["arc_easy"])]
+    notes = re.findall(r'<p class="muted note-steps">(.*?)</p>', src)
+    assert notes == ["Not plotted (metric-vs-step plots need at least two steps): hellaswag (step 100)."]
+    assert "1 metric-vs-step figures" in src
+    # names are never cut: the long name is whole in the summary and the provenance (the page wraps it)
+    text = " ".join(page.text)
+    assert text.count(LONG + "@100") >= 3  # summary tables of both tasks, provenance
+
+
+def test_a_single_checkpoint_draws_no_step_plots(two_step_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    run("report", str(out), "--store", str(two_step_store), "--models", LONG)
+    page, src = parse(out)
+    assert page.figures == [] and "svg" not in page.tags
+    notes = re.findall(r'<p class="muted note-steps">(.*?)</p>', src)
+    assert notes == ["No plots: metric-vs-step plots need at least two steps, and the only checkpoint is at step 100."]
+    assert "0 metric-vs-step figures" in src
+    assert {t for cls, t, _ in page.columns if cls == "summary"} == {"arc_easy", "hellaswag"}
+
+
+def test_tick_labels_carry_no_offset() -> None:
+    """Perplexities near 1e8 differing in the last digits: matplotlib's default would draw a "1e8" offset
+    above the axis (where it collides with the subplot title); the report's ticks are whole numbers instead."""
+    import matplotlib.ticker
+
+    from rescore.report import plots
+
+    sub = plots.Subplot(title="word_perplexity ↓", series={"stage a": [
+        plots.Point(step=s, value=1e8 + 10 * i, spread=None, n_seeds=1) for i, s in enumerate((0, 100, 200))]})
+
+    def texts() -> list[str]:
+        svg = plots.step_figure([sub], title="t", salt="x")
+        return re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+
+    def offsets(ts: list[str]) -> list[str]:
+        return [t for t in ts if re.search(r"\de[+−-]?\d|×10|^[+−]", t)]
+
+    got = texts()
+    assert offsets(got) == [], got
+    ticks = [float(t) for t in got if re.fullmatch(r"\d{9}", t)]
+    assert len(ticks) >= 3 and len(set(ticks)) == len(ticks) and min(ticks) <= 1e8 + 10 <= max(ticks)
+    default = plots.PlainFormatter
+    try:  # the check sees matplotlib's own formatter's offset
+        plots.PlainFormatter = matplotlib.ticker.ScalarFormatter  # type: ignore[misc]
+        assert offsets(texts()) != []
+    finally:
+        plots.PlainFormatter = default  # type: ignore[misc]
+
+
+MAX_COLUMNS = 12  # a table of 12 columns of "0.6250 ± 0.1830" fits a 1400 px window
+
+
+def test_summary_is_one_narrow_table_per_task(demo_store: Path, demo_report: Path) -> None:
+    page, src = parse(demo_report)
+    want = expected_plots(demo_store)
+    summary = [(task, n) for cls, task, n in page.columns if cls == "summary"]
+    assert {t for t, _ in summary} == set(want)
+    assert max(n for _, n in summary) <= MAX_COLUMNS
+    for cls, _, n in page.columns:  # nor any other table of numbers
+        if cls in ("bon", "tier4"):
+            assert n <= MAX_COLUMNS, (cls, n)
+    # a task of 11 metrics is split in two tables of 6 and 5, every metric in one of them
+    gsm = [n for t, n in summary if t == "gsm8k_chat"]
+    assert len(want["gsm8k_chat"]) == 11 and sorted(gsm) == [2 + 5, 2 + 6]
+    assert "gsm8k_chat (1/2)" in src and "gsm8k_chat (2/2)" in src
+    for task, metrics in want.items():
+        for m in metrics:
+            assert re.search(rf"<th>{re.escape(m).replace('_', '_(?:<wbr>)?')} [↑↓]</th>", src), (task, m)
+    # the provenance table wraps within the page instead of running off its right edge
+    assert '<table class="provenance"><colgroup>' in src and "table.provenance{table-layout:fixed;width:100%}" in src
 
 
 def test_report_is_self_contained(demo_report: Path) -> None:
@@ -134,9 +274,11 @@ def test_report_with_baseline_has_deltas_and_a_fixed_line(demo_store: Path, tmp_
     run("report", str(out), "--store", str(demo_store), "--baseline", "sft@100", "-M", "acc*", "-M", "bon_*")
     page, src = parse(out)
     assert "deltas" in page.ids
-    assert {m for _, m in page.figures} <= {"acc", "acc_norm", "acc_bytes", "acc_norm_tokens"} | {
-        m for _, m in page.figures if m.startswith("bon_")}
+    drawn = {m for _, ms in page.figures for m in ms}
+    assert drawn and drawn <= {"acc", "acc_norm", "acc_bytes", "acc_norm_tokens"} | {m for m in drawn if m.startswith("bon_")}
     assert "bridge (sft@100)" in src and "bridge (bridge@0)" not in src
+    # one baseline for every stage: one gray line, named once per figure
+    assert all(texts.count("bridge (sft@100)") == 1 for texts in page.svg_texts)
 
 
 def test_report_refuses_mixed_precision(demo_store: Path, tmp_path: Path) -> None:
@@ -220,17 +362,17 @@ def chromium(page: str, tmp: Path, *flags: str) -> tuple[str, list[str]]:
 
 
 class Plots(HTMLParser):
-    """The plot figures of a DOM, each with the number of SVG shapes drawn inside it."""
+    """The plot figures of a DOM (by task), each with the number of SVG shapes drawn inside it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.shapes: dict[tuple[str, str], int] = {}
-        self.current: tuple[str, str] | None = None
+        self.shapes: dict[str, int] = {}
+        self.current: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "figure" and "plot" in a.get("class", ""):
-            self.current = (a["data-task"], a["data-metric"])
+            self.current = a["data-task"]
             self.shapes[self.current] = 0
         elif self.current and tag in ("path", "polyline", "line", "circle", "use"):
             self.shapes[self.current] += 1
@@ -264,8 +406,9 @@ def test_screenshot_in_headless_chromium(demo_store: Path, demo_report: Path, tm
     # every plot is in the DOM the browser built, and holds drawn shapes
     plots = Plots()
     plots.feed(dom)
-    assert set(plots.shapes) == expected_plots(demo_store)
-    assert all(n > 5 for n in plots.shapes.values()), {k: n for k, n in plots.shapes.items() if n <= 5}
+    want = expected_plots(demo_store)
+    assert set(plots.shapes) == set(want)
+    assert all(n > 5 * len(want[t]) for t, n in plots.shapes.items()), plots.shapes  # marks on every subplot
     # nothing fetched from the network
     remote = [u for u in requested if not u.startswith(LOCAL_SCHEMES)]
     assert remote == [], remote
@@ -278,3 +421,36 @@ def test_screenshot_in_headless_chromium(demo_store: Path, demo_report: Path, tm
     _, leaked = chromium(leaky.as_uri(), tmp_path / "leaky")
     assert {u for u in leaked if not u.startswith(LOCAL_SCHEMES)} == {
         "http://127.0.0.1:9/a.css", "https://example.invalid/b.png", "http://192.0.2.1/c.svg"}, leaked
+
+
+# run in the browser on a copy of the page: what a reader at 1400 px would have to scroll sideways for
+MEASURE = """<script>addEventListener("load", () => {
+  const W = innerWidth, out = {window: W, page: document.documentElement.scrollWidth, wide: []};
+  for (const el of document.querySelectorAll("table, figure, .wrap, .tables, pre")) {
+    const r = el.getBoundingClientRect();
+    if (r.right > W + 0.5 || el.scrollWidth > el.clientWidth + 1) out.wide.push(el.tagName + "." + el.className);
+  }
+  const probe = document.createElement("div");  // the measure itself sees a page that is too wide
+  probe.style.width = "2000px"; probe.style.height = "1px"; document.body.append(probe);
+  out.probed = document.documentElement.scrollWidth; probe.remove();
+  const pre = document.createElement("pre"); pre.id = "measured"; pre.textContent = JSON.stringify(out);
+  document.body.append(pre);
+});</script>"""
+
+
+def test_page_fits_a_1400px_window_in_headless_chromium(demo_report: Path, tmp_path: Path) -> None:
+    """Nothing on the page is wider than a 1400 px window, and no table scrolls sideways inside its box."""
+    if not (shutil.which("chromium") or CHROMIUM.exists()):
+        if os.environ.get("RESCORE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is not installed (`apt-get install -y chromium`)")
+        pytest.skip("needs chromium (Debian package chromium)")
+    page = tmp_path / "measure.html"
+    page.write_text(demo_report.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    dom, _ = chromium(page.as_uri(), tmp_path / "measure", "--window-size=1400,1000", "--virtual-time-budget=10000")
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom)
+    assert found, dom[-2000:]
+    got = json.loads(found.group(1).replace("&quot;", '"'))
+    assert got["window"] == 1400
+    assert got["probed"] >= 2000  # the measure sees a page that overflows
+    assert got["page"] <= 1400, got
+    assert got["wide"] == [], got["wide"]

@@ -2,20 +2,26 @@
 
 Sections:
 
-1. **Summary per suite**: one row per checkpoint, one column per task and metric, ``value ± stderr`` of the
-   seed aggregate (stderr over seeds when there are several, else the per-row stderr); the best value of each
-   column (by the metric's ``higher_is_better``) is bold and starred. Counts (``sum`` metrics) are not ranked.
+1. **Summary per suite**: per task one narrow table, one row per checkpoint and one column per metric (a task
+   of more than 8 metrics is split over several tables, so none needs a horizontal scrollbar), ``value ±
+   stderr`` of the seed aggregate (stderr over seeds when there are several, else the per-row stderr); the best
+   value of each column (by the metric's ``higher_is_better``) is bold and starred. Counts (``sum`` metrics)
+   are not ranked.
 2. **Deltas vs the baseline** (only with ``--baseline``): ``rescore compare``'s table without a policy.
-3. **Metric vs step**: per task and metric, one panel per stage, error bars = the standard deviation over
-   seeds, and the bridge as a dashed line: ``--baseline`` when given; else with ``--matrix`` each stage's
-   declared bridge (stages in the matrix's order); else the last checkpoint (highest step) of the previous
-   stage, stages ordered by when they were first generated. A line joins the checkpoints of one run: the
-   model name without a trailing step (a matrix's ``stage1-step300`` belongs to ``stage1``).
+3. **Metric vs step** (:mod:`rescore.report.steps`): per task whose checkpoints span at least two steps, one
+   full-width figure of small multiples, one subplot per metric on a shared step axis, each stage's runs in
+   their own color and named once in the figure's legend, error bars = the standard deviation over seeds, and
+   the bridge as a dashed line: ``--baseline`` when given; else with ``--matrix`` each stage's declared bridge
+   (stages in the matrix's order); else the last checkpoint (highest step) of the previous stage, stages
+   ordered by when they were first generated. A line joins the checkpoints of one run: the model name without
+   a trailing step (a matrix's ``stage1-step300`` belongs to ``stage1``). A task with one step has no figure;
+   the page says so in one line.
 4. **Best-of-n selection**: first / random / oracle / max-logprob (mean and sum) / majority / reranker, and
    the oracle - random gap (how much a perfect selector would gain over picking at random).
 5. **Tier4 SFT-native by category**: ``all_checks_pass_rate`` and ``instruction_match_rate`` per category.
 6. **Provenance**: per checkpoint the model fingerprint, precision, dtype, tokenizer and chat template
-   hashes, seeds, git revisions, dates, and the generation commands.
+   hashes, seeds, git revisions, dates, and the generation commands; the table wraps its cells to the page's
+   width instead of running off its right edge.
 
 The same precision guard as ``rescore compare`` applies (``--allow-mixed`` shows a warning banner instead).
 """
@@ -31,31 +37,39 @@ from pathlib import Path
 from typing import Any
 
 from rescore.artifacts.store import Store
-from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models, series_name
+from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models
 from rescore.report.compare import load_matrix_file
 from rescore.report.guard import guard_mixed
 from rescore.report.kl import section_kl
-from rescore.report.plots import Panel, Point, metric_figure
 from rescore.report.results import fmt, fmt_value
+from rescore.report.steps import bridges, section_plots
 
 BON = (("bon_first", "first"), ("bon_random", "random"), ("bon_oracle", "oracle"),
        ("bon_max_mean_logprob", "max-logprob (mean)"), ("bon_max_sum_logprob", "max-logprob (sum)"),
        ("bon_majority", "majority"), ("bon_reranker", "reranker"))
 TIER4_METRICS = ("all_checks_pass_rate", "instruction_match_rate")
 ALL = "all"
+SUMMARY_METRICS = 8  # metric columns of one summary table: with checkpoint and stage, 10 fit 1300 px
+TIER4_CHECKPOINTS = 10  # checkpoint columns of one Tier4 table
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;max-width:1200px;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;max-width:1320px;
   padding:0 1rem;color:#222;line-height:1.4}
-h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
+h1{font-size:1.5rem;overflow-wrap:anywhere}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+h3{font-size:1rem}
 table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0 1rem}
+caption{text-align:left;font-weight:bold;padding:.1rem 0;overflow-wrap:anywhere}
 th,td{border:1px solid #ddd;padding:.2rem .45rem;text-align:right;white-space:nowrap}
-th{background:#f4f4f4}td.l,th.l{text-align:left}
+th{background:#f4f4f4;white-space:normal;vertical-align:bottom}td.l,th.l{text-align:left}
+td.name{white-space:normal;overflow-wrap:anywhere;min-width:6rem}
 td.best{font-weight:bold;background:#eaf6ea}td.fail{color:#b00020;font-weight:bold}
+.tables{display:flex;flex-wrap:wrap;align-items:flex-start;gap:0 1.5rem}.tables table{margin-top:.2rem}
 .wrap{overflow-x:auto}.muted{color:#777;font-size:.8rem}.mono{font-family:ui-monospace,monospace}
 .warn{background:#fff4e5;border:1px solid #f0b35a;padding:.5rem .8rem;margin:.8rem 0}
-figure{margin:.3rem 0 .8rem}figure svg{max-width:100%;height:auto}
-.plots{display:flex;flex-wrap:wrap;gap:.2rem 1rem}.plots figure{flex:1 1 520px;max-width:100%}
+figure{margin:.3rem 0 .8rem}figure svg{width:100%;height:auto}
+table.provenance{table-layout:fixed;width:100%}
+table.provenance td,table.provenance th{white-space:normal;overflow-wrap:anywhere;vertical-align:top}
+code{overflow-wrap:anywhere}
 nav ul{columns:3;font-size:.85rem}
 """
 
@@ -174,31 +188,45 @@ def best_of(cells: dict[Any, dict[str, Any] | None], higher_is_better: bool) -> 
 
 
 # -- sections ------------------------------------------------------------------------------------------
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """``items`` in the fewest runs of at most ``size``, as even as can be (11 -> 6 + 5, not 8 + 3)."""
+    if not items:
+        return []
+    n = math.ceil(len(items) / size)
+    k = math.ceil(len(items) / n)
+    return [list(items[i:i + k]) for i in range(0, len(items), k)]
+
+
+def metric_head(task: str, metric: str, d: ReportData) -> str:
+    return f"<th>{esc(metric).replace('_', '_<wbr>')} {'↑' if d.hib(task, metric) else '↓'}</th>"
+
+
 def section_summary(d: ReportData) -> str:
     out = ['<h2 id="summary">Summary</h2>',
-           '<p class="muted">Seed aggregate per task and metric: value ± stderr; ↑ higher is better, ↓ lower is '
-           'better; ★ bold = best in its column.</p>']
+           '<p class="muted">Per task, one row per checkpoint: the seed aggregate of each metric, value ± stderr; '
+           '↑ higher is better, ↓ lower is better; ★ bold = best in its column.</p>']
     for suite, tasks in d.suites.items():
-        cols = [(t, m) for t in tasks for m in d.metrics_of(t)]
-        if not cols:
+        if not any(d.metrics_of(t) for t in tasks):
             continue
-        out.append(f'<h3 id="suite-{esc(suite)}">Suite {esc(suite)}</h3><div class="wrap"><table class="summary">')
-        head1 = '<tr><th class="l" rowspan="2">checkpoint</th><th class="l" rowspan="2">stage</th>'
-        head1 += "".join(f'<th colspan="{len(d.metrics_of(t))}">{esc(t)}</th>' for t in tasks if d.metrics_of(t))
-        head2 = "<tr>" + "".join(f"<th>{esc(m)} {'↑' if d.hib(t, m) else '↓'}</th>" for t, m in cols) + "</tr>"
-        out.append(f"<thead>{head1}</tr>{head2}</thead><tbody>")
-        best = {(t, m): best_of({c: d.cell(c, t, m) for c in d.ckpts}, d.hib(t, m)) for t, m in cols}
-        for c in d.ckpts:
-            tds = []
-            for t, m in cols:
-                cell = d.cell(c, t, m)
-                if c in best[(t, m)]:
-                    tds.append(f'<td class="best">★ {esc(pm(cell))}</td>')
-                else:
-                    tds.append(f"<td>{esc(pm(cell))}</td>")
-            out.append(f'<tr><td class="l">{esc(d.labels[c])}</td><td class="l">{esc(c.stage or "—")}</td>'
-                       + "".join(tds) + "</tr>")
-        out.append("</tbody></table></div>")
+        out.append(f'<h3 id="suite-{esc(suite)}">Suite {esc(suite)}</h3><div class="tables">')
+        for task in tasks:
+            parts = chunks(d.metrics_of(task), SUMMARY_METRICS)
+            for i, cols in enumerate(parts):
+                part = f" ({i + 1}/{len(parts)})" if len(parts) > 1 else ""
+                out.append(f'<table class="summary" data-task="{esc(task)}"><caption>{esc(task)}{part}</caption>'
+                           '<thead><tr><th class="l">checkpoint</th><th class="l">stage</th>'
+                           + "".join(metric_head(task, m, d) for m in cols) + "</tr></thead><tbody>")
+                best = {m: best_of({c: d.cell(c, task, m) for c in d.ckpts}, d.hib(task, m)) for m in cols}
+                for c in d.ckpts:
+                    cells = {m: d.cell(c, task, m) for m in cols}
+                    if not any(cells.values()):
+                        continue
+                    tds = "".join(f'<td class="best">★ {esc(pm(cells[m]))}</td>' if c in best[m] else
+                                  f"<td>{esc(pm(cells[m]))}</td>" for m in cols)
+                    out.append(f'<tr><td class="l name">{esc(d.labels[c])}</td><td class="l name">'
+                               f'{esc(c.stage or "—")}</td>{tds}</tr>')
+                out.append("</tbody></table>")
+        out.append("</div>")
     return "\n".join(out)
 
 
@@ -226,85 +254,6 @@ def section_deltas(d: ReportData, **filters: Any) -> str:
                    f'<td>{"—" if r.p_value is None else f"{r.p_value:.3g}"}</td><td>{r.n}</td></tr>')
     out.append("</tbody></table></div>")
     return "\n".join(out)
-
-
-def _bridges(d: ReportData) -> dict[str | None, Checkpoint | None]:
-    """stage -> the checkpoint drawn as its bridge line."""
-    stages = d.stages()
-    if d.baseline is not None:
-        return {s: d.baseline for s in stages}
-    out: dict[str | None, Checkpoint | None] = {}
-    if d.matrix is not None:
-        from rescore.plan.matrix import checkpoint_name
-
-        by_name = {s.name: s for s in d.matrix.stages}
-        for s in stages:
-            st = by_name.get(s)  # type: ignore[arg-type]
-            b = by_name.get(st.bridge) if st is not None and st.bridge else None
-            if b is None:
-                out[s] = None
-                continue
-            last = max(b.steps)
-            found = [c for c in d.ckpts if c.stage == b.name and c.step == last and c.name == checkpoint_name(b.name, last)]
-            out[s] = found[0] if found else None
-        return out
-    prev: str | None = None
-    for i, s in enumerate(stages):
-        cands = [c for c in d.ckpts if c.stage == prev and c.step is not None] if i > 0 else []
-        out[s] = max(cands, key=lambda c: (c.step, c.name)) if cands else None
-        prev = s
-    return out
-
-
-def section_plots(d: ReportData) -> tuple[str, int]:
-    stepped = [c for c in d.ckpts if c.step is not None]
-    out = ['<h2 id="plots">Metrics vs step</h2>']
-    if not stepped:
-        out.append('<p class="muted">No checkpoint has a step, so there is nothing to plot against steps.</p>')
-        return "\n".join(out), 0
-    unstepped = len(d.ckpts) - len(stepped)
-    out.append('<p class="muted">One panel per stage; error bars: standard deviation over seeds (none with one '
-               'seed); dashed line: the bridge (' + (
-                   "--baseline " + esc(d.labels[d.baseline]) if d.baseline else
-                   f"each stage's bridge in matrix {esc(d.matrix.name)}" if d.matrix is not None else
-                   "the last checkpoint of the previous stage") + ").")
-    if unstepped:
-        out.append(f" {unstepped} checkpoint(s) without a step appear only in the tables.")
-    out.append("</p>")
-    bridges = _bridges(d)
-    n = 0
-    tasks = [t for ts in d.suites.values() for t in ts]
-    for task in dict.fromkeys(tasks):
-        metrics = d.metrics_of(task)
-        if not metrics:
-            continue
-        out.append(f'<h3 id="plots-{esc(task)}">{esc(task)}</h3><div class="plots">')
-        for metric in metrics:
-            panels = []
-            for stage in d.stages():
-                p = Panel(stage=stage or "—")
-                for c in stepped:
-                    if c.stage != stage:
-                        continue
-                    cell = d.cell(c, task, metric)
-                    if cell is None or cell.get("value") is None:
-                        continue
-                    p.series.setdefault(series_name(c), []).append(
-                        Point(step=int(c.step), value=float(cell["value"]), spread=cell.get("std"),  # type: ignore[arg-type]
-                              n_seeds=int(cell.get("n_seeds") or 1)))
-                br = bridges.get(stage)
-                if br is not None and (bc := d.cell(br, task, metric)) is not None and bc.get("value") is not None:
-                    p.line = (d.labels[br], float(bc["value"]))
-                if p.series:
-                    panels.append(p)
-            if not panels:
-                continue
-            arrow = "↑" if d.hib(task, metric) else "↓"
-            svg = metric_figure(panels, title=f"{task}: {metric} {arrow}", ylabel=metric, salt=f"{task}|{metric}|{n}")
-            out.append(f'<figure class="plot" data-task="{esc(task)}" data-metric="{esc(metric)}">{svg}</figure>')
-            n += 1
-        out.append("</div>")
-    return "\n".join(out), n
 
 
 def section_bon(d: ReportData) -> str:
@@ -344,17 +293,19 @@ def section_tier4(d: ReportData) -> str:
             subsets = sorted({r["subset"] for r in d.rows if r["task"] == task and r["metric"] == metric} - {ALL})
             if not subsets:
                 continue
-            out.append(f'<h3>{esc(task)}: {esc(metric)} ↑</h3><div class="wrap"><table class="tier4"><thead><tr>'
-                       '<th class="l">category</th>' + "".join(f"<th>{esc(d.labels[c])}</th>" for c in d.ckpts)
-                       + "<th>n</th></tr></thead><tbody>")
-            for sub in [*subsets, ALL]:
-                cells = {c: d.cell(c, task, metric, sub) for c in d.ckpts}
-                best = best_of(cells, True)
-                ns = {int(v["n"]) for v in cells.values() if v is not None and v.get("n") is not None}
-                tds = "".join(f'<td{" class=best" if c in best else ""}>{esc(pm(cells[c]))}</td>' for c in d.ckpts)
-                name = "<b>all</b>" if sub == ALL else esc(sub)
-                out.append(f'<tr><td class="l">{name}</td>{tds}<td>{esc("/".join(map(str, sorted(ns))) or "—")}</td></tr>')
-            out.append("</tbody></table></div>")
+            out.append(f"<h3>{esc(task)}: {esc(metric)} ↑</h3>")
+            for ckpts in chunks(d.ckpts, TIER4_CHECKPOINTS):  # a long matrix: several tables, none too wide
+                out.append('<div class="wrap"><table class="tier4"><thead><tr><th class="l">category</th>'
+                           + "".join(f'<th class="name">{esc(d.labels[c])}</th>' for c in ckpts)
+                           + "<th>n</th></tr></thead><tbody>")
+                for sub in [*subsets, ALL]:
+                    cells = {c: d.cell(c, task, metric, sub) for c in d.ckpts}
+                    best = best_of(cells, True)
+                    ns = {int(v["n"]) for v in cells.values() if v is not None and v.get("n") is not None}
+                    tds = "".join(f'<td{" class=best" if c in best else ""}>{esc(pm(cells[c]))}</td>' for c in ckpts)
+                    name = "<b>all</b>" if sub == ALL else esc(sub)
+                    out.append(f'<tr><td class="l">{name}</td>{tds}<td>{esc("/".join(map(str, sorted(ns))) or "—")}</td></tr>')
+                out.append("</tbody></table></div>")
     return "\n".join(out)
 
 
@@ -368,7 +319,9 @@ def _join(vals: Iterable[Any]) -> set[str]:
 
 
 def section_provenance(d: ReportData) -> str:
-    out = ['<h2 id="provenance">Run provenance</h2><div class="wrap"><table class="provenance"><thead><tr>'
+    widths = (12, 14, 7, 7, 6, 7, 9, 8, 8, 5, 7, 4, 10)  # relative column widths: the page's width, wrapped
+    cols = "".join(f'<col style="width:{w}%">' for w in widths)
+    out = [f'<h2 id="provenance">Run provenance</h2><table class="provenance"><colgroup>{cols}</colgroup><thead><tr>'
            '<th class="l">checkpoint</th><th class="l">path</th><th class="l">stage</th><th class="l">backend</th>'
            '<th class="l">precision</th><th class="l">dtype</th><th class="l">fingerprint</th><th class="l">tokenizer</th>'
            '<th class="l">chat template</th><th class="l">seeds</th><th class="l">git rev</th><th>units</th>'
@@ -395,7 +348,7 @@ def section_provenance(d: ReportData) -> str:
                    f'<td class="l">{esc(when)}</td></tr>')
         for cmd in sorted(_join(u.manifest.get("command") for u in units)):
             commands.append(f"<li><b>{esc(d.labels[c])}</b>: <code>{esc(cmd)}</code></li>")
-    out.append("</tbody></table></div>")
+    out.append("</tbody></table>")
     if commands:
         out.append("<details><summary>Generation commands</summary><ul>" + "".join(commands) + "</ul></details>")
     return "\n".join(out)
@@ -410,7 +363,7 @@ def build_report(store: Store, *, models: Sequence[str] | None = None, suites: S
                    allow_mixed=allow_mixed, matrix=matrix)
     title = title or f"rescore report: {store.root}"
     plots, n_plots = section_plots(d)
-    kl = section_kl(d, _bridges(d))  # empty unless units store distributions
+    kl = section_kl(d, bridges(d))  # empty unless units store distributions
     sections = [
         section_summary(d),
         section_deltas(d, models=models, suites=suites, tasks=tasks, metrics=metrics),
@@ -427,7 +380,7 @@ def build_report(store: Store, *, models: Sequence[str] | None = None, suites: S
             '<li><a href="#tier4">Tier4 by category</a></li>', '<li><a href="#provenance">Run provenance</a></li>']
     head = (f"<h1>{esc(title)}</h1><p class=\"muted\">Generated {esc(now)} from store <span class=\"mono\">"
             f"{esc(store.root)}</span>: {len(d.ckpts)} checkpoints, {len({r['task'] for r in d.rows})} tasks, "
-            f"{n_plots} plots.</p>{warn}{notes}<nav><ul>{''.join(nav)}</ul></nav>")
+            f"{n_plots} metric-vs-step figures.</p>{warn}{notes}<nav><ul>{''.join(nav)}</ul></nav>")
     body = head + "\n" + "\n".join(s for s in sections if s)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

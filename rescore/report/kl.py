@@ -100,48 +100,47 @@ def kl_rows(make_row: Any, task: str, b_units: dict[str, Unit], c_units: dict[st
 
 def section_kl(d: Any, bridges: dict[str | None, Any]) -> str:
     """The report's "KL to the bridge vs step" section (``d``: :class:`rescore.report.html.ReportData`): per
-    task whose units store distributions, each stepped checkpoint's mean KL(bridge ‖ checkpoint) over the
-    stored positions, one panel per stage. Empty when no unit stores distributions."""
+    task whose units store distributions, one figure with a subplot per direction (KL(bridge ‖ checkpoint) and
+    KL(checkpoint ‖ bridge)), each stepped checkpoint's mean over the stored positions against its step, in the
+    style of the metric-vs-step figures. Empty when no unit stores distributions."""
     from html import escape
 
-    from rescore.report.catalog import series_name
-    from rescore.report.plots import Panel, Point, metric_figure
+    from rescore.report.steps import NEED_STEPS, figure_html, task_subplots
 
     def units(c: Any, task: str) -> dict[str, Unit]:
         return {s: u for s, u in d.cat.units.get(c, {}).get(task, {}).items() if "dist" in u.manifest}
 
+    def kl_of(task: str) -> Any:
+        def value(c: Any, name: str) -> tuple[float, float | None, int] | None:
+            br = bridges.get(c.stage)
+            if br is None or not (b_units := units(br, task)) or not (c_units := units(c, task)):
+                return None
+            seeds = sorted(set(b_units) & set(c_units))
+            vals = [kl_pair(_dist(b_units[s]), _dist(c_units[s])).mean(KL_METRICS[name]) for s in seeds]
+            if not vals:
+                return None
+            return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None, len(vals)
+
+        return value
+
+    titles = [("kl", "KL(bridge ‖ checkpoint) ↓"), ("kl_reverse", "KL(checkpoint ‖ bridge) ↓")]
     tasks = sorted({t for c in d.ckpts for t in d.cat.units.get(c, {}) if units(c, t)})
-    out, n = [], 0
+    out, single = [], []
     for task in tasks:
-        for name, which in KL_METRICS.items():
-            panels = []
-            for stage in d.stages():
-                br = bridges.get(stage)
-                if br is None or not (b_units := units(br, task)):
-                    continue
-                p = Panel(stage=stage or "—")
-                for c in d.ckpts:
-                    if c.stage != stage or c.step is None or not (c_units := units(c, task)):
-                        continue
-                    seeds = sorted(set(b_units) & set(c_units))
-                    vals = [kl_pair(_dist(b_units[s]), _dist(c_units[s])).mean(which) for s in seeds]
-                    if vals:
-                        p.series.setdefault(series_name(c), []).append(
-                            Point(step=int(c.step), value=float(np.mean(vals)),
-                                  spread=float(np.std(vals, ddof=1)) if len(vals) > 1 else None, n_seeds=len(vals)))
-                if p.series:
-                    panels.append(p)
-            if panels:
-                title = f"{task}: {'KL(bridge ‖ checkpoint)' if which == 'forward' else 'KL(checkpoint ‖ bridge)'} ↓"
-                svg = metric_figure(panels, title=title, ylabel=f"{name} (nats/token)", salt=f"kl|{task}|{name}")
-                out.append(f'<figure class="plot" data-task="{escape(task)}" data-metric="{name}">{svg}</figure>')
-                n += 1
-    if not n:
+        subplots, steps = task_subplots(d, titles, kl_of(task), None)
+        if len(steps) < 2:
+            if subplots:
+                single.append(escape(task))
+            continue
+        names = [m for m, t in titles if any(sp.title == t for sp in subplots)]
+        out.append(figure_html("kl", task, names, subplots, f"{task}: KL to the bridge (nats/token)"))
+    if not out and not single:
         return ""
+    note = f'<p class="muted note-steps">Not plotted ({NEED_STEPS}): {", ".join(single)}.</p>' if single else ""
     return ('<h2 id="kl">KL to the bridge vs step</h2><p class="muted">Mean over the stored distributions\' positions '
             '(a task\'s <span class="mono">dist</span>) of the KL divergence between each checkpoint and its stage\'s '
             'bridge, in nats per token; a checkpoint whose perplexity stays flat while it drifts from its bridge '
-            'shows here.</p><div class="plots">' + "\n".join(out) + "</div>")
+            'shows here.</p>' + note + "\n".join(out))
 
 
 __all__ = ["KL_METRICS", "UNIT_METRICS", "kl_rows", "section_kl", "wanted"]
