@@ -106,8 +106,9 @@ def register(app: typer.Typer) -> None:
         title: Annotated[str | None, typer.Option("--title", help="Page title.")] = None,
         allow_mixed: AllowMixedOpt = False,
     ) -> None:
-        """Write one static HTML page: summary tables per suite, metric-vs-step plots per stage with the bridge
-        line and seed spread, best-of-n selection, Tier4 by category, and run provenance."""
+        """Write one static HTML page: a summary table per task, per task a figure of metric-vs-step plots (one
+        subplot per metric, where there are at least two steps) with the bridge line and seed spread, best-of-n
+        selection, Tier4 by category, and run provenance."""
         from rescore.artifacts.store import Store
         from rescore.report.html import write_report
         from rescore.report.results import check_patterns
