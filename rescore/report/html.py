@@ -18,7 +18,8 @@ Sections:
    the page says so in one line.
 4. **Best-of-n selection**: first / random / oracle / max-logprob (mean and sum) / majority / reranker, and
    the oracle - random gap (how much a perfect selector would gain over picking at random).
-5. **Tier4 SFT-native by category**: ``all_checks_pass_rate`` and ``instruction_match_rate`` per category.
+5. **Tier4 SFT-native by category**: ``all_checks_pass_rate`` and ``instruction_match_rate`` per category,
+   one row per checkpoint and one column per category (with its number of samples).
 6. **Provenance**: per checkpoint the model fingerprint, precision, dtype, tokenizer and chat template
    hashes, seeds, git revisions, dates, and the generation commands; the table wraps its cells to the page's
    width instead of running off its right edge.
@@ -50,7 +51,6 @@ BON = (("bon_first", "first"), ("bon_random", "random"), ("bon_oracle", "oracle"
 TIER4_METRICS = ("all_checks_pass_rate", "instruction_match_rate")
 ALL = "all"
 SUMMARY_METRICS = 8  # metric columns of one summary table: with checkpoint and stage, 10 fit 1300 px
-TIER4_CHECKPOINTS = 10  # checkpoint columns of one Tier4 table
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;max-width:1320px;
@@ -294,18 +294,23 @@ def section_tier4(d: ReportData) -> str:
             if not subsets:
                 continue
             out.append(f"<h3>{esc(task)}: {esc(metric)} ↑</h3>")
-            for ckpts in chunks(d.ckpts, TIER4_CHECKPOINTS):  # a long matrix: several tables, none too wide
-                out.append('<div class="wrap"><table class="tier4"><thead><tr><th class="l">category</th>'
-                           + "".join(f'<th class="name">{esc(d.labels[c])}</th>' for c in ckpts)
-                           + "<th>n</th></tr></thead><tbody>")
-                for sub in [*subsets, ALL]:
-                    cells = {c: d.cell(c, task, metric, sub) for c in d.ckpts}
-                    best = best_of(cells, True)
-                    ns = {int(v["n"]) for v in cells.values() if v is not None and v.get("n") is not None}
-                    tds = "".join(f'<td{" class=best" if c in best else ""}>{esc(pm(cells[c]))}</td>' for c in ckpts)
-                    name = "<b>all</b>" if sub == ALL else esc(sub)
-                    out.append(f'<tr><td class="l">{name}</td>{tds}<td>{esc("/".join(map(str, sorted(ns))) or "—")}</td></tr>')
-                out.append("</tbody></table></div>")
+            # one row per checkpoint, like the summary: a long matrix makes the table longer, not wider
+            for cols in chunks([*subsets, ALL], SUMMARY_METRICS):
+                cells = {(c, sub): d.cell(c, task, metric, sub) for c in d.ckpts for sub in cols}
+                best = {sub: best_of({c: cells[(c, sub)] for c in d.ckpts}, True) for sub in cols}
+                head = ""
+                for sub in cols:
+                    ns = sorted({int(v["n"]) for (_, s_), v in cells.items() if s_ == sub and v and v.get("n") is not None})
+                    name = "<b>all</b>" if sub == ALL else esc(sub).replace("_", "_<wbr>")
+                    head += f'<th>{name}<br><span class="muted">n={esc("/".join(map(str, ns)) or "—")}</span></th>'
+                out.append('<table class="tier4"><thead><tr><th class="l">checkpoint</th>' + head + "</tr></thead><tbody>")
+                for c in d.ckpts:
+                    if not any(cells[(c, sub)] for sub in cols):
+                        continue
+                    tds = "".join(f'<td{" class=best" if c in best[sub] else ""}>{esc(pm(cells[(c, sub)]))}</td>'
+                                  for sub in cols)
+                    out.append(f'<tr><td class="l name">{esc(d.labels[c])}</td>{tds}</tr>')
+                out.append("</tbody></table>")
     return "\n".join(out)
 
 
@@ -319,7 +324,7 @@ def _join(vals: Iterable[Any]) -> set[str]:
 
 
 def section_provenance(d: ReportData) -> str:
-    widths = (12, 14, 7, 7, 6, 7, 9, 8, 8, 5, 7, 4, 10)  # relative column widths: the page's width, wrapped
+    widths = (11, 15, 8, 6, 7, 6, 10, 7, 7, 4, 7, 5, 7)  # percent of the page's width; cells wrap
     cols = "".join(f'<col style="width:{w}%">' for w in widths)
     out = [f'<h2 id="provenance">Run provenance</h2><table class="provenance"><colgroup>{cols}</colgroup><thead><tr>'
            '<th class="l">checkpoint</th><th class="l">path</th><th class="l">stage</th><th class="l">backend</th>'

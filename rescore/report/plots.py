@@ -105,13 +105,19 @@ class PlainFormatter(ticker.Formatter):
         return self.format(x)
 
 
-def step_label(x: float, pos: int | None = None) -> str:
-    """A step as people write it: 500, 12.5k, 3M."""
-    if abs(x) < 10_000:
-        return f"{x:g}"
-    if abs(x) < 1_000_000:
-        return f"{x / 1e3:g}k"
-    return f"{x / 1e6:g}M"
+class StepFormatter(ticker.Formatter):
+    """Steps as people write them, one unit for the whole axis: ``500 1000``, ``6k 12k 18k``, ``1.5M 3M``."""
+
+    def __init__(self) -> None:
+        self.scale, self.unit = 1.0, ""
+
+    def set_locs(self, locs: Any) -> None:
+        super().set_locs(locs)
+        big = max((abs(float(v)) for v in locs), default=0.0)
+        self.scale, self.unit = (1e6, "M") if big >= 1e6 else (1e3, "k") if big >= 1e4 else (1.0, "")
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return "0" if x == 0 else f"{x / self.scale:g}{self.unit}"
 
 
 def _figure(subplots: Sequence[Subplot], *, title: str) -> str:
@@ -146,7 +152,7 @@ def _figure(subplots: Sequence[Subplot], *, title: str) -> str:
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_formatter(PlainFormatter())
         ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, integer=True))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(step_label))
+        ax.xaxis.set_major_formatter(StepFormatter())
         ax.grid(True, lw=0.4, alpha=0.5)
         if i + ncols >= n:  # nothing below it: the step axis is labelled here
             ax.xaxis.set_tick_params(labelbottom=True)
@@ -170,4 +176,4 @@ def _figure(subplots: Sequence[Subplot], *, title: str) -> str:
     return _METADATA.sub("", svg)
 
 
-__all__ = ["MAX_COLS", "PlainFormatter", "Point", "Subplot", "figure_columns", "step_figure", "step_label"]
+__all__ = ["MAX_COLS", "PlainFormatter", "Point", "StepFormatter", "Subplot", "figure_columns", "step_figure"]
