@@ -2,7 +2,7 @@
 shared step axis), drawn only for a task whose checkpoints span at least two steps.
 
 Every stage's runs are drawn on the same axes, each in its own color and named once in the figure's legend
-(``stage sft``, or ``stage sft: NAME`` when a stage holds several runs); the bridge of a stage is a dashed
+(``stage sft``, or ``stage sft: NAME`` when a stage holds several runs; a stage named ``stage1`` is ``stage1``); the bridge of a stage is a dashed
 line in that stage's color (gray when it bridges several stages, e.g. ``--baseline``).
 """
 
@@ -58,10 +58,9 @@ def legend_names(d: Any) -> dict[Checkpoint, str]:
     for c in stepped:
         if c.stage is None:
             out[c] = series_name(c)
-        elif len(runs[c.stage]) == 1:
-            out[c] = f"stage {c.stage}"
-        else:
-            out[c] = f"stage {c.stage}: {series_name(c)}"
+            continue
+        stage = c.stage if c.stage.lower().startswith("stage") else f"stage {c.stage}"  # "stage1", not "stage stage1"
+        out[c] = stage if len(runs[c.stage]) == 1 else f"{stage}: {series_name(c)}"
     return out
 
 
