@@ -44,30 +44,57 @@ def _row(u: Any) -> dict[str, Any]:
             "rows_total": u.rows_total, "bridge_for": u.bridge_for}
 
 
-def print_plan(units: list[Any], groups_todo: list[list[Any]], json_out: bool) -> None:
+def print_plan(units: list[Any], groups_todo: list[list[Any]], json_out: bool, costs: dict[str, Any] | None = None) -> None:
+    costs = costs or {}
     rows = [_row(u) for u in units]
+    for r in rows:
+        if (c := costs.get(r["run_id"])) is not None:  # stored distributions (a task's dist)
+            r.update(dist_positions=c.positions, dist_bytes=c.bytes, dist_problem=c.problem, dist_note=c.note)
     would = [u.plan.run_id for g in groups_todo for u in g]
     if json_out:
         print(json.dumps({"units": rows, "would_run": would, "jobs": len(groups_todo)}, indent=2))
         return
     from rich.table import Table
 
+    from rescore.gen.dist import human_bytes
+
     t = Table()
-    for c in ("checkpoint", "suite", "task", "seed", "state", "rows", "note"):
+    for c in ("checkpoint", "suite", "task", "seed", "state", "rows", *(("dist",) if costs else ()), "note"):
         t.add_column(c)
     style = {"complete": "green", "partial": "yellow", "missing": "red", "corrupt": "red"}
     for r in rows:
         st = style[r["state"]]
         rows_txt = f"{r['rows_done']}/{r['rows_total']}" if r["rows_total"] is not None else "-"
         note = f"bridge for {r['bridge_for']}" if r["bridge_for"] else ""
-        t.add_row(r["checkpoint"], r["suite"], r["task"], str(r["seed"]), f"[{st}]{r['state']}[/{st}]", rows_txt, note)
+        dist: tuple[str, ...] = ()
+        if costs:
+            size = r.get("dist_bytes")
+            dist = ((human_bytes(size) if size is not None else "?" if "dist_bytes" in r else "")
+                    + (" [red]refused[/red]" if r.get("dist_problem") else ""),)
+        t.add_row(r["checkpoint"], r["suite"], r["task"], str(r["seed"]), f"[{st}]{r['state']}[/{st}]", rows_txt,
+                  *dist, note)
     c = out_console()
     c.print(t)
+    if costs:
+        print_dist_total(c, list(costs.values()))
     n = {k: sum(1 for r in rows if r["state"] == k) for k in ("complete", "partial", "missing", "corrupt")}
     c.print(f"{len(rows)} units: {n['complete']} complete, {n['partial']} partial, {n['missing']} missing"
             + (f", {n['corrupt']} corrupt (`rescore verify` lists them; backfill leaves them as they are)"
                if n["corrupt"] else "")
             + f"; backfill would run {len(would)} unit(s) in {len(groups_todo)} job(s)", highlight=False)
+
+
+def print_dist_total(c: Any, costs: list[Any]) -> None:
+    """The stored distributions of the units to run: total size, and each unit gen would refuse, as gen says it."""
+    from rescore.gen.dist import human_bytes
+
+    known = [x.bytes for x in costs if x.bytes is not None]
+    c.print(f"stored distributions: about {human_bytes(sum(known))} in {len(known)} unit(s) to run"
+            + (f", {len(costs) - len(known)} more of unknown size" if len(known) < len(costs) else ""), highlight=False)
+    for note in sorted({x.note for x in costs if x.note}):
+        c.print(f"  size unknown: {note}", highlight=False, markup=False)
+    for problem in sorted({x.problem for x in costs if x.problem}):
+        c.print(f"  gen would refuse: {problem}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -84,12 +111,18 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Show every unit of MATRIX (checkpoint x task x seed) as complete / partial / missing, and what
-        `backfill` would run."""
+        `backfill` would run; for tasks that store distributions (dist), their expected size and the units
+        `gen` would refuse."""
         from rescore.plan.backfill import group_units, todo
 
         units, m = _units(store, matrix, from_results, mapping, data_root, direct)
         upj = units_per_job if units_per_job is not None else (m.slurm.units_per_job if m else 0)
-        print_plan(units, todo(group_units(units, upj)), json_out)
+        costs = None
+        if any(u.plan.task.dist is not None and u.state != "complete" for u in units):
+            from rescore.plan.dist_cost import dist_costs
+
+            costs = dist_costs(units)
+        print_plan(units, todo(group_units(units, upj)), json_out, costs)
 
     @app.command()
     @handle_errors

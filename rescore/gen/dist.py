@@ -9,12 +9,13 @@ the choice never depends on batches or on where a run resumed. The side files ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from rescore.config import DistConfig
-from rescore.core import derive_seed
+from rescore.core import Request, derive_seed
 from rescore.errors import ConfigError
 
 
@@ -93,6 +94,50 @@ def bytes_per_position(cfg: DistConfig, vocab: int) -> int:
     return 8 + 4 + k * (2 + (2 if vocab <= 65536 else 4))
 
 
+def count_positions(rules: Any, requests: Sequence[Request], cfg: DistConfig) -> int:
+    """How many positions of ``requests`` a task's ``dist`` selects (before anything runs), with the request
+    rules (:class:`rescore.gen.units.RequestRules`: tokenizer and context window) of the model that runs them."""
+    n = 0
+    lls = [r for r in requests if r.request_type == "loglikelihood"]
+    if lls:
+        _, meta = rules.loglikelihood_plan(lls)
+        n += sum(int(selected(cfg, "loglikelihood", r.sample_id, sum(len(c) for c in conts)).sum())
+                 for r, (conts, _) in zip(lls, meta, strict=True))
+    rolls = [r for r in requests if r.request_type == "rolling"]
+    if rolls:
+        _, targets = rules.rolling_plan(rolls)
+        n += sum(int(selected(cfg, "rolling", r.sample_id, len(t)).sum()) for r, t in zip(rolls, targets, strict=True))
+    return n
+
+
+def fmt(cfg: DistConfig) -> str:
+    return ("full" if cfg.topk is None else f"top-{cfg.topk}") + f", {cfg.dtype}"
+
+
+def request_type_problem(task: str, request_type: str, cfg: DistConfig) -> ConfigError | None:
+    """Why a task of ``request_type`` cannot store distributions as ``cfg`` asks (None: it can)."""
+    if request_type == "generate":
+        return ConfigError(f"task {task!r}: dist is for loglikelihood and rolling tasks, not generate",
+                           hint=f"remove dist from task {task!r}")
+    if cfg.positions == "answer" and request_type != "loglikelihood":
+        return ConfigError(f"task {task!r}: dist positions 'answer' select nothing in a {request_type} task",
+                           hint="use positions: all or {every: N}")
+    return None
+
+
+def size_problem(task: str, cfg: DistConfig, n: int, size: int, rows: int) -> ConfigError | None:
+    """Why ``gen`` refuses a unit whose distributions take ``size`` bytes at ``n`` positions (None: it runs)."""
+    if n == 0:
+        return ConfigError(f"task {task!r}: dist positions {cfg.positions!r} select no token of its {rows} rows",
+                           hint="select more positions (all, or a smaller every: N)")
+    if size > cfg.max_bytes_per_unit:
+        return ConfigError(f"task {task!r}: its stored distributions would take about {human_bytes(size)} "
+                           f"({n:,} positions), over the {human_bytes(cfg.max_bytes_per_unit)} per unit allowed",
+                           hint=f"raise it (-O tasks.{task}.dist.max_bytes_per_unit=N), store topk instead "
+                                "of full, or select fewer positions (every: N)")
+    return None
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -101,4 +146,5 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-__all__ = ["bytes_per_position", "human_bytes", "dist_arrays", "row_dist", "selected"]
+__all__ = ["bytes_per_position", "count_positions", "dist_arrays", "human_bytes", "request_type_problem", "row_dist",
+           "selected", "size_problem"]

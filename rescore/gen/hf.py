@@ -37,7 +37,7 @@ import numpy as np
 from rescore.config import ModelConfig
 from rescore.core import Request
 from rescore.gen.base import RunContext, backend, backend_and_loader_options
-from rescore.gen.dist import dist_arrays, empty_array, row_dist, selected
+from rescore.gen.dist import count_positions, dist_arrays, empty_array, row_dist, selected
 from rescore.gen.loaders import loaders
 from rescore.gen.rows import RowCollector, loglikelihood_row, rolling_row
 from rescore.gen.sampling import run_generate
@@ -117,17 +117,7 @@ class HFBackend:
 
     def dist_positions(self, requests: Sequence[Request], cfg: Any) -> int:
         """How many positions of ``requests`` a task's ``dist`` selects (before anything runs)."""
-        n = 0
-        lls = [r for r in requests if r.request_type == "loglikelihood"]
-        if lls:
-            _, meta = self.rules.loglikelihood_plan(lls)
-            n += sum(int(selected(cfg, "loglikelihood", r.sample_id, sum(len(c) for c in conts)).sum())
-                     for r, (conts, _) in zip(lls, meta, strict=True))
-        rolls = [r for r in requests if r.request_type == "rolling"]
-        if rolls:
-            _, targets = self.rules.rolling_plan(rolls)
-            n += sum(int(selected(cfg, "rolling", r.sample_id, len(t)).sum()) for r, t in zip(rolls, targets, strict=True))
-        return n
+        return count_positions(self.rules, requests, cfg)
 
     @property
     def dist_vocab(self) -> int:

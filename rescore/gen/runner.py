@@ -343,36 +343,24 @@ def resume_batch_plan(w: UnitWriter, plan: UnitPlan, progress: Progress) -> tupl
 
 def check_dist(plan: UnitPlan, backend: Backend, requests: Sequence[Request], progress: Progress) -> None:
     """A task that stores distributions runs on a backend that stores them, for a request type that has them,
-    selects some positions, and its side files fit ``dist.max_bytes_per_unit`` (their size is shown first)."""
-    from rescore.gen.dist import bytes_per_position, human_bytes
+    selects some positions, and its side files fit ``dist.max_bytes_per_unit`` (their size is shown first;
+    ``rescore plan`` shows it too, from the same functions)."""
+    from rescore.gen.dist import bytes_per_position, fmt, human_bytes, request_type_problem, size_problem
 
     dist = plan.task.dist
     assert dist is not None
-    if plan.request_type == "generate":
-        raise ConfigError(f"task {plan.task.name!r}: dist is for loglikelihood and rolling tasks, not generate",
-                          hint=f"remove dist from task {plan.task.name!r}")
-    if dist.positions == "answer" and plan.request_type != "loglikelihood":
-        raise ConfigError(f"task {plan.task.name!r}: dist positions 'answer' select nothing in a "
-                          f"{plan.request_type} task", hint="use positions: all or {every: N}")
+    if (bad := request_type_problem(plan.task.name, plan.request_type, dist)) is not None:
+        raise bad
     if not getattr(backend, "stores_dist", False):
         raise ConfigError(f"task {plan.task.name!r} asks for stored distributions (dist), which the "
                           f"{plan.model.backend} backend does not store", hint="run it with the hf backend")
     n = backend.dist_positions(requests, dist)  # type: ignore[attr-defined]
     size = n * bytes_per_position(dist, backend.dist_vocab)  # type: ignore[attr-defined]
-    if n == 0:
-        raise ConfigError(f"task {plan.task.name!r}: dist positions {dist.positions!r} select no token of its "
-                          f"{len(requests)} rows", hint="select more positions (all, or a smaller every: N)")
-    progress.message(f"{plan.label}: storing distributions ({_fmt(dist)}) at {n:,} positions: about "
-                     f"{human_bytes(size)}")
-    if size > dist.max_bytes_per_unit:
-        raise ConfigError(f"task {plan.task.name!r}: its stored distributions would take about {human_bytes(size)} "
-                          f"({n:,} positions), over the {human_bytes(dist.max_bytes_per_unit)} per unit allowed",
-                          hint=f"raise it (-O tasks.{plan.task.name}.dist.max_bytes_per_unit=N), store topk instead "
-                               "of full, or select fewer positions (every: N)")
-
-
-def _fmt(dist: Any) -> str:
-    return ("full" if dist.topk is None else f"top-{dist.topk}") + f", {dist.dtype}"
+    if n:
+        progress.message(f"{plan.label}: storing distributions ({fmt(dist)}) at {n:,} positions: about "
+                         f"{human_bytes(size)}")
+    if (bad := size_problem(plan.task.name, dist, n, size, len(requests))) is not None:
+        raise bad
 
 
 def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,
