@@ -36,7 +36,7 @@ from rescore.report import MAX_RESAMPLES
 from rescore.report.bootstrap import DEFAULT_LEVEL, DEFAULT_RESAMPLES, CountsCache, aggregate_fn, paired_bootstrap
 from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models
 from rescore.report.guard import MixedRunsError, guard_mixed, guard_result_rows
-from rescore.report.kl import kl_rows
+from rescore.report.kl import UNIT_METRICS, kl_rows
 from rescore.report.kl import wanted as kl_wanted
 from rescore.report.policy import evaluate
 from rescore.report.results import COMPARE_COLUMNS as COLUMNS
@@ -287,6 +287,8 @@ class _Comparer:
                     if meta.get("aggregator") == "sum" or not _applies(side.values(), metric, self.metas_of):
                         continue  # counts (tokens) are not a quality to compare; nor a metric no row applies to
                     if metrics and not any(fnmatch.fnmatchcase(metric, p) for p in metrics):
+                        continue
+                    if metric in UNIT_METRICS:  # compared from the stored distributions below (kl_rows)
                         continue
                     row = CompareRow(model=label, baseline=cat.labels[base], task=task, tier=tier, metric=metric,
                                      higher_is_better=bool(meta.get("higher_is_better", True)), step=ck.step,

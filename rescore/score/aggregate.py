@@ -196,6 +196,24 @@ aggregators.register("ece", Aggregator(
            "delta-method stderr", stats=_ece_stats, merge=_ece_merge, finish=_ece_finish, needs=("conf", "correct")))
 
 
+def _ece_bins_stats(cols: Cols, p: Mapping[str, Any]) -> Stats:
+    bins = int(p.get("n_bins", 10))
+    return {"n": float(np.asarray(cols["n"], dtype=np.float64).sum()),
+            "d": np.asarray([np.asarray(cols[f"d{b}"], dtype=np.float64).sum() for b in range(bins)])}
+
+
+def _ece_bins_finish(s: Stats, p: Mapping[str, Any]) -> Agg:
+    n = s["n"]
+    return Agg(float(np.abs(np.asarray(s["d"])).sum() / n) if n else None, None, int(n))
+
+
+aggregators.register("ece_bins", Aggregator(
+    "ece_bins", "expected calibration error over the tokens of all rows, from each row's count ``n`` and per-bin "
+                "sums ``d0``..``d9`` of (hit - confidence): sum_b |sum d_b| / sum n", stats=_ece_bins_stats,
+    merge=lambda a, b: {"n": a["n"] + b["n"], "d": a["d"] + b["d"]}, finish=_ece_bins_finish,
+    needs=("n", *(f"d{b}" for b in range(10)))))
+
+
 # -- bootstrap ----------------------------------------------------------------------------------------
 def bootstrap_mean(cols: Cols, p: Mapping[str, Any]) -> Agg:
     """Mean with a percentile bootstrap CI and the bootstrap stderr (std of resampled means, ddof=1).

@@ -233,7 +233,7 @@ def score_unit(store: Store, unit: Unit, specs: Sequence[Metric], loaded: tuple[
     def read_more(columns: list[str]) -> pa.Table:
         return unit.read_table(columns=[c for c in columns if c in names])
 
-    info = UnitInfo(run_id=unit.run_id, manifest=unit.manifest, read=read_more)
+    info = UnitInfo(run_id=unit.run_id, manifest=unit.manifest, read=read_more, unit=unit)
     d = scores_dir(store, unit.run_id)
     refuse_symlinks(store.root, d / INDEX)  # score files are written here, never through a link elsewhere
     written: list[tuple[str, dict[str, Any]]] = []
@@ -307,7 +307,7 @@ def plan_unit(store: Store, unit: Unit, specs: Sequence[Metric], force: bool,
     names = None
     todo = []
     for spec in specs:
-        if spec.request_type != unit.request_type:
+        if unit.request_type not in (spec.request_type, *spec.also_request_types):
             continue
         if spec.families and (unit.manifest.get("task") or {}).get("family") not in spec.families:
             continue
@@ -320,6 +320,8 @@ def plan_unit(store: Store, unit: Unit, specs: Sequence[Metric], force: bool,
             continue
         names = names if names is not None else set(unit_columns(unit))
         lacking = [c for c in spec.columns if c not in names]
+        if lacking == ["dist_positions"]:  # a unit that stores no distributions: nothing to say
+            continue
         if lacking:
             report.skipped.append(f"{spec.name} on {unit.run_id[:12]}: the unit has no column(s) {lacking}")
             continue

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from rescore.artifacts.tensors import DistTensors
+from rescore.artifacts.tensors import DistTensors, read_dist
 from rescore.errors import ConfigError
+from rescore.score.columns import memo
+from rescore.score.spec import Metric, UnitInfo, register_metric
 
 TAIL_K = 64
 
@@ -139,6 +142,65 @@ def ece_from_rows(cols: dict[str, np.ndarray], w: np.ndarray | None = None) -> n
     tot = sum(np.abs(ws(cols[f"d{i}"])) for i in range(ECE_BINS))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(tot / n, dtype=np.float64)
+
+
+# -- per-unit metrics in the results table (rows of units that store distributions; others lack dist_positions)
+def _unit_stats(table: pa.Table, unit: UnitInfo) -> dict[str, dict[str, np.ndarray]] | None:
+    """:func:`row_stats` in the order of ``table``'s rows; None for a unit without stored distributions."""
+    if unit.unit is None or not isinstance(unit.manifest.get("dist"), dict):
+        return None
+
+    def compute() -> dict[str, dict[str, np.ndarray]]:
+        d = read_dist(unit.unit)
+        at = {s: i for i, s in enumerate(d.sample_ids)}
+        order = np.asarray([at[s] for s in table.column("sample_id").to_pylist()], dtype=np.int64)
+        return {m: {k: v[order] for k, v in cols.items()} for m, cols in row_stats(d).items()}
+
+    return memo(table, "dist_row_stats", compute)
+
+
+def _mean_of(table: pa.Table, unit: UnitInfo, name: str) -> dict[str, Any]:
+    stats = _unit_stats(table, unit)
+    if stats is None:
+        nan = np.full(table.num_rows, np.nan)
+        return {"value": nan, "num": nan, "den": nan}
+    num, den = stats[name]["num"], stats[name]["den"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(den > 0, num / den, np.nan)
+    return {"value": value, "num": np.where(den > 0, num, np.nan), "den": np.where(den > 0, den, np.nan)}
+
+
+def dist_entropy(table: pa.Table, unit: UnitInfo) -> dict[str, Any]:
+    return _mean_of(table, unit, "dist_entropy")
+
+
+def dist_tail_mass(table: pa.Table, unit: UnitInfo) -> dict[str, Any]:
+    return _mean_of(table, unit, "dist_tail_mass")
+
+
+def dist_ece(table: pa.Table, unit: UnitInfo) -> dict[str, Any]:
+    stats = _unit_stats(table, unit)
+    if stats is None:
+        nan = np.full(table.num_rows, np.nan)
+        return {"value": nan, "n": nan, **{f"d{b}": nan for b in range(ECE_BINS)}}
+    cols = stats["dist_ece"]
+    n = cols["n"]
+    d = [cols[f"d{b}"] for b in range(ECE_BINS)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(n > 0, sum(np.abs(x) for x in d) / n, np.nan)
+    return {"value": value, "n": n, **{f"d{b}": x for b, x in enumerate(d)}}
+
+
+for _fn, _agg, _hib, _desc in (
+    (dist_entropy, "ratio", False, "entropy (nats) of the stored next-token distributions, token-level mean "
+                                   "(full: exact; topk: the head plus the tail as one outcome, a lower bound)"),
+    (dist_tail_mass, "ratio", False, "probability outside the top K (topk: stored; full: K=64), token-level mean"),
+    (dist_ece, "ece_bins", False, "expected calibration error of the top-1 token over all stored positions "
+                                  f"({ECE_BINS} equal-width bins)"),
+):
+    register_metric(Metric(name=_fn.__name__, fn=_fn, columns=("dist_positions",), request_type="rolling",
+                           also_request_types=("loglikelihood",), higher_is_better=_hib, aggregator=_agg, version=1,
+                           description=_desc, needs_unit=True))
 
 
 @dataclass

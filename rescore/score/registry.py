@@ -26,6 +26,7 @@ BUILTIN = (
     "rescore.score.metrics_choice",
     "rescore.score.metrics_answer",
     "rescore.score.metrics_sft",
+    "rescore.score.metrics_dist",
 )
 ENTRY_POINT_GROUP = "rescore.metrics"
 

@@ -146,6 +146,8 @@ class UnitInfo:
     manifest: Mapping[str, Any] = field(default_factory=dict)
     read: Callable[[list[str]], pa.Table] | None = field(default=None, compare=False)
     """Reads further columns of the unit (rows in the same order as the table the metric got)."""
+    unit: Any = field(default=None, compare=False)
+    """The store's :class:`rescore.artifacts.store.Unit`, for metrics of its side files (stored distributions)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class Metric:
     needs_unit: bool = False
     lm_eval_key: str | None = None
     families: tuple[str, ...] = ()  # the task families whose units it applies to (empty: every family)
+    also_request_types: tuple[str, ...] = ()  # further request types whose units it scores
     available: Callable[[], str | None] = field(default=lambda: None, compare=False)
     """Returns None when the metric can run here, else why not (e.g. an optional package is missing)."""
 
@@ -181,7 +184,7 @@ class Metric:
             raise ConfigError(f"invalid metric name {self.name!r}", hint="use [a-z0-9_.-], starting with a letter or digit")
         if not isinstance(self.version, int) or self.version < 1:
             raise ConfigError(f"metric {self.name!r}: version must be a positive integer, got {self.version!r}")
-        if self.request_type not in ("loglikelihood", "rolling", "generate"):
+        if any(rt not in ("loglikelihood", "rolling", "generate") for rt in (self.request_type, *self.also_request_types)):
             raise ConfigError(f"metric {self.name!r}: unknown request_type {self.request_type!r}",
                               hint="one of loglikelihood, rolling, generate")
 
