@@ -18,6 +18,10 @@ def test_demo_generates_scores_and_reports(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "demo results" in out.stdout
+    import re
+
+    # counts print as integers (the table is wide enough for one line per metric when not a terminal)
+    assert re.search(r"wikitext2_packed +│ tokens +│ +\d+ +│", out.stdout), out.stdout
     results = pq.read_table(store / "results.parquet").to_pylist()
     tasks = {r["task"] for r in results}
     assert {"wikitext2_packed", "wikitext2_docs", "hellaswag", "arc_easy", "gsm8k_chat", "sft_native"} <= tasks

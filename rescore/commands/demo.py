@@ -20,7 +20,7 @@ def compact_table(rows: list[dict], title: str):  # type: ignore[no-untyped-def]
     """Task | metric | value ± stderr | n: narrow enough for an 80-column terminal."""
     from rich.table import Table
 
-    from rescore.report.results import fmt
+    from rescore.report.results import fmt, fmt_value
 
     t = Table(title=title)
     t.add_column("task")
@@ -29,7 +29,7 @@ def compact_table(rows: list[dict], title: str):  # type: ignore[no-untyped-def]
     t.add_column("± stderr", justify="right")
     t.add_column("n", justify="right")
     for r in rows:
-        t.add_row(str(r["task"]), str(r["metric"]), fmt(r.get("value")), fmt(r.get("stderr")), fmt(r.get("n")))
+        t.add_row(str(r["task"]), str(r["metric"]), fmt_value(r), fmt(r.get("stderr")), fmt(r.get("n")))
     return t
 
 
