@@ -52,20 +52,26 @@ def register(app: typer.Typer) -> None:
         stage: Annotated[str | None, typer.Option(help="Training stage of the checkpoint.")] = None,
         suite: Annotated[str, typer.Option(help="Suite name recorded in the manifests.")] = "lm-eval",
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these lm-eval tasks (glob). Repeatable, or comma separated.", callback=comma_list)] = None,
+        include_path: Annotated[Path | None, typer.Option("--include-path", help="Directory of the run's own task YAMLs (lm-eval's --include_path), so that `rescore score` computes their lm-eval.* metrics; default: the installed lm-eval's tasks, then the YAML the run was made from if it is still there.")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Import lm-evaluation-harness 0.4 output written with --log_samples (results_*.json + samples_*.jsonl).
 
         Multiple-choice tasks become loglikelihood units (per-choice sums and greedy flags; no per-token
         logprobs), loglikelihood_rolling tasks rolling units, generate_until tasks generate units (raw
-        responses before filters).
+        responses before filters). `rescore score` computes their lm-eval.* metrics with the installed
+        lm-eval's task of the same name, as for units generated with the lm_eval family.
         """
         from rescore.artifacts.store import Store
+        from rescore.errors import ConfigError
         from rescore.importers.common import checked_name
         from rescore.importers.lm_eval import Options, import_lm_eval
 
+        if include_path is not None and not include_path.is_dir():
+            raise ConfigError(f"--include-path {include_path} is not a directory",
+                              hint="give the directory of the task YAMLs the run was made with (lm-eval's --include_path)")
         opts = Options(model_name=model_name, step=step, stage=stage, suite=checked_name(suite, "suite name"),
-                       tasks=tuple(task or ()))
+                       tasks=tuple(task or ()), include_path=str(include_path.resolve()) if include_path else None)
         results, notes = import_lm_eval(Store(store), path, opts, command=" ".join(sys.argv))
         _report(results, notes, store, json_out)
 

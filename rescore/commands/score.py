@@ -148,10 +148,13 @@ def register(app: typer.Typer) -> None:
             from rescore.artifacts.store import Store as _Store
             from rescore.tasks.lm_eval.scoring import register_store_metrics
 
+            lm_notes: list[str] = []
             try:
-                register_store_metrics(_Store(store))
+                register_store_metrics(_Store(store), lm_notes)
             except ConfigError as e:  # lm-eval missing here: the other metrics are still computed
                 print(f"note: lm-eval metrics not computed: {e.render()}", file=sys.stderr)
+            for line in lm_notes:  # imported units whose lm-eval task is not known here
+                print(f"note: {line}", file=sys.stderr)
         specs = select_metrics(metric, params=params, only=only)  # bad names fail before the store is read
         st = Store(store)
         if not st.gen_dir.is_dir():

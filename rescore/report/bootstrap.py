@@ -123,6 +123,10 @@ def aggregate_fn(aggregator: str, agg_params: Mapping[str, Any] | None = None) -
     from rescore.score.spec import aggregators
 
     load_builtin()
+    if aggregator == "lm_eval" and aggregator not in aggregators:  # lm-eval.* metrics' (registered by `score`)
+        from rescore.tasks.lm_eval.scoring import register_aggregator
+
+        register_aggregator()
     agg = aggregators.get(aggregator)
     params = dict(agg_params or {})
 

@@ -311,6 +311,8 @@ def plan_unit(store: Store, unit: Unit, specs: Sequence[Metric], force: bool,
             continue
         if spec.families and (unit.manifest.get("task") or {}).get("family") not in spec.families:
             continue
+        if spec.applies is not None and not spec.applies(unit.manifest):
+            continue
         why = spec.available()
         if why:
             report.unavailable[spec.name] = why

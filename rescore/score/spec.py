@@ -178,6 +178,8 @@ class Metric:
     also_request_types: tuple[str, ...] = ()  # further request types whose units it scores
     available: Callable[[], str | None] = field(default=lambda: None, compare=False)
     """Returns None when the metric can run here, else why not (e.g. an optional package is missing)."""
+    applies: Callable[[Mapping[str, Any]], bool] | None = field(default=None, compare=False)
+    """Whether it scores a unit (given the unit's manifest), after request type and families; None: it does."""
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name) or ".." in self.name:

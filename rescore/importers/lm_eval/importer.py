@@ -78,6 +78,8 @@ def build_units(run: LmEvalRun, opts: Options) -> tuple[list[ImportUnit], list[s
         n_shot = (res.get("n-shot") or {}).get(lm_task, cfg.get("num_fewshot"))
         task_cfg = {"lm_eval_task": lm_task, "num_fewshot": n_shot, "chat": chat_applied(res),
                     "params": {"target_delimiter": cfg.get("target_delimiter", " ")}, "lm_eval": cfg}
+        if opts.include_path is not None:  # where rescore score finds the task's YAML for its lm-eval.* metrics
+            task_cfg["include_path"] = opts.include_path
         inputs = [(r["sample_id"], content_hash([s.doc, s.target, s.args], 16)) for r, s in zip(rows, samples, strict=True)]
         units.append(ImportUnit(
             kind="lm-eval", request_type=rt, model=model,

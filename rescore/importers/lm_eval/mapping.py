@@ -101,8 +101,10 @@ def mc_rows(path: Path, samples: list[Sample], task: str, cfg: dict[str, Any], r
             str_field(path, s.line, f"arguments.gen_args_{i}.arg_0", a[0])
             str_field(path, s.line, f"arguments.gen_args_{i}.arg_1", a[1])
         k = len(pairs)
+        uncond = None
         if "acc_mutual_info" in metric_names and k % 2 == 0 and all(a[0] == "" for a in pairs[k // 2 :]):
-            k //= 2  # the second half are lm-eval's unconditional requests
+            k //= 2  # the second half are lm-eval's unconditional requests (kept in meta for lm-eval's metrics)
+            uncond = [[v, g] for v, g in zip(lls[k:], greedy[k:], strict=True)]
             pairs, lls, greedy = pairs[:k], lls[:k], greedy[:k]
         ctxs = [a[0] for a in pairs]
         conts = [a[1] for a in pairs]
@@ -135,6 +137,8 @@ def mc_rows(path: Path, samples: list[Sample], task: str, cfg: dict[str, Any], r
         meta = {"doc_id": s.doc_id, "doc": s.doc, "lm_eval": s.metrics,
                 "choice_chars": [len(c) for c in choice_strs],
                 "choice_bytes": [len(c.encode("utf-8")) for c in choice_strs]}
+        if uncond is not None:
+            meta["unconditional"] = uncond
         rows.append({
             "sample_id": f"{s.doc_id:08d}", "task": task, "request_type": "loglikelihood", "target": s.target,
             "gold": gold, "category": None, "meta": meta_json(meta),
@@ -215,7 +219,7 @@ def rolling_rows(path: Path, samples: list[Sample], task: str) -> list[dict[str,
         rows.append({
             "sample_id": f"{s.doc_id:08d}", "task": task, "request_type": "rolling", "target": None,
             "gold": None, "category": None,
-            "meta": meta_json({"doc_id": s.doc_id, "lm_eval": s.metrics}),
+            "meta": meta_json({"doc_id": s.doc_id, "doc": s.doc, "lm_eval": s.metrics}),
             "prompt": text, "sum_logprob": ll, "n_tokens": None, "n_bytes": nbytes, "n_words": words,
             "per_token_available": False,
         })

@@ -32,6 +32,7 @@ class Options:
     stage: str | None = None
     suite: str = "lm-eval"
     tasks: tuple[str, ...] = ()  # globs over lm-eval task names; empty = all
+    include_path: str | None = None  # the run's task YAMLs (lm-eval's --include_path), for its lm-eval.* metrics
 
 
 # -- finding runs -------------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ def metric_name(metric: str, filt: str) -> str:
 
 
 def _task_config(manifest: dict[str, Any]) -> TaskConfig:
+    from rescore.tasks.lm_eval.imported import is_imported, task_config
+
+    if is_imported(manifest):
+        return task_config(manifest)
     return TaskConfig.model_validate((manifest.get("task") or {}).get("config") or {})
 
 
@@ -65,8 +69,10 @@ def evaluate(manifest: dict[str, Any], table: pa.Table) -> dict[str, Any]:
     from lm_eval.api.instance import Instance
     from lm_eval.evaluator_utils import _process_results
 
+    from rescore.tasks.lm_eval.imported import is_imported, read_metas
+
     rt = str(manifest.get("request_type"))
-    metas = [json.loads(m) for m in table.column("meta").to_pylist()]
+    metas = read_metas(manifest, table) if is_imported(manifest) else [json.loads(m) for m in table.column("meta").to_pylist()]
     task = _task_config(manifest)
     _, loaded = _loaded(task, metas)
     resp_cols = {c: table.column(c).to_pylist() for c in COLUMNS[rt][1:]}
@@ -86,7 +92,7 @@ def evaluate(manifest: dict[str, Any], table: pa.Table) -> dict[str, Any]:
             for j, (args, idx) in enumerate(zip(m["args"], m["idx"], strict=True)):
                 inst = Instance(request_type=m["type"], doc=m["doc"], arguments=tuple(args), idx=idx,
                                 metadata=(name, m["doc_id"], m["repeats"]))
-                inst.resps = _responses(rt, resp_cols, i, j, m["repeats"])
+                inst.resps = m["resps"][j] if "resps" in m else _responses(rt, resp_cols, i, j, m["repeats"])
                 mine.append(inst)
             insts += mine
             by_row.append((i, mine))
@@ -197,7 +203,7 @@ def _aggregate(cols: Any, p: Any) -> Any:
     return Agg(None if math.isnan(v) else float(v), None if math.isnan(s) else float(s), n)
 
 
-def _register_aggregator() -> None:
+def register_aggregator() -> None:
     from rescore.score.spec import Aggregator, aggregators
 
     if "lm_eval" not in aggregators:
@@ -222,22 +228,52 @@ def unit_keys(manifest: dict[str, Any], metas: list[dict[str, Any]]) -> tuple[li
     return [(m, f, h) for (m, f), h in keys.items()], hashes
 
 
-def register_store_metrics(store: Any) -> list[str]:
-    """Register the lm-eval metrics of the store's ``lm_eval`` units; returns their names."""
-    units = [u for u in store.units() if u.complete and ((u.manifest.get("task") or {}).get("family") == "lm_eval")]
+def _applies(imported: frozenset[str]) -> Any:
+    """The units lm-eval's metrics score: the ``lm_eval`` family's, and the imported ones whose task is known."""
+    def applies(manifest: Any) -> bool:
+        return (manifest.get("task") or {}).get("family") == "lm_eval" or manifest.get("run_id") in imported
+
+    return applies
+
+
+def register_store_metrics(store: Any, notes: list[str] | None = None) -> list[str]:
+    """Register the lm-eval metrics of the store's ``lm_eval`` units and of its units imported from lm-eval
+    runs (:mod:`rescore.tasks.lm_eval.imported`); returns their names. Imported units whose task lm-eval
+    does not know here get none, and a line in ``notes``."""
+    from rescore.tasks.lm_eval.imported import has_docs, is_imported, read_metas, resolve, unknown_note
+
+    units = [u for u in store.units() if u.complete and ((u.manifest.get("task") or {}).get("family") == "lm_eval"
+                                                         or is_imported(u.manifest))]
     if not units:
         return []
     from rescore.score.spec import Metric, metrics, register_metric
     from rescore.tasks.lm_eval.loading import lm_eval_version
 
     version = lm_eval_version()
-    _register_aggregator()
+    register_aggregator()
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    scored: set[str] = set()
     for u in units:
+        imported = is_imported(u.manifest)
+        if imported:
+            _, why = resolve(u.manifest)
+            if why is not None:
+                if notes is not None:
+                    notes.append(unknown_note(u.manifest, why))
+                continue
         try:
-            metas = [json.loads(m) for m in u.read_table(columns=["meta"]).column("meta").to_pylist()]
+            table = u.read_table(columns=list(COLUMNS[u.request_type]) if imported else ["meta"])
+            raw = [json.loads(m) for m in table.column("meta").to_pylist()]
         except Exception:  # noqa: BLE001 - a damaged unit is reported by the scorer itself
             continue
+        if imported and not has_docs(raw):
+            if notes is not None:
+                notes.append(unknown_note(u.manifest, "it was imported before rescore kept the documents of rolling "
+                                                      "tasks", fix="import the run again"))
+            continue
+        metas = read_metas(u.manifest, table) if imported else raw
+        if imported:
+            scored.add(u.run_id)
         keys, hashes = unit_keys(u.manifest, metas)
         for metric, filt, hib in keys:
             e = found.setdefault((metric, filt), {"rts": set(), "hashes": set(), "hib": hib})
@@ -252,7 +288,8 @@ def register_store_metrics(store: Any) -> list[str]:
                 continue
             register_metric(Metric(
                 name=name, fn=_metric_fn(metric, filt), columns=COLUMNS[rt], request_type=rt,
-                higher_is_better=e["hib"], aggregator="lm_eval", version=v, needs_unit=True, families=("lm_eval",),
+                higher_is_better=e["hib"], aggregator="lm_eval", version=v, needs_unit=True,
+                applies=_applies(frozenset(scored)),
                 description=f"lm-evaluation-harness {version} {metric} (filter {filt})",
                 lm_eval_key=f"{metric},{filt}"))
             names.append(name)
