@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         stage: Annotated[str | None, typer.Option(help="Training stage of the checkpoint.")] = None,
         suite: Annotated[str, typer.Option(help="Suite name recorded in the manifests.")] = "lm-eval",
         task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Only these lm-eval tasks (glob). Repeatable, or comma separated.", callback=comma_list)] = None,
-        include_path: Annotated[Path | None, typer.Option("--include-path", help="Directory of the run's own task YAMLs (lm-eval's --include_path), so that `rescore score` computes their lm-eval.* metrics; default: the installed lm-eval's tasks, then the YAML the run was made from if it is still there.")] = None,
+        include_path: Annotated[Path | None, typer.Option("--include-path", help="Directory of the run's own task YAMLs (lm-eval's --include_path), so that `rescore score` computes their lm-eval.* metrics; default: the directory of the YAML the run was made from if it is still there, else the installed lm-eval's tasks.")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Import lm-evaluation-harness 0.4 output written with --log_samples (results_*.json + samples_*.jsonl).

@@ -20,8 +20,11 @@ with a samples file becomes one unit:
 - ``generate_until`` -> ``generate`` rows: the raw responses before filters (one candidate per repeat), the
   doc, the target and, for GSM8K-style targets, ``meta["answer"]``.
 
-Every row's meta keeps lm-eval's per-sample metric values (``lm_eval``: ``{"acc,none": 1.0, ...}``), and
-the import checks that rescore's acc/acc_norm agree with them row by row (``import.checks`` in the manifest).
+Every row's meta keeps lm-eval's document and per-sample metric values (``lm_eval``: ``{"acc,none": 1.0,
+...}``), and the import checks that rescore's acc/acc_norm agree with them row by row (``import.checks`` in
+the manifest). ``rescore score`` gives the units the ``lm-eval.*`` metrics of generated ``lm_eval`` units by
+recomputing them with lm-eval's task (:mod:`rescore.tasks.lm_eval.imported`); ``Options.include_path``
+(``--include-path``) is where the run's own task YAMLs are, recorded in the task config.
 """
 
 from rescore.importers.lm_eval.importer import build_units, import_lm_eval
