@@ -53,15 +53,15 @@ class ToyStore:
         return run_id
 
     def scores(self, run_id: str, metric: str, ids: list[str], *, aggregator: str = "mean", hib: bool = True,
-               **cols: Any) -> None:
+               version: int = 1, params_hash: str = "p", **cols: Any) -> None:
         d = self.root / "scores" / run_id
         d.mkdir(parents=True, exist_ok=True)
         value = np.asarray(cols.pop("value"), dtype=np.float64)
-        meta = {"metric": metric, "version": 1, "params_hash": "p", "aggregator": aggregator, "agg_params": {},
+        meta = {"metric": metric, "version": version, "params_hash": params_hash, "aggregator": aggregator, "agg_params": {},
                 "higher_is_better": hib, "source_sha256": f"sha-{run_id}",
                 "aggregates": {"all": {"value": float(np.nanmean(value)), "n": int(value.size)}}}
         t = pa.table({"sample_id": ids, "value": value, **{k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}})
-        pq.write_table(t.replace_schema_metadata({b"rescore": json.dumps(meta).encode()}), d / f"{metric}@1.parquet")
+        pq.write_table(t.replace_schema_metadata({b"rescore": json.dumps(meta).encode()}), d / f"{metric}@{version}.parquet")
 
 
 def ids(n: int) -> list[str]:
@@ -183,6 +183,26 @@ def test_compare_rows_on_a_constructed_store(toy: ToyStore) -> None:
     assert row.rel_delta == pytest.approx(-0.05 / row.base)
     assert row.ci_low == pytest.approx(-0.05) and row.ci_high == pytest.approx(-0.05)
     assert row.n == 200 and row.status == ""
+
+
+def test_compare_uses_the_metrics_registered_now(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``score`` registers a store's lm-eval metrics with versions of that store's task configs: a compare
+    that follows another store's compare in the same process reads the versions registered now."""
+    from dataclasses import replace
+
+    from rescore.score.registry import load_builtin
+    from rescore.score.spec import metrics
+
+    load_builtin()
+    old = metrics.get("acc")
+    for i, version in enumerate((7, 8)):
+        monkeypatch.setitem(metrics._entries, "acc", replace(old, version=version))
+        st = ToyStore(tmp_path / f"store{i}")
+        for name, step in (("bridge", 1), ("ckpt", 2)):
+            st.scores(st.unit(name=name, step=step), "acc", ids(4), value=np.ones(4), version=version,
+                      params_hash=old.params_hash())
+        res = compare(Store(st.root), "bridge", resamples=10)
+        assert [(r.metric, r.status, r.metric_version) for r in res.rows] == [("acc", "", version)]
 
 
 def test_pairing_is_by_sample_id_on_shared_samples(toy: ToyStore) -> None:

@@ -22,7 +22,6 @@ import fnmatch
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +55,16 @@ from rescore.score.engine import (
 
 
 # -- per-row scores ----------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def _current_specs() -> dict[str, Any]:
+def current_specs() -> dict[str, Any]:
+    """The registered metrics now (``score`` registers a store's lm-eval metrics, whose versions depend on
+    that store's task configs: never cached across stores)."""
     return {s.name: s for s in select_metrics()}
 
 
-def unit_metrics(store: Store, unit: Unit) -> dict[str, dict[str, Any]]:
+def unit_metrics(store: Store, unit: Unit, specs: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """metric -> score-file metadata of the unit's current score files (as results.parquet uses them)."""
-    return choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"), _current_specs())
+    return choose_files(scan_scores(store, unit.run_id), unit.manifest.get("rows_parquet_sha256"),
+                        current_specs() if specs is None else specs)
 
 
 def read_rows(store: Store, unit: Unit, meta: dict[str, Any], columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -250,10 +251,11 @@ class _Comparer:
         self._metas: dict[str, dict[str, dict[str, Any]]] = {}
         self._rows: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self.counts = CountsCache()
+        self._specs = current_specs()
 
     def metas_of(self, u: Unit) -> dict[str, dict[str, Any]]:
         if u.run_id not in self._metas:
-            self._metas[u.run_id] = unit_metrics(self.store, u)
+            self._metas[u.run_id] = unit_metrics(self.store, u, self._specs)
         return self._metas[u.run_id]
 
     def rows_of(self, u: Unit, meta: dict[str, Any], needs: Sequence[str]) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ import numpy as np
 from rescore.artifacts.store import Store, Unit
 from rescore.errors import ConfigError, UserError
 from rescore.report.catalog import Catalog, Checkpoint, build_catalog, resolve_baseline, select_models
-from rescore.report.compare import read_rows, unit_metrics
+from rescore.report.compare import current_specs, read_rows, unit_metrics
 
 PRIMARY = ("acc", "acc_norm", "exact_match_flexible", "exact_match_strict", "pass_at_1", "all_checks_pass_rate",
            "token_perplexity", "lm-eval.acc", "lm-eval.exact_match")
@@ -125,6 +125,7 @@ def _task_data(store: Store, cat: Catalog, task: str, ckpts: list[Checkpoint], n
     per_ck: list[dict[str, Any]] = []
     rt = None
     hib: dict[str, bool] = {}
+    specs = current_specs()
     for c in ckpts:
         units = cat.units.get(c, {}).get(task, {})
         values: dict[str, dict[str, list[float]]] = {}
@@ -143,7 +144,7 @@ def _task_data(store: Store, cat: Catalog, task: str, ckpts: list[Checkpoint], n
                         detail[r["sample_id"]]["c"] += d["c"]
                     else:
                         detail[r["sample_id"]] = d
-                for metric, meta in unit_metrics(store, u).items():
+                for metric, meta in unit_metrics(store, u, specs).items():
                     hib[metric] = bool(meta.get("higher_is_better", True))
                     got = read_rows(store, u, meta, [])
                     vals = values.setdefault(metric, {})
