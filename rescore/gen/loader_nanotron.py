@@ -37,6 +37,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rescore.artifacts.io import sha256_file
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
 from rescore.gen.loaders import Loaded, loader
@@ -223,11 +224,7 @@ def checkpoint_fingerprint(root: Path) -> str:
     h = hashlib.sha256()
     h.update(b"model_config.json\0" + (root / "model_config.json").read_bytes() + b"\0")
     for f in sorted((root / "model").rglob("*.safetensors")):
-        d = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                d.update(block)
-        h.update(f"{f.relative_to(root).as_posix()}\0{d.hexdigest()}\0".encode())
+        h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\0".encode())
     return h.hexdigest()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from rescore.artifacts.io import sha256_file
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
 from rescore.gen.loaders import Loaded, loader, loader_options
@@ -182,21 +183,13 @@ def _cached_dir(model: Any) -> Path | None:
     return None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 over config.json and the sha256 of every weight file (sorted by name)."""
     h = hashlib.sha256()
     h.update(b"config.json\0" + (model_dir / "config.json").read_bytes() + b"\0")
     for f in sorted(model_dir.iterdir()):
         if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES):
-            h.update(f"{f.name}\0{_sha256_file(f)}\0".encode())
+            h.update(f"{f.name}\0{sha256_file(f)}\0".encode())
     return h.hexdigest()
 
 
@@ -208,7 +201,7 @@ def tokenizer_hash(model_dir: Path | None, tokenizer: Any) -> str:
         for name in TOKENIZER_FILES:
             f = model_dir / name
             if f.is_file():
-                h.update(f"{name}\0{_sha256_file(f)}\0".encode())
+                h.update(f"{name}\0{sha256_file(f)}\0".encode())
                 found = True
     if not found:  # no files to hash: the vocabulary and special tokens stand in for them
         vocab = sorted(tokenizer.get_vocab().items())

@@ -7,48 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rescore.errors import ConfigError
-from rescore.score.files import (  # noqa: F401  (re-exported: importable from the engine as before)
-    INDEX,
-    META_KEY,
-    _index_checksum,
-    _index_written,
-    check_score_file,
-    choose_files,
-    forget_score_files,
-    is_current,
-    read_score_file,
-    read_unit_scores,
-    scan_scores,
-    score_file_path,
-    score_files,
-    scores_dir,
-    sync_scores,
-    write_score_file,
-)
-from rescore.score.parallel import (  # noqa: F401  (re-exported: importable from the engine as before)
-    _block_stop_signals,
-    _can_fork,
-    _restore_signals,
-    _size,
-    _stop,
-    _unit_memory,
-    _worker_signals,
-    auto_jobs,
-    needed_columns,
-)
 from rescore.score.registry import load_builtin
-from rescore.score.results import (  # noqa: F401  (re-exported: importable from the engine as before)
-    ALL,
-    RESULTS_SCHEMA,
-    DamagedFileWarning,
-    _registered_current,
-    build_results,
-    check_results,
-    infer_tier,
-    read_results,
-    read_scores,
-    write_results,
-)
 from rescore.score.spec import Metric, metrics
 
 
