@@ -127,10 +127,15 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel the queued units and end the running workers (score files are written atomically: a worker
     ended mid-write leaves a temporary file, never a partial score file)."""
     procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    manager = getattr(pool, "_executor_manager_thread", None)  # and its thread
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
+    # the pool's thread ends once it sees its workers gone; waiting for it here means it is not still closing its
+    # pipes while the interpreter exits (which races with concurrent.futures' exit hook and can print a traceback)
+    if manager is not None and manager.is_alive():
+        manager.join(timeout=30)
 
 
 def _size(unit: Unit) -> int:
