@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,6 +364,37 @@ def check_dist(plan: UnitPlan, backend: Backend, requests: Sequence[Request], pr
         raise bad
 
 
+def _generate_and_write(batches: Iterator[list[dict[str, Any]]], done: frozenset[str], w: UnitWriter,
+                        parts: DistParts | None, progress: Progress) -> int:
+    """Write each batch of rows (and first its distributions) while the backend computes the next one.
+
+    One writer thread persists the batches in the order they come (fsyncs included), at most one batch behind
+    the backend; a batch counts as written (progress, the return value) once it is on disk. An error of the
+    writer (a full disk) stops the run at the next batch; an error of the backend, Ctrl-C or SIGTERM waits for
+    the batch being written to be complete, so a resumed run finds whole batches only, as before."""
+
+    def persist(rows: list[dict[str, Any]]) -> int:
+        if parts is not None:  # the distributions are on disk before the rows that they belong to
+            parts.write(rows)
+        return w.append(rows)
+
+    written = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-writer") as writer:
+        pending = None
+        for rows in batches:
+            rows = [r for r in rows if r["sample_id"] not in done]
+            if pending is not None:
+                n = pending.result()
+                written += n
+                progress.advance(n)
+            pending = writer.submit(persist, rows)
+        if pending is not None:
+            n = pending.result()
+            written += n
+            progress.advance(n)
+    return written
+
+
 def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,
              index: int, count: int, command: str | None, t0: float) -> UnitResult:
     ids = [r.sample_id for r in requests]
@@ -386,14 +418,8 @@ def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Requ
                          batch_size=batch_size, max_batch_tokens=max_batch_tokens,
                          on_tokens=progress.tokens, done=done, dist=plan.task.dist)
         parts = DistParts(w.dir, plan.run_id) if plan.task.dist is not None else None
-        written = 0
         gen_t0 = time.perf_counter()
-        for rows in backend.run(requests, ctx):
-            rows = [r for r in rows if r["sample_id"] not in done]
-            if parts is not None:  # the distributions are on disk before the rows that they belong to
-                parts.write(rows)
-            written += w.append(rows)
-            progress.advance(len(rows))
+        written = _generate_and_write(backend.run(requests, ctx), done, w, parts, progress)
         gen_s = time.perf_counter() - gen_t0
         prev = w.manifest.get("timings") or {}
         timings = {"generate_s": round(prev.get("generate_s", 0) + gen_s, 3),

@@ -1,0 +1,138 @@
+"""`gen` writes a batch of rows (and its side files) while the backend computes the next one, and keeps the
+guarantees of writing them in line: every batch the backend handed over is on disk when the run stops, a
+failed write stops the run with its own error, and a resumed unit equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rescore.artifacts.store import Store, UnitWriter
+from rescore.config import ModelConfig
+from rescore.errors import StoreError
+from rescore.gen.base import make_backend
+from rescore.gen.runner import plan_units, run_units
+from rescore.tasks.suites import load_suite
+
+BATCH = 4
+ROWS = 14  # four batches: 4, 4, 4, 2
+
+
+def plans_for(store: Store, suite_file: Path, shared_data: Path) -> list[Any]:
+    model = ModelConfig(name="fake", path="fake", backend="fake", batch_size=BATCH)
+    return plan_units(store, load_suite(str(suite_file)), [model], data_root=shared_data)
+
+
+@pytest.fixture()
+def suite_file(tmp_path: Path, shared_data: Path) -> Path:
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(f"""
+name: pipeline
+data_root: {shared_data}
+seeds: [0]
+tasks:
+  - name: arc_easy
+    family: multiple_choice
+    source: {{path: arc_easy/arc_easy.jsonl, split: test}}
+    subset_size: {ROWS}
+    params: {{prompt: arc, schema: llm_foundry}}
+""")
+    return suite_file
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, suite_file: Path, shared_data: Path) -> tuple[Store, list[Any]]:
+    store = Store(tmp_path / "store")
+    return store, plans_for(store, suite_file, shared_data)
+
+
+def factory(on_batch: Any) -> Any:
+    """A fake backend that calls ``on_batch(i)`` when it starts computing batch ``i`` (i >= 1)."""
+
+    def make(cfg: ModelConfig) -> Any:
+        b = make_backend(cfg)
+        run = b.run
+
+        def hooked(requests: Any, ctx: Any) -> Any:
+            for i, rows in enumerate(run(requests, ctx)):
+                if i:
+                    on_batch(i)
+                yield rows
+
+        b.run = hooked  # type: ignore[method-assign]
+        return b
+
+    return make
+
+
+def rows_on_disk(store: Store) -> int:
+    (u,) = store.units()
+    return u.rows_done()
+
+
+def test_a_batch_is_written_while_the_next_one_is_computed(setup: tuple[Store, list[Any]],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    store, plans = setup
+    computing = threading.Event()
+    overlapped: list[bool] = []
+    real_append = UnitWriter.append
+
+    def append(self: UnitWriter, rows: Any) -> int:
+        # the first batch's write waits until the backend is computing the second batch: only a write that runs
+        # beside the computation gets there (a write in line with it would wait for ever; the guard ends that)
+        if not overlapped:
+            overlapped.append(computing.wait(timeout=60))
+        return real_append(self, rows)
+
+    monkeypatch.setattr(UnitWriter, "append", append)
+    (res,) = run_units(store, plans, backend_factory=factory(lambda i: computing.set()))
+    assert overlapped == [True]
+    assert res.action == "generated" and res.rows_written == ROWS
+    assert store.units()[0].complete
+
+
+class Stop(Exception):
+    pass
+
+
+def test_every_batch_handed_over_is_on_disk_when_the_backend_fails(setup: tuple[Store, list[Any]]) -> None:
+    store, plans = setup
+
+    def fail(i: int) -> None:
+        if i == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_units(store, plans, backend_factory=factory(fail))
+    assert rows_on_disk(store) == 3 * BATCH  # batches 0-2 were handed over; none is lost or half-written
+    (res,) = run_units(store, plans)  # the next run resumes after them
+    assert res.action == "resumed" and res.rows_written == ROWS - 3 * BATCH
+
+
+def test_a_failed_write_stops_the_run_with_its_error_and_the_unit_resumes(
+        setup: tuple[Store, list[Any]], suite_file: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, plans = setup
+    real_append = UnitWriter.append
+    calls: list[int] = []
+    computed: list[int] = []
+
+    def append(self: UnitWriter, rows: Any) -> int:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise StoreError("no space left on device while writing rows", hint="free space")
+        return real_append(self, rows)
+
+    with monkeypatch.context() as m:
+        m.setattr(UnitWriter, "append", append)
+        with pytest.raises(StoreError, match="no space left"):
+            run_units(store, plans, backend_factory=factory(computed.append))
+    assert rows_on_disk(store) == BATCH
+    assert max(computed) <= 2  # the run stopped at most one batch after the failed write, not at the end
+    (res,) = run_units(store, plans)
+    assert res.action == "resumed" and res.rows_written == ROWS - BATCH
+    fresh = Store(store.root.parent / "fresh")  # the resumed unit equals an uninterrupted run's
+    run_units(fresh, plans_for(fresh, suite_file, shared_data))
+    assert fresh.units()[0].read_table().equals(store.units()[0].read_table())
