@@ -235,6 +235,29 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
         assert "KL(bridge ‖ checkpoint) ↓" in fig.group(0) and "KL(checkpoint ‖ bridge) ↓" in fig.group(0)
 
 
+@pytest.mark.parametrize("peaked_rows", [3, 40], ids=["few-peaked-rows", "most-rows-peaked"])
+def test_the_tail_mass_is_exact_where_the_head_holds_nearly_all_the_mass(peaked_rows: int) -> None:
+    """log(1 - head mass) loses precision when the head holds nearly everything (a trained model's confident
+    tokens); those rows sum their tail exactly, whether they are a few rows or most of them, and a tail entry
+    equal to the K-th logprob is counted in the tail."""
+    import torch
+
+    from rescore.gen.dist import dist_arrays
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(48, 500, generator=g, dtype=torch.float64)
+    logits[:peaked_rows, 7] += 25.0  # one token holds all but ~1e-9 of the mass
+    logits[0, 100:103] = logits[0].topk(8).values[-1]  # ties with the 8th value, outside the top 8
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    out = dist_arrays(DistConfig(positions="all", format={"topk": 8}), lp)
+    ids = torch.from_numpy(out["topk_ids"].astype(np.int64))
+    exact = torch.logsumexp(lp.double().scatter(1, ids, float("-inf")), dim=-1).numpy()
+    tail = out["tail_logmass"]
+    assert (tail[:peaked_rows] < -15).all()  # the rows that take the exact sum
+    np.testing.assert_allclose(tail[:peaked_rows], exact[:peaked_rows], rtol=1e-6)
+    np.testing.assert_allclose(tail, exact, rtol=1e-3)  # the others: log(1 - head mass) in float64
+
+
 @pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_model, shared_data):
     full = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 11}, format: full}")
@@ -345,10 +368,13 @@ def test_the_bench_runs_and_prints_bytes_per_position(tmp_path, tiny_model, shar
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "bench" / "dist.py"), "--docs", "1", "--chars", "800", "--reps", "1",
-                          "--model-dir", str(tiny_model)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(root / "bench" / "dist.py"), "--docs", "1", "--reps", "1",
+                          "--max-length", "128", "--model-dir", str(tiny_model)],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "topk: 64" in out.stdout and "bytes per position" in out.stdout and "overhead" in out.stdout
+    m = re.search(r"topk: 64: ([\d,]+) positions, ([\d.]+) bytes per position, .*overhead", out.stdout)
+    assert m, out.stdout
+    assert int(m.group(1).replace(",", "")) > 0 and float(m.group(2)) <= 300  # the size target holds exactly
 
 
 def test_a_backend_that_stores_no_distributions_is_refused_before_anything_is_written(tmp_path):

@@ -52,15 +52,27 @@ def dist_arrays(cfg: DistConfig, lp: Any) -> dict[str, np.ndarray]:
         # rows sum their tail exactly
         tail = torch.log1p(-tv.double().exp().sum(-1).clamp(max=1.0))
         close = tail < -6.0
-        if bool(close.any()):
+        n_close = int(close.sum())
+        if 2 * n_close >= len(close):  # most rows (a trained model's confident tokens): no copy of the rows
+            tail = torch.where(close, tail_logmass(lp, tv, ti).double(), tail)
+        elif n_close:
             idx = close.nonzero()[:, 0]
-            exact = torch.logsumexp(lp[idx].scatter(1, ti[idx], float("-inf")), dim=-1)
-            tail[idx] = exact.double()
+            tail[idx] = tail_logmass(lp[idx], tv[idx], ti[idx]).double()
     else:
         tail = torch.full((lp.shape[0],), float("-inf"))
     ids = ti.to(torch.int32).cpu().numpy()
     return {"topk_ids": ids.astype(np.uint16) if v <= 65536 else ids, "topk_logprobs": store(tv),
             "tail_logmass": tail.float().cpu().numpy()}
+
+
+def tail_logmass(lp: Any, tv: Any, ti: Any) -> Any:
+    """log of the probability outside the top K of log-softmax rows ``lp``, summed exactly: each entry relative to
+    the K-th largest logprob (so no entry of the tail overflows and none underflows before the sum needs it),
+    the top K's own entries zeroed by index (ties with the K-th value outside the top K are counted)."""
+    m = tv[:, -1:]
+    e = (lp - m).exp_()
+    e.scatter_(1, ti, 0.0)
+    return e.sum(-1).log_() + m[:, 0]
 
 
 def row_dist(cfg: DistConfig, parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], vocab: int
