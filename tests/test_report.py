@@ -424,11 +424,19 @@ def test_screenshot_in_headless_chromium(demo_store: Path, demo_report: Path, tm
 
 
 # run in the browser on a copy of the page: what a reader at 1400 px would have to scroll sideways for
-MEASURE = """<script>addEventListener("load", () => {
+MEASURE = r"""<script>addEventListener("load", () => {
   const W = innerWidth, out = {window: W, page: document.documentElement.scrollWidth, wide: []};
   for (const el of document.querySelectorAll("table, figure, .wrap, .tables, pre")) {
     const r = el.getBoundingClientRect();
     if (r.right > W + 0.5 || el.scrollWidth > el.clientWidth + 1) out.wide.push(el.tagName + "." + el.className);
+  }
+  out.broken = [];  // provenance headers split inside a word
+  for (const th of document.querySelectorAll("table.provenance th")) {
+    const text = th.firstChild, words = text ? text.textContent.matchAll(/\S+/g) : [];
+    for (const w of words) {
+      const r = document.createRange(); r.setStart(text, w.index); r.setEnd(text, w.index + w[0].length);
+      if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) out.broken.push(w[0]);
+    }
   }
   const probe = document.createElement("div");  // the measure itself sees a page that is too wide
   probe.style.width = "2000px"; probe.style.height = "1px"; document.body.append(probe);
@@ -459,11 +467,13 @@ def measure_at_1400(report: Path, tmp: Path) -> dict[str, Any]:
 
 
 def test_page_fits_a_1400px_window_in_headless_chromium(demo_report: Path, tmp_path: Path) -> None:
-    """Nothing on the page is wider than a 1400 px window, and no table scrolls sideways inside its box."""
+    """Nothing on the page is wider than a 1400 px window, no table scrolls sideways inside its box, and the
+    provenance table's headers are whole words."""
     needs_chromium()
     got = measure_at_1400(demo_report, tmp_path)
     assert got["page"] <= 1400, got
     assert got["wide"] == [], got["wide"]
+    assert got["broken"] == [], got["broken"]
 
 
 @pytest.mark.slow  # 24 checkpoints to generate and score: about 10 s

@@ -68,7 +68,7 @@ td.best{font-weight:bold;background:#eaf6ea}td.fail{color:#b00020;font-weight:bo
 .warn{background:#fff4e5;border:1px solid #f0b35a;padding:.5rem .8rem;margin:.8rem 0}
 figure{margin:.3rem 0 .8rem}figure svg{width:100%;height:auto}
 table.provenance{table-layout:fixed;width:100%}
-table.provenance td,table.provenance th{white-space:normal;overflow-wrap:anywhere;vertical-align:top}
+table.provenance td,table.provenance th{white-space:normal;overflow-wrap:anywhere;vertical-align:top}table.provenance th{overflow-wrap:normal}
 code{overflow-wrap:anywhere}
 nav ul{columns:3;font-size:.85rem}
 """
@@ -324,7 +324,7 @@ def _join(vals: Iterable[Any]) -> set[str]:
 
 
 def section_provenance(d: ReportData) -> str:
-    widths = (11, 15, 8, 6, 7, 6, 10, 7, 7, 4, 7, 5, 7)  # percent of the page's width; cells wrap
+    widths = (11, 14, 8, 6, 7, 6, 10, 7, 7, 5, 7, 5, 7)  # percent of the page's width; cells wrap, headers at spaces
     cols = "".join(f'<col style="width:{w}%">' for w in widths)
     out = [f'<h2 id="provenance">Run provenance</h2><table class="provenance"><colgroup>{cols}</colgroup><thead><tr>'
            '<th class="l">checkpoint</th><th class="l">path</th><th class="l">stage</th><th class="l">backend</th>'
