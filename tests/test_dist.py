@@ -235,6 +235,30 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
         assert "KL(bridge ‖ checkpoint) ↓" in fig.group(0) and "KL(checkpoint ‖ bridge) ↓" in fig.group(0)
 
 
+def test_full_distributions_are_mapped_and_their_metrics_taken_a_block_at_a_time(tmp_path, tiny_model, shared_data,
+                                                                                 monkeypatch):
+    """A unit's ``full`` file is mapped, not read into memory, and every metric over it is the same, bit for bit,
+    whether its positions are taken in one block or a few at a time (a large file never needs its size in
+    memory, let alone its float64 size)."""
+    import rescore.score.metrics_dist as md
+
+    s = suite_file(tmp_path, shared_data, "{format: full}", "{positions: all, format: full}")
+    generate(tmp_path / "st", s, model(tiny_model))
+    units = Store(tmp_path / "st").units()
+    assert len(units) == 2
+    for u in units:
+        d = read_dist(u)
+        assert isinstance(d.stored_logprobs, np.memmap) and d.stored_logprobs.dtype == np.float16
+        whole = (entropy(d), tail_mass(d), md.top1(d), kl_pair(d, d).forward)
+        monkeypatch.setattr(md, "FULL_CHUNK_ENTRIES", 3 * d.vocab)  # three positions per block
+        assert len(list(d.full_chunks(3 * d.vocab))) > 2
+        blocks = (entropy(d), tail_mass(d), md.top1(d), kl_pair(d, d).forward)
+        monkeypatch.undo()
+        for a, b in zip(whole[:2] + whole[2] + whole[3:], blocks[:2] + blocks[2] + blocks[3:], strict=True):
+            assert np.array_equal(a, b)
+        assert np.array_equal(whole[0], -(np.exp(md._normalised(d.logprobs)) * md._normalised(d.logprobs)).sum(1))
+
+
 @pytest.mark.parametrize("peaked_rows", [3, 40], ids=["few-peaked-rows", "most-rows-peaked"])
 def test_the_tail_mass_is_exact_where_the_head_holds_nearly_all_the_mass(peaked_rows: int) -> None:
     """log(1 - head mass) loses precision when the head holds nearly everything (a trained model's confident
@@ -321,6 +345,16 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, shared_data):
         read_dist(u)
     f.write_bytes(data)
     assert hashlib.sha256(f.read_bytes()).hexdigest() == u.manifest["dist"]["sha256"]
+    # a header that does not describe its file (and a manifest rewritten to match it): named, never half-read
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["logprobs"]["shape"][0] += 1
+    hb = json.dumps(header).encode()
+    bad = len(hb).to_bytes(8, "little") + hb + data[8 + n :]
+    f.write_bytes(bad)
+    u.manifest["dist"].update(bytes=len(bad), sha256=hashlib.sha256(bad).hexdigest())
+    with pytest.raises(CorruptArtifactError, match="'logprobs' does not fit the file"):
+        read_dist(u)
 
 
 def test_dist_config_and_run_ids(tmp_path, shared_data):

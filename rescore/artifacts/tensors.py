@@ -21,7 +21,9 @@ Tensors of ``dist.safetensors`` (N = stored positions, R = rows):
   (descending) and ``tail_logmass`` float32 [N] (log of the probability outside the top K; -inf: none).
 
 Logprobs are float16, or bfloat16 stored as their uint16 bit patterns (``dtype`` in the metadata); readers
-get float32. Read with ``safetensors.numpy``: nothing here imports torch.
+get float32. Written with ``safetensors.numpy``; read by mapping each tensor at the offsets its header
+gives (numpy only, after the file's sha256 is checked as a stream), so a large ``full`` file is never read into
+memory whole. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from rescore.artifacts.integrity import corrupt
-from rescore.artifacts.io import FILE_MODE, atomic_write_bytes, fsync_dir
+from rescore.artifacts.io import FILE_MODE, atomic_write_bytes, fsync_dir, sha256_file
 from rescore.errors import ConfigError, StoreError
 
 TENSORS = "tensors"
@@ -179,9 +181,14 @@ def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
+FULL_CHUNK_ENTRIES = 1 << 24  # logprobs converted at once by DistTensors.full_chunks (128 MB as float64)
+
+
 @dataclass
 class DistTensors:
-    """A complete unit's distributions, checked (see :func:`read_dist`). Logprobs are float32."""
+    """A complete unit's distributions, checked (see :func:`read_dist`). The arrays are mapped from the file,
+    not read into memory: ``full`` logprobs stay in their stored type (:meth:`full_chunks` converts a block of
+    positions at a time); top-k logprobs are float32."""
 
     run_id: str
     sample_ids: list[str]
@@ -190,23 +197,64 @@ class DistTensors:
     targets: np.ndarray
     vocab: int
     format: str  # full | topk
-    logprobs: np.ndarray | None = None  # [N, V]
+    stored_logprobs: np.ndarray | None = None  # [N, V], float16 or bfloat16 bits (``dtype``), mapped
     topk_ids: np.ndarray | None = None  # [N, K]
     topk_logprobs: np.ndarray | None = None  # [N, K], descending
     tail_logmass: np.ndarray | None = None  # [N]
+    dtype: str = "float16"
 
     @property
     def row_index(self) -> np.ndarray:
         """The row (index into ``sample_ids``) of each position."""
         return np.repeat(np.arange(len(self.sample_ids)), np.diff(self.offsets))
 
+    @property
+    def logprobs(self) -> np.ndarray | None:
+        """``full``: every position's logprobs as float32 (all in memory: metrics use :meth:`full_chunks`)."""
+        return None if self.stored_logprobs is None else to_f32(np.asarray(self.stored_logprobs), self.dtype)
+
+    def full_chunks(self, entries: int = FULL_CHUNK_ENTRIES) -> Any:
+        """``full``: (start, stop, float32 logprobs of positions start:stop) in order, a bounded block at a time."""
+        lp = self.stored_logprobs
+        assert lp is not None
+        step = max(1, entries // max(1, lp.shape[1]))
+        for a in range(0, lp.shape[0], step):
+            b = min(lp.shape[0], a + step)
+            yield a, b, to_f32(np.asarray(lp[a:b]), self.dtype)
+
+
+def _mapped(path: Path, size: int, hint: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors of a safetensors file, mapped read-only, and its metadata; a header that does not describe the
+    file is an error naming it."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError(f"a header of {n} bytes")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not an object")
+        out: dict[str, np.ndarray] = {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            dt = np.dtype(_np_dtype(spec["dtype"]))
+            shape = tuple(int(x) for x in spec["shape"])
+            a, b = (int(x) for x in spec["data_offsets"])
+            if min(shape, default=1) < 0 or b - a != int(np.prod(shape)) * dt.itemsize or a < 0 or 8 + n + b > size:
+                raise ValueError(f"tensor {name!r} does not fit the file")
+            out[name] = (np.memmap(path, dtype=dt, mode="r", offset=8 + n + a, shape=shape) if b > a
+                         else np.zeros(shape, dt))
+        meta = header.get("__metadata__") or {}
+        return out, {str(k): str(v) for k, v in meta.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise corrupt(path, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", hint) from None
+
 
 def read_dist(unit: Any) -> DistTensors:
     """The distributions of a complete unit (a :class:`rescore.artifacts.store.Unit`): the file the manifest
-    names, with its size and sha256, bound to this unit and its rows; any damage is one error naming it."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
+    names, with its size and sha256, bound to this unit and its rows; any damage is one error naming it. The file
+    is hashed as a stream and then mapped, so a large ``full`` file is never held in memory whole."""
     m = unit.manifest
     info = m.get("dist")
     if not isinstance(info, dict):
@@ -215,46 +263,50 @@ def read_dist(unit: Any) -> DistTensors:
     path = unit.path / str(info.get("file", f"{TENSORS}/{DIST_FILE}"))
     hint = f"delete {unit.path} and run `rescore gen` to regenerate the unit"
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        digest = sha256_file(path, chunk=1 << 22) if size == info.get("bytes") else ""
     except FileNotFoundError:
         raise corrupt(path, "missing, but the unit's manifest records it", hint) from None
     except OSError as e:
         raise corrupt(path, f"unreadable ({e.strerror})", hint) from None
-    if len(data) != info.get("bytes"):
-        raise corrupt(path, f"it has {len(data)} bytes, its manifest says {info.get('bytes')} (truncated or replaced)",
-                      hint)
-    if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+    if size != info.get("bytes"):
+        raise corrupt(path, f"it has {size} bytes, its manifest says {info.get('bytes')} (truncated or replaced)", hint)
+    if digest != info.get("sha256"):
         raise corrupt(path, "it does not match the sha256 in its manifest (modified or replaced)", hint)
-    try:
-        t = load(data)
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + n]).get("__metadata__", {})
-    except (SafetensorError, ValueError, KeyError) as e:
-        raise corrupt(path, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", hint) from None
+    t, meta = _mapped(path, size, hint)
     if meta.get("run_id") != unit.run_id:
         raise corrupt(path, f"it holds the distributions of unit {meta.get('run_id')}, not of {unit.run_id}", hint)
+    fmt = "full" if "logprobs" in t else "topk"
+    want = ("offsets", "positions", "targets", *(("logprobs",) if fmt == "full" else
+                                                ("topk_ids", "topk_logprobs", "tail_logmass")))
+    if missing := [k for k in want if k not in t]:
+        raise corrupt(path, f"it has no {missing[0]!r} tensor", hint)
     cols = ["sample_id", "dist_positions"] if "dist_positions" in unit.columns() else ["sample_id"]
     rows = unit.read_table(cols)
     order = sorted(range(rows.num_rows), key=rows.column("sample_id").to_pylist().__getitem__)
     rows = rows.take(order)
     ids = rows.column("sample_id").to_pylist()
-    if meta.get("sample_ids_sha256") != ids_hash(ids) or len(t["offsets"]) != len(ids) + 1:
+    offsets = np.asarray(t["offsets"])
+    if meta.get("sample_ids_sha256") != ids_hash(ids) or len(offsets) != len(ids) + 1:
         raise corrupt(path, "its rows are not the unit's rows", hint)
+    n = len(t["positions"])
+    if (offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0) or len(t["targets"]) != n
+            or any(len(t[k]) != n for k in want[3:])):
+        raise corrupt(path, "its tensors do not agree on the number of positions", hint)
     if "dist_positions" in rows.column_names:  # the rows name the positions the file holds
         flat = rows.column("dist_positions").combine_chunks()
         counts = np.asarray(flat.value_lengths().fill_null(0), np.int64)
-        if not np.array_equal(counts, np.diff(t["offsets"])) or not np.array_equal(
+        if not np.array_equal(counts, np.diff(offsets)) or not np.array_equal(
                 np.asarray(flat.flatten(), np.int32), t["positions"]):
             raise corrupt(path, "its positions are not the ones its unit's rows name", hint)
     dtype = meta.get("dtype", "float16")
-    fmt = "full" if "logprobs" in t else "topk"
     return DistTensors(
-        run_id=unit.run_id, sample_ids=ids, offsets=t["offsets"], positions=t["positions"], targets=t["targets"],
-        vocab=int(meta.get("vocab", 0)), format=fmt,
-        logprobs=to_f32(t["logprobs"], dtype) if fmt == "full" else None,
+        run_id=unit.run_id, sample_ids=ids, offsets=offsets, positions=np.asarray(t["positions"]),
+        targets=np.asarray(t["targets"]), vocab=int(meta.get("vocab", 0)), format=fmt, dtype=dtype,
+        stored_logprobs=t["logprobs"] if fmt == "full" else None,
         topk_ids=t["topk_ids"].astype(np.int64) if fmt == "topk" else None,
-        topk_logprobs=to_f32(t["topk_logprobs"], dtype) if fmt == "topk" else None,
-        tail_logmass=t["tail_logmass"] if fmt == "topk" else None,
+        topk_logprobs=to_f32(np.asarray(t["topk_logprobs"]), dtype) if fmt == "topk" else None,
+        tail_logmass=np.asarray(t["tail_logmass"], np.float32) if fmt == "topk" else None,
     )
 
 

@@ -30,6 +30,7 @@ from rescore.score.columns import memo
 from rescore.score.spec import Metric, UnitInfo, register_metric
 
 TAIL_K = 64
+FULL_CHUNK_ENTRIES = 1 << 22  # logprobs per block of a full distribution (its float64 temporaries: ~100 MB)
 
 
 def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -39,10 +40,21 @@ def _logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
         return (np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m).squeeze(axis)
 
 
-def _normalised_full(d: DistTensors) -> np.ndarray:
+def _normalised(lp: np.ndarray) -> np.ndarray:
     """float64 log-softmax rows, renormalised (the stored float16 values sum to 1 only up to rounding)."""
-    lp = np.asarray(d.logprobs, np.float64)
+    lp = np.asarray(lp, np.float64)
     return lp - _logsumexp(lp)[:, None]
+
+
+def _per_full_chunk(d: DistTensors, fn: Any) -> Any:
+    """``fn`` of the renormalised float64 logprobs of each block of positions (:meth:`DistTensors.full_chunks`,
+    a bounded amount of memory whatever the file's size), concatenated; ``fn`` returns an array or a tuple."""
+    parts = [fn(_normalised(lp)) for _, _, lp in d.full_chunks(FULL_CHUNK_ENTRIES)]
+    if not parts:
+        return fn(np.zeros((0, max(d.vocab, 1))))
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+    return np.concatenate(parts)
 
 
 def _head_tail(d: DistTensors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,8 +68,7 @@ def _head_tail(d: DistTensors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def entropy(d: DistTensors) -> np.ndarray:
     """Per position, in nats."""
     if d.format == "full":
-        lp = _normalised_full(d)
-        return -(np.exp(lp) * np.where(np.isfinite(lp), lp, 0.0)).sum(1)
+        return _per_full_chunk(d, lambda lp: -(np.exp(lp) * np.where(np.isfinite(lp), lp, 0.0)).sum(1))
     _, head, tail = _head_tail(d)
     both = np.concatenate([head, tail[:, None]], axis=1)
     return -(np.exp(both) * np.where(np.isfinite(both), both, 0.0)).sum(1)
@@ -67,18 +78,24 @@ def tail_mass(d: DistTensors, k: int = TAIL_K) -> np.ndarray:
     """Per position: the probability outside the top K."""
     if d.format == "topk":
         return np.exp(_head_tail(d)[2])
-    p = np.exp(_normalised_full(d))
-    k = min(k, p.shape[1])
-    top = np.partition(p, p.shape[1] - k, axis=1)[:, p.shape[1] - k :]
-    return np.clip(1.0 - top.sum(1), 0.0, 1.0)
+
+    def tail(lp: np.ndarray) -> np.ndarray:
+        p = np.exp(lp)
+        kk = min(k, p.shape[1])
+        top = np.partition(p, p.shape[1] - kk, axis=1)[:, p.shape[1] - kk :]
+        return np.clip(1.0 - top.sum(1), 0.0, 1.0)
+
+    return _per_full_chunk(d, tail)
 
 
 def top1(d: DistTensors) -> tuple[np.ndarray, np.ndarray]:
     """Per position: the top-1 token and its probability."""
     if d.format == "full":
-        lp = _normalised_full(d)
-        i = lp.argmax(1)
-        return i, np.exp(lp[np.arange(len(i)), i])
+        def best(lp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            i = lp.argmax(1) if lp.shape[0] else np.zeros(0, np.int64)
+            return i, np.exp(lp[np.arange(len(i)), i])
+
+        return _per_full_chunk(d, best)  # type: ignore[no-any-return]
     ids, head, _ = _head_tail(d)
     return ids[:, 0], np.exp(head[:, 0])
 
@@ -243,10 +260,14 @@ def check_pair(base: DistTensors, ckpt: DistTensors) -> None:
 
 def kl_pair(base: DistTensors, ckpt: DistTensors) -> KLPair:
     check_pair(base, ckpt)
-    if base.format == "full":
-        lp, lq = _normalised_full(base), _normalised_full(ckpt)
-        fwd = _kl_rows(lp, lq)
-        rev = _kl_rows(lq, lp)
+    if base.format == "full":  # a block of positions of both units at a time
+        fwd_parts, rev_parts = [np.zeros(0)], [np.zeros(0)]
+        for (_, _, p), (_, _, q) in zip(base.full_chunks(FULL_CHUNK_ENTRIES // 2),
+                                        ckpt.full_chunks(FULL_CHUNK_ENTRIES // 2), strict=True):
+            lp, lq = _normalised(p), _normalised(q)
+            fwd_parts.append(_kl_rows(lp, lq))
+            rev_parts.append(_kl_rows(lq, lp))
+        fwd, rev = np.concatenate(fwd_parts), np.concatenate(rev_parts)
     else:
         fwd, rev = _kl_topk(base, ckpt)
     return KLPair(base.sample_ids, base.offsets, fwd, rev)
