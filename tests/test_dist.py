@@ -259,6 +259,51 @@ def test_full_distributions_are_mapped_and_their_metrics_taken_a_block_at_a_time
         assert np.array_equal(whole[0], -(np.exp(md._normalised(d.logprobs)) * md._normalised(d.logprobs)).sum(1))
 
 
+def test_topk_kl_of_all_positions_at_once_equals_the_kl_position_by_position() -> None:
+    """KL between two top-K units is computed for all positions at once; it equals the definition applied to
+    each position alone (shared head tokens plus one outcome for the rest), for positions that share all, some
+    or none of their top-K tokens, and a unit's KL to itself is exactly 0."""
+    from rescore.artifacts.tensors import DistTensors
+    from rescore.score.metrics_dist import _head_tail
+
+    rng = np.random.default_rng(0)
+    n, k, vocab = 300, 8, 40
+
+    def unit(run_id: str, ids: np.ndarray) -> DistTensors:
+        lps = np.sort(rng.standard_normal((n, k)).astype(np.float32) - 3.0, axis=1)[:, ::-1].copy()
+        tail = np.log1p(-np.exp(lps.astype(np.float64)).sum(1).clip(max=0.999)).astype(np.float32)
+        return DistTensors(run_id=run_id, sample_ids=["s0", "s1"], offsets=np.array([0, 100, n]),
+                           positions=np.arange(n, dtype=np.int32), targets=np.zeros(n, np.int32), vocab=vocab,
+                           format="topk", topk_ids=ids, topk_logprobs=lps, tail_logmass=tail)
+
+    ids_a = np.stack([rng.permutation(vocab)[:k] for _ in range(n)])
+    ids_b = np.stack([rng.permutation(vocab)[:k] for _ in range(n)])
+    ids_b[:50] = ids_a[:50][:, ::-1]  # the same tokens in another order
+    ids_a[50:100], ids_b[50:100] = np.arange(vocab - k, vocab), np.arange(k)  # no shared token
+    a, b = unit("a", ids_a), unit("b", ids_b)
+
+    def by_position(x: DistTensors, y: DistTensors) -> tuple[np.ndarray, np.ndarray]:
+        ix, hx, _ = _head_tail(x)
+        iy, hy, _ = _head_tail(y)
+        fwd, rev = np.zeros(n), np.zeros(n)
+        for i in range(n):
+            common, px, py = np.intersect1d(ix[i], iy[i], assume_unique=True, return_indices=True)
+            if not len(common):
+                continue
+            lp = np.append(hx[i][px], np.log(max(1.0 - np.exp(hx[i][px]).sum(), 0.0)))
+            lq = np.append(hy[i][py], np.log(max(1.0 - np.exp(hy[i][py]).sum(), 0.0)))
+            fwd[i] = max(float(np.sum(np.exp(lp) * (lp - lq))), 0.0)
+            rev[i] = max(float(np.sum(np.exp(lq) * (lq - lp))), 0.0)
+        return fwd, rev
+
+    got = kl_pair(a, b)
+    want = by_position(a, b)
+    np.testing.assert_allclose(got.forward, want[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got.reverse, want[1], rtol=1e-12, atol=1e-15)
+    assert (got.forward[50:100] == 0).all() and (got.forward[100:] > 0).any()
+    assert not kl_pair(a, a).forward.any() and not kl_pair(a, a).reverse.any()
+
+
 @pytest.mark.parametrize("peaked_rows", [3, 40], ids=["few-peaked-rows", "most-rows-peaked"])
 def test_the_tail_mass_is_exact_where_the_head_holds_nearly_all_the_mass(peaked_rows: int) -> None:
     """log(1 - head mass) loses precision when the head holds nearly everything (a trained model's confident

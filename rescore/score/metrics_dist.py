@@ -281,20 +281,29 @@ def _kl_rows(lp: np.ndarray, lq: np.ndarray) -> np.ndarray:
 
 
 def _kl_topk(base: DistTensors, ckpt: DistTensors) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, both directions of the KL over the tokens in both top-K sets plus one outcome for the rest
+    (its log mass: log(1 - the shared tokens' probability); no shared token: the KL is 0). All positions at
+    once: a token of position i is the key i * V + id, so one intersection finds every position's shared
+    tokens."""
     ib, hb, _ = _head_tail(base)
     ic, hc, _ = _head_tail(ckpt)
-    fwd = np.empty(len(ib))
-    rev = np.empty(len(ib))
-    for i in range(len(ib)):
-        common, xb, xc = np.intersect1d(ib[i], ic[i], assume_unique=True, return_indices=True)
-        lp = np.append(hb[i][xb], 0.0)
-        lq = np.append(hc[i][xc], 0.0)
-        # the rest: everything outside the shared head tokens (log(1 - sum p) of the renormalised head+tail)
-        lp[-1] = np.log(max(1.0 - np.exp(lp[:-1]).sum(), 0.0)) if len(common) else 0.0
-        lq[-1] = np.log(max(1.0 - np.exp(lq[:-1]).sum(), 0.0)) if len(common) else 0.0
-        fwd[i] = _kl_rows(lp[None], lq[None])[0]
-        rev[i] = _kl_rows(lq[None], lp[None])[0]
-    return fwd, rev
+    n = len(ib)
+    v = np.int64(max(base.vocab, int(ib.max(initial=0)) + 1, int(ic.max(initial=0)) + 1))
+    rows = np.arange(n, dtype=np.int64)[:, None] * v
+    _, xb, xc = np.intersect1d((rows + ib).ravel(), (rows + ic).ravel(), assume_unique=True, return_indices=True)
+    row = xb // ib.shape[1] if ib.shape[1] else xb
+    lp, lq = hb.ravel()[xb], hc.ravel()[xc]
+    shared = np.bincount(row, minlength=n) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rest_p = np.where(shared, np.log(np.maximum(1.0 - np.bincount(row, np.exp(lp), minlength=n), 0.0)), 0.0)
+        rest_q = np.where(shared, np.log(np.maximum(1.0 - np.bincount(row, np.exp(lq), minlength=n), 0.0)), 0.0)
+
+        def kl(la: np.ndarray, lb: np.ndarray, ra: np.ndarray, rb: np.ndarray) -> np.ndarray:
+            pa, pr = np.exp(la), np.exp(ra)
+            head = np.bincount(row, np.where(pa > 0, pa * (la - lb), 0.0), minlength=n)
+            return np.maximum(head + np.where(pr > 0, pr * (ra - rb), 0.0), 0.0)
+
+        return kl(lp, lq, rest_p, rest_q), kl(lq, lp, rest_q, rest_p)
 
 
 def summary(pair: KLPair) -> dict[str, Any]:
