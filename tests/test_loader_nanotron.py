@@ -264,3 +264,43 @@ def test_plan_and_backfill_find_nanotron_checkpoint_directories(tmp_path: Path) 
 
     (u,) = Store(tmp_path / "store").units()
     assert u.complete and u.manifest["model"]["loader"] == "nanotron" and u.manifest["model"]["step"] == 100
+
+
+def test_plan_sizes_the_stored_distributions_of_a_nanotron_checkpoint_as_gen_does(tmp_path: Path) -> None:
+    """`rescore plan` reads a Nanotron checkpoint's tokenizer and config (its loader's preview, no weights) and
+    shows the positions and bytes of a task's stored distributions that gen then prints and writes."""
+    import textwrap
+
+    from rescore.artifacts.store import Store
+
+    hf = tiny(tmp_path)
+    ckpts = tmp_path / "ckpts"
+    write_nanotron(hf, ckpts / "stage1" / "100", interleaved=True)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent(f"""
+        name: one
+        data_root: {Path(__file__).resolve().parents[1] / "rescore" / "data"}
+        tasks:
+          - {{name: arc_easy, family: multiple_choice, source: {{path: arc_easy/arc_easy.jsonl, split: test}},
+             subset_size: 4, params: {{prompt: arc, schema: llm_foundry}}, dist: {{format: {{topk: 8}}}}}}
+    """))
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(textwrap.dedent(f"""
+        name: nt
+        precision: fp32
+        suites: [{suite}]
+        model: {{loader: nanotron, device: cpu}}
+        stages:
+          - {{name: stage1, path: "{ckpts}/stage1/{{step}}", steps: [100]}}
+    """))
+    store = tmp_path / "store"
+    out = invoke("plan", str(matrix), "--store", str(store), "--json")
+    assert out.exit_code == 0, out.output
+    (row,) = json.loads(out.stdout)["units"]
+    assert row["dist_positions"] > 0 and row["dist_bytes"] > 0 and row["dist_problem"] is None, row
+    r = invoke("backfill", str(matrix), "--store", str(store))
+    assert r.exit_code == 0, r.output
+    (u,) = Store(store).units()
+    assert u.manifest["dist"]["positions"] == row["dist_positions"]
+    # per position: position and target, a float32 tail, 8 uint16 ids and 8 float16 logprobs
+    assert u.manifest["dist"]["positions"] * (8 + 4 + 8 * (2 + 2)) == row["dist_bytes"]

@@ -40,7 +40,7 @@ from typing import Any
 from rescore.artifacts.io import sha256_file
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
-from rescore.gen.loaders import Loaded, loader
+from rescore.gen.loaders import Loaded, Preview, loader
 from rescore.gen.quantize import QUANTIZED, dtype_for, quantization_info, quantize_linears, require_bitsandbytes
 from rescore.params import Params
 
@@ -228,7 +228,20 @@ def checkpoint_fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
-@loader("nanotron", options=NanotronOptions, check=check_nanotron)
+def preview_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Preview:
+    """The tokenizer, vocabulary and context window of a Nanotron checkpoint, from its configs (no weights read)."""
+    from transformers import AutoTokenizer
+
+    from rescore.gen.loading import window
+
+    root = Path(cfg.path).expanduser()
+    conf = _model_config(root)
+    tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(root, options)), local_files_only=True)
+    hf_conf = llama_config(conf, options.attn_implementation)  # the config the loaded model has
+    return Preview(tokenizer, int(hf_conf.vocab_size), window(lambda a: getattr(hf_conf, a, None), tokenizer, cfg))
+
+
+@loader("nanotron", options=NanotronOptions, check=check_nanotron, preview=preview_nanotron)
 def load_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Loaded:
     check_nanotron(cfg, options)
     import torch

@@ -62,6 +62,15 @@ class Loaded:
         return int(self.info["max_length"])
 
 
+@dataclass(frozen=True)
+class Preview:
+    """What requests and stored distributions depend on, read without the weights (see :func:`loader`)."""
+
+    tokenizer: Any
+    vocab: int  # the width of the logits
+    max_length: int  # the context window, as the loaded model's ``info["max_length"]`` will be
+
+
 class Loader(Protocol):
     name: str
     options_model: type[Params]
@@ -87,8 +96,8 @@ loaders.register_lazy("nanotron", "rescore.gen.loader_nanotron:load_nanotron")
 loaders.register_lazy("torch_state_dict", "rescore.gen.loader_state_dict:load_state_dict")
 
 
-def loader(name: str, *, options: type[Params] = NoParams,
-           check: Callable[[ModelConfig, Any], None] | None = None) -> Callable[[Callable[..., Loaded]], Loader]:
+def loader(name: str, *, options: type[Params] = NoParams, check: Callable[[ModelConfig, Any], None] | None = None,
+           preview: Callable[[ModelConfig, Any], Preview] | None = None) -> Callable[[Callable[..., Loaded]], Loader]:
     """Decorator that registers a checkpoint loader under ``name``::
 
         class MyOptions(Params):
@@ -98,12 +107,16 @@ def loader(name: str, *, options: type[Params] = NoParams,
         def load_my_format(cfg: ModelConfig, options: MyOptions) -> Loaded:
             ...
 
-    ``check(cfg, options)``, when given, runs before anything is planned (e.g. that the checkpoint exists)."""
+    ``check(cfg, options)``, when given, runs before anything is planned (e.g. that the checkpoint exists).
+    ``preview(cfg, options)``, when given, returns a :class:`Preview` (tokenizer, output vocabulary, context
+    window) read without the weights: ``rescore plan`` uses it to size a task's stored distributions before
+    anything loads (without it, plan says the size is known when ``gen`` loads the model)."""
 
     def deco(fn: Callable[..., Loaded]) -> Loader:
         fn.name = name  # type: ignore[attr-defined]
         fn.options_model = options  # type: ignore[attr-defined]
         fn.check = check or (lambda cfg, opts: None)  # type: ignore[attr-defined]
+        fn.preview = preview  # type: ignore[attr-defined]
         loaders.register(name, _loader(fn))
         return fn  # type: ignore[return-value]
 
@@ -119,4 +132,4 @@ def loader_options(cfg: ModelConfig, values: dict[str, Any] | None = None) -> tu
     return ld, opts
 
 
-__all__ = ["Loaded", "Loader", "loader", "loader_options", "loaders"]
+__all__ = ["Loaded", "Loader", "Preview", "loader", "loader_options", "loaders"]

@@ -26,7 +26,7 @@ from pydantic import field_validator
 from rescore.artifacts.io import sha256_file
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
-from rescore.gen.loaders import Loaded, loader, loader_options
+from rescore.gen.loaders import Loaded, Preview, loader, loader_options
 from rescore.gen.quantize import QUANTIZED, dtype_for, quantization_info, require_bitsandbytes
 from rescore.params import Params
 
@@ -117,7 +117,8 @@ def quiet_libraries() -> None:
         pass
 
 
-@loader("hf", options=HFLoaderOptions, check=check_hf)
+@loader("hf", options=HFLoaderOptions, check=check_hf,
+        preview=lambda cfg, opts: preview_hf(cfg, opts))  # defined below
 def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
     """Load ``cfg``'s model and tokenizer under its precision/device policy; raise BackendError if it cannot."""
     try:
@@ -221,17 +222,36 @@ def chat_template_hash(tokenizer: Any) -> str | None:
 def max_length_of(model: Any, tokenizer: Any, cfg: ModelConfig) -> int:
     """The context window: cfg.max_length, else lm-eval's rule (config n_positions / max_position_embeddings /
     n_ctx, then the tokenizer's model_max_length, then 2048)."""
+    conf = getattr(model.config, "text_config", None) or model.config
+    return window(lambda attr: getattr(conf, attr, None), tokenizer, cfg)
+
+
+def window(config_value: Any, tokenizer: Any, cfg: ModelConfig) -> int:
+    """:func:`max_length_of` with the model config's values given by ``config_value(name)`` (None: unset)."""
     if cfg.max_length:
         return int(cfg.max_length)
-    conf = getattr(model.config, "text_config", None) or model.config
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(conf, attr, None)
+        value = config_value(attr)
         if value is not None:
             return int(value)
     mml = getattr(tokenizer, "model_max_length", None)
     if mml is not None and mml < 1_000_000_000_000:
         return int(mml)
     return 2048
+
+
+def preview_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Preview:
+    """The tokenizer, vocabulary and context window of a local ``save_pretrained`` directory, without its
+    weights (a hub id: known once gen downloads it)."""
+    from transformers import AutoTokenizer
+
+    path = Path(cfg.path).expanduser()
+    if not (path / "config.json").is_file():
+        raise BackendError(f"{cfg.path} is not a local model directory", hint="known when gen loads the model")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+    conf = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    conf = conf.get("text_config") or conf
+    return Preview(tokenizer, int(conf.get("vocab_size") or len(tokenizer)), window(conf.get, tokenizer, cfg))
 
 
 def library_versions() -> dict[str, str]:

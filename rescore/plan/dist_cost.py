@@ -4,10 +4,8 @@ same functions, with the checkpoint's tokenizer and config instead of its weight
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rescore.config import ModelConfig
@@ -57,8 +55,8 @@ def _cost(plan: Any, rules: Any, vocab: int) -> DistCost:
 
 
 def _rules(model: ModelConfig) -> tuple[Any, int] | str:
-    """The request rules and output vocabulary of ``model`` from its tokenizer and config (no weights), or why
-    they are not known before the model loads."""
+    """The request rules and output vocabulary of ``model`` from its loader's preview (tokenizer and config, no
+    weights), or why they are not known before the model loads."""
     from rescore.gen.base import backends
 
     try:
@@ -67,19 +65,17 @@ def _rules(model: ModelConfig) -> tuple[Any, int] | str:
         stores = False
     if not stores:
         return f"the {model.backend} backend stores no distributions (gen refuses the unit)"
-    if model.loader != "hf":
-        return f"known when gen loads the model (loader {model.loader})"
     try:
-        from transformers import AutoTokenizer
-
+        from rescore.gen.base import backend_and_loader_options
+        from rescore.gen.loaders import loaders
         from rescore.gen.units import RequestRules
 
-        tok = AutoTokenizer.from_pretrained(model.path, local_files_only=True, trust_remote_code=model.trust_remote_code)
-        conf = json.loads((Path(model.path) / "config.json").read_text())
+        _, opts = backend_and_loader_options(backends.get(model.backend), model)
+        preview = getattr(loaders.get(model.loader), "preview", None)
+        if preview is None:
+            return f"known when gen loads the model (the {model.loader} loader gives no preview)"
+        got = preview(model, opts)
+        return RequestRules(got.tokenizer, int(got.max_length), model_path=model.path), int(got.vocab)
     except Exception as e:  # a hub id, a missing or odd directory: gen says what is wrong when it loads it
         return f"not known before the model loads ({type(e).__name__})"
-    conf = conf.get("text_config") or conf
-    vocab = conf.get("vocab_size") or len(tok)
-    max_length = model.max_length or next((conf[k] for k in ("n_positions", "max_position_embeddings", "n_ctx")
-                                           if conf.get(k)), None) or 2048
-    return RequestRules(tok, int(max_length), model_path=model.path), int(vocab)
+
