@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: run the CLI as a user would, and check that bad input changed nothing."""
+"""Helpers shared by the tests: run the CLI as a user would, check that bad input changed nothing, and write
+small suites over the shipped data."""
 
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ def assert_one_line_error(proc: Any, code: int | None = None, *, contains: str |
     if contains is not None:
         assert contains in err, err[-2000:]
     return err
+
+
+# tasks over the shared data (../shared/data), for suites written with write_suite: {**ARC_EASY, "subset_size": 8}
+ARC_EASY: dict[str, Any] = {"name": "arc_easy", "family": "multiple_choice",
+                            "source": {"path": "arc_easy/arc_easy.jsonl", "split": "test"},
+                            "params": {"prompt": "arc", "schema": "llm_foundry"}}
+WIKI_PAGES: dict[str, Any] = {"name": "wiki", "family": "ppl_docs",
+                              "source": {"path": "wikitext2/wiki.test.raw", "format": "txt"},
+                              "params": {"documents": "wikitext_pages", "line_ending": "crlf_doubled",
+                                         "detokenize": "wikitext"}}
+
+
+def write_suite(path: Path, data_root: Path | str, *tasks: dict[str, Any], name: str = "suite",
+                seeds: tuple[int, ...] = (0,)) -> Path:
+    """A suite YAML of ``tasks`` (dicts as in the YAML) at ``path``."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({"name": name, "data_root": str(data_root), "seeds": list(seeds),
+                                    "tasks": list(tasks)}, sort_keys=False))
+    return path

@@ -5,10 +5,9 @@ distributions, token-level over all its stored positions; nothing (and no messag
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
-from support import invoke
+from support import ARC_EASY, WIKI_PAGES, invoke, write_suite
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -26,30 +25,10 @@ DIST_METRICS = ("dist_entropy", "dist_tail_mass", "dist_ece")
 
 @pytest.mark.slow  # generates on the tiny model
 def test_dist_metrics_are_rows_of_the_results_table(tmp_path, tiny_model, shared_data):
-    suite = tmp_path / "s.yaml"
-    suite.write_text(textwrap.dedent(f"""
-        name: distsuite
-        data_root: {shared_data}
-        seeds: [0]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 8
-            params: {{prompt: arc, schema: llm_foundry}}
-            dist: {{format: {{topk: 16}}}}
-          - name: wiki
-            family: ppl_docs
-            source: {{path: wikitext2/wiki.test.raw, format: txt}}
-            subset_size: 2
-            params: {{documents: wikitext_pages, line_ending: crlf_doubled, detokenize: wikitext}}
-            dist: {{positions: {{every: 5}}, format: full}}
-          - name: wiki_plain
-            family: ppl_docs
-            source: {{path: wikitext2/wiki.test.raw, format: txt}}
-            subset_size: 1
-            params: {{documents: wikitext_pages, line_ending: crlf_doubled, detokenize: wikitext}}
-    """))
+    suite = write_suite(tmp_path / "s.yaml", shared_data,
+                        {**ARC_EASY, "subset_size": 8, "dist": {"format": {"topk": 16}}},
+                        {**WIKI_PAGES, "subset_size": 2, "dist": {"positions": {"every": 5}, "format": "full"}},
+                        {**WIKI_PAGES, "name": "wiki_plain", "subset_size": 1}, name="distsuite")
     st = Store(tmp_path / "st")
     m = ModelConfig(name="tiny", path=str(tiny_model), device="cpu", batch_size=4, max_length=64, step=0)
     run_units(st, plan_units(st, load_suite(str(suite)), [m]))

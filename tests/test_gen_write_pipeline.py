@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import ARC_EASY, write_suite
 
 from rescore.artifacts.store import Store, UnitWriter
 from rescore.config import ModelConfig
@@ -28,19 +29,7 @@ def plans_for(store: Store, suite_file: Path, shared_data: Path) -> list[Any]:
 
 @pytest.fixture()
 def suite_file(tmp_path: Path, shared_data: Path) -> Path:
-    suite_file = tmp_path / "s.yaml"
-    suite_file.write_text(f"""
-name: pipeline
-data_root: {shared_data}
-seeds: [0]
-tasks:
-  - name: arc_easy
-    family: multiple_choice
-    source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-    subset_size: {ROWS}
-    params: {{prompt: arc, schema: llm_foundry}}
-""")
-    return suite_file
+    return write_suite(tmp_path / "s.yaml", shared_data, {**ARC_EASY, "subset_size": ROWS})
 
 
 @pytest.fixture()

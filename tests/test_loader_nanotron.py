@@ -220,37 +220,40 @@ def test_bad_checkpoints_are_one_line_errors_naming_the_file(tmp_path: Path, mon
 
 
 @pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
+def nanotron_matrix(tmp: Path, ckpts: Path, steps: str, dist: dict[str, Any] | None = None) -> Path:
+    """A matrix over ``ckpts``/stage1/STEP Nanotron directories, with arc_easy (4 rows; ``dist`` when given)."""
+    import textwrap
+
+    from support import ARC_EASY, write_suite
+
+    task = {**ARC_EASY, "subset_size": 4, **({"dist": dist} if dist else {})}
+    suite = write_suite(tmp / "suite.yaml", Path(__file__).resolve().parents[1] / "rescore" / "data", task, name="one")
+    matrix = tmp / "matrix.yaml"
+    matrix.write_text(textwrap.dedent(f"""
+        name: nt
+        precision: fp32
+        suites: [{suite}]
+        model: {{loader: nanotron, device: cpu}}
+        stages:
+          - {{name: stage1, path: "{ckpts}/stage1/{{step}}", steps: {steps}}}
+    """))
+    return matrix
+
+
 def test_plan_and_backfill_find_nanotron_checkpoint_directories(tmp_path: Path) -> None:
     """A matrix over Nanotron's <ckpts>/<stage>/<STEP>/ directories with model: {loader: nanotron}: plan checks for
     model_config.json (not config.json), names a step that is not there, and backfill generates through the loader."""
-    import textwrap
 
     from support import cli
 
     hf = tiny(tmp_path)
     ckpts = tmp_path / "ckpts"
     write_nanotron(hf, ckpts / "stage1" / "100", interleaved=True)
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent(f"""
-        name: one
-        data_root: {Path(__file__).resolve().parents[1] / "rescore" / "data"}
-        tasks:
-          - {{name: arc_easy, family: multiple_choice, source: {{path: arc_easy/arc_easy.jsonl, split: test}},
-             subset_size: 4, params: {{prompt: arc, schema: llm_foundry}}}}
-    """))
-    matrix = tmp_path / "matrix.yaml"
 
-    def write(steps: str) -> None:
-        matrix.write_text(textwrap.dedent(f"""
-            name: nt
-            precision: fp32
-            suites: [{suite}]
-            model: {{loader: nanotron, device: cpu}}
-            stages:
-              - {{name: stage1, path: "{ckpts}/stage1/{{step}}", steps: {steps}}}
-        """))
+    def write(steps: str) -> Path:
+        return nanotron_matrix(tmp_path, ckpts, steps)
 
-    write("[100, 200]")
+    matrix = write("[100, 200]")
     r = cli("plan", str(matrix), "--store", str(tmp_path / "store"))
     assert r.returncode == 2 and "stage1 step 200" in r.stderr and "does not exist" in r.stderr, r.stderr
     (ckpts / "stage1" / "200").mkdir(parents=True)
@@ -269,30 +272,13 @@ def test_plan_and_backfill_find_nanotron_checkpoint_directories(tmp_path: Path) 
 def test_plan_sizes_the_stored_distributions_of_a_nanotron_checkpoint_as_gen_does(tmp_path: Path) -> None:
     """`rescore plan` reads a Nanotron checkpoint's tokenizer and config (its loader's preview, no weights) and
     shows the positions and bytes of a task's stored distributions that gen then prints and writes."""
-    import textwrap
 
     from rescore.artifacts.store import Store
 
     hf = tiny(tmp_path)
     ckpts = tmp_path / "ckpts"
     write_nanotron(hf, ckpts / "stage1" / "100", interleaved=True)
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(textwrap.dedent(f"""
-        name: one
-        data_root: {Path(__file__).resolve().parents[1] / "rescore" / "data"}
-        tasks:
-          - {{name: arc_easy, family: multiple_choice, source: {{path: arc_easy/arc_easy.jsonl, split: test}},
-             subset_size: 4, params: {{prompt: arc, schema: llm_foundry}}, dist: {{format: {{topk: 8}}}}}}
-    """))
-    matrix = tmp_path / "matrix.yaml"
-    matrix.write_text(textwrap.dedent(f"""
-        name: nt
-        precision: fp32
-        suites: [{suite}]
-        model: {{loader: nanotron, device: cpu}}
-        stages:
-          - {{name: stage1, path: "{ckpts}/stage1/{{step}}", steps: [100]}}
-    """))
+    matrix = nanotron_matrix(tmp_path, ckpts, "[100]", dist={"format": {"topk": 8}})
     store = tmp_path / "store"
     out = invoke("plan", str(matrix), "--store", str(store), "--json")
     assert out.exit_code == 0, out.output

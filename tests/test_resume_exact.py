@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from support import ARC_EASY, write_suite
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -131,18 +132,7 @@ def test_a_resumed_unit_keeps_the_batch_plan_it_started_with(tmp_path, tiny_mode
     from rescore.gen.runner import Progress, plan_units, run_units
     from rescore.tasks.suites import load_suite
 
-    suite_file = tmp_path / "s.yaml"
-    suite_file.write_text(f"""
-name: plan
-data_root: {shared_data}
-seeds: [0]
-tasks:
-  - name: arc_easy
-    family: multiple_choice
-    source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-    subset_size: 12
-    params: {{prompt: arc, schema: llm_foundry}}
-""")
+    suite_file = write_suite(tmp_path / "s.yaml", shared_data, {**ARC_EASY, "subset_size": 12}, name="plan")
     suite = load_suite(str(suite_file))
 
     class StopsAfterOneBatch:
