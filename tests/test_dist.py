@@ -327,6 +327,44 @@ def test_the_tail_mass_is_exact_where_the_head_holds_nearly_all_the_mass(peaked_
     np.testing.assert_allclose(tail, exact, rtol=1e-3)  # the others: log(1 - head mass) in float64
 
 
+def test_the_exact_tail_of_a_row_with_few_finite_logprobs_or_a_far_tail_is_not_nan_or_lost() -> None:
+    """A row whose K-th logprob is -inf (masked logits: fewer finite entries than K) has no tail (-inf, not NaN);
+    a row whose tail lies far below its K-th logprob keeps that tail (its entries relative to the K-th underflow)."""
+    import torch
+
+    from rescore.gen.dist import dist_arrays
+
+    lp = torch.full((4, 12), float("-inf"))
+    lp[0, :3] = torch.tensor([0.7, 0.2, 0.1]).log()  # three finite entries, K = 4
+    lp[1] = torch.tensor([0.0, -20.0, *[-200.0] * 10]).log_softmax(-1)  # the tail 180 below the K-th
+    lp[2:] = torch.randn(2, 12, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    for peaked in (2, 4):  # a few rows take the exact tail, or every row does
+        rows = lp[:peaked] if peaked == 4 else lp[:2]
+        out = dist_arrays(DistConfig(positions="all", format={"topk": 4}), rows)
+        ids = torch.from_numpy(out["topk_ids"].astype(np.int64))
+        exact = torch.logsumexp(rows.double().scatter(1, ids, float("-inf")), dim=-1).numpy()
+        tail = out["tail_logmass"]
+        assert tail[0] == -np.inf and np.isfinite(tail[1:]).all()
+        np.testing.assert_allclose(tail[1:], exact[1:], rtol=1e-5)
+
+
+def test_rows_without_stored_positions_sum_to_zero_wherever_they_are() -> None:
+    """Rows that store no position (positions: {every: N} on a short document) give 0 in the per-row sums, also
+    when they come last in sample-id order."""
+    from rescore.artifacts.tensors import DistTensors
+    from rescore.score.metrics_dist import per_row, row_stats
+
+    lp = np.log(np.full((3, 4), 0.25)).astype(np.float16)
+    d = DistTensors(run_id="x", sample_ids=["a", "b", "c", "d"], offsets=np.array([0, 0, 3, 3, 3]),
+                    positions=np.zeros(3, np.int32), targets=np.zeros(3, np.int32), vocab=4, format="full",
+                    stored_logprobs=lp)
+    sums, counts = per_row(d, np.array([1.0, 2.0, 4.0]))
+    assert sums.tolist() == [0.0, 7.0, 0.0, 0.0] and counts.tolist() == [0.0, 3.0, 0.0, 0.0]
+    ent = row_stats(d)["dist_entropy"]
+    np.testing.assert_allclose(ent["num"], [0.0, 3 * np.log(4), 0.0, 0.0])
+    assert kl_pair(d, d).rows()["num"].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
 @pytest.mark.slow  # over 5 s on 2 cores: the slow tier (CI runs it too)
 def test_topk_kl_is_within_the_bound_of_its_tail(tmp_path, tiny_model, other_model, shared_data):
     full = suite_file(tmp_path, shared_data, "{format: full}", "{positions: {every: 11}, format: full}")

@@ -68,11 +68,21 @@ def dist_arrays(cfg: DistConfig, lp: Any) -> dict[str, np.ndarray]:
 def tail_logmass(lp: Any, tv: Any, ti: Any) -> Any:
     """log of the probability outside the top K of log-softmax rows ``lp``, summed exactly: each entry relative to
     the K-th largest logprob (so no entry of the tail overflows and none underflows before the sum needs it),
-    the top K's own entries zeroed by index (ties with the K-th value outside the top K are counted)."""
+    the top K's own entries zeroed by index (ties with the K-th value outside the top K are counted). A row whose
+    sum comes to 0 (its K-th logprob is -inf, or its tail lies more than ~100 below it) takes a logsumexp of its
+    tail instead: -inf only where the tail holds nothing."""
+    import torch
+
     m = tv[:, -1:]
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # -inf - -inf would be NaN
     e = (lp - m).exp_()
     e.scatter_(1, ti, 0.0)
-    return e.sum(-1).log_() + m[:, 0]
+    s = e.sum(-1)
+    out = s.log() + m[:, 0]
+    if bool((s == 0).any()):
+        idx = (s == 0).nonzero()[:, 0]
+        out[idx] = torch.logsumexp(lp[idx].scatter(1, ti[idx], float("-inf")), dim=-1)
+    return out
 
 
 def row_dist(cfg: DistConfig, parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]], vocab: int

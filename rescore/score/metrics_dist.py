@@ -117,9 +117,17 @@ def ece(d: DistTensors, bins: int = 10) -> float:
 
 def per_row(d: DistTensors, per_position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row (in ``d.sample_ids`` order): the sum of a per-position value and the number of positions."""
-    counts = np.diff(d.offsets)
-    sums = np.add.reduceat(per_position, d.offsets[:-1]) if len(per_position) else np.zeros(len(counts))
-    return np.where(counts > 0, sums, 0.0), counts.astype(np.float64)
+    return _row_sums(per_position, d.offsets), np.diff(d.offsets).astype(np.float64)
+
+
+def _row_sums(v: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per row, the sum of ``v[offsets[r]:offsets[r+1]]`` (0 for a row without positions, wherever it is: a last
+    row without positions starts at len(v), which reduceat refuses)."""
+    out = np.zeros(len(offsets) - 1)
+    ne = np.diff(offsets) > 0
+    if ne.any():
+        out[ne] = np.add.reduceat(v, offsets[:-1][ne])
+    return out
 
 
 def unit_metrics(d: DistTensors, bins: int = 10) -> dict[str, float]:
@@ -137,10 +145,9 @@ def row_stats(d: DistTensors) -> dict[str, dict[str, np.ndarray]]:
     the token-level means of ``dist_entropy`` and ``dist_tail_mass``; for ``dist_ece`` the positions ``n`` and,
     per confidence bin b, ``d{b}`` = sum(hit - confidence), so that ECE = sum_b |sum d_b| / sum n."""
     counts = np.diff(d.offsets).astype(np.float64)
-    starts = d.offsets[:-1]
 
     def sums(v: np.ndarray) -> np.ndarray:
-        return np.where(counts > 0, np.add.reduceat(v, starts), 0.0) if len(v) else np.zeros(len(counts))
+        return _row_sums(v, d.offsets)
 
     tok, conf = top1(d)
     diff = (tok == d.targets).astype(np.float64) - conf
@@ -232,9 +239,7 @@ class KLPair:
     def rows(self, which: str = "forward") -> dict[str, np.ndarray]:
         """Per row: ``num`` (summed KL) and ``den`` (positions), for a token-level mean and its bootstrap."""
         v = self.forward if which == "forward" else self.reverse
-        counts = np.diff(self.offsets)
-        sums = np.add.reduceat(v, self.offsets[:-1]) if len(v) else np.zeros(len(counts))
-        return {"num": np.where(counts > 0, sums, 0.0), "den": counts.astype(np.float64)}
+        return {"num": _row_sums(v, self.offsets), "den": np.diff(self.offsets).astype(np.float64)}
 
     def mean(self, which: str = "forward") -> float:
         v = self.forward if which == "forward" else self.reverse
