@@ -67,17 +67,19 @@ def assert_one_line_error(proc: Any, code: int | None = None, *, contains: str |
 ARC_EASY: dict[str, Any] = {"name": "arc_easy", "family": "multiple_choice",
                             "source": {"path": "arc_easy/arc_easy.jsonl", "split": "test"},
                             "params": {"prompt": "arc", "schema": "llm_foundry"}}
+GSM8K_SAMPLED: dict[str, Any] = {"name": "gsm8k_sampled", "family": "gsm8k", "source": {"path": "gsm8k/test.jsonl"},
+                                 "chat": True}
 WIKI_PAGES: dict[str, Any] = {"name": "wiki", "family": "ppl_docs",
                               "source": {"path": "wikitext2/wiki.test.raw", "format": "txt"},
                               "params": {"documents": "wikitext_pages", "line_ending": "crlf_doubled",
                                          "detokenize": "wikitext"}}
 
 
-def write_suite(path: Path, data_root: Path | str, *tasks: dict[str, Any], name: str = "suite",
+def write_suite(path: Path, data_root: Path | str, tasks: list[dict[str, Any]], *, name: str = "suite",
                 seeds: tuple[int, ...] = (0,)) -> Path:
     """A suite YAML of ``tasks`` (dicts as in the YAML) at ``path``."""
     import yaml
 
     path.write_text(yaml.safe_dump({"name": name, "data_root": str(data_root), "seeds": list(seeds),
-                                    "tasks": list(tasks)}, sort_keys=False))
+                                    "tasks": tasks}, sort_keys=False))
     return path

@@ -9,7 +9,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from support import invoke
+from support import ARC_EASY, GSM8K_SAMPLED, invoke, write_suite
 
 from rescore.artifacts.store import Store
 from rescore.plan.backfill import group_units, plan_matrix
@@ -18,23 +18,10 @@ from rescore.plan.matrix import load_matrix
 
 
 def matrix_file(tmp: Path, shared: Path) -> Path:
-    (tmp / "small.yaml").write_text(textwrap.dedent(f"""
-        name: small
-        data_root: {shared}
-        seeds: [0, 1]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 6
-            params: {{prompt: arc, schema: llm_foundry}}
-          - name: gsm8k_sampled
-            family: gsm8k
-            source: {{path: gsm8k/test.jsonl}}
-            subset_size: 2
-            chat: true
-            gen: {{temperature: 0.7, n: 2, max_new_tokens: 8}}
-    """))
+    write_suite(tmp / "small.yaml", shared, [
+        {**ARC_EASY, "subset_size": 6},
+        {**GSM8K_SAMPLED, "subset_size": 2, "gen": {"temperature": 0.7, "n": 2, "max_new_tokens": 8}},
+    ], name="small", seeds=(0, 1))
     p = tmp / "matrix.yaml"
     p.write_text(textwrap.dedent(f"""
         name: m

@@ -7,36 +7,21 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import support
 
 from rescore.artifacts.store import Store
 
 
 def write_suite(tmp: Path, shared: Path) -> Path:
-    p = tmp / "crash.yaml"
-    p.write_text(textwrap.dedent(f"""
-        name: crash
-        data_root: {shared}
-        seeds: [0, 1]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 1800
-            params: {{prompt: arc, schema: llm_foundry}}
-          - name: gsm8k_sampled
-            family: gsm8k
-            source: {{path: gsm8k/test.jsonl}}
-            subset_size: 300
-            chat: true
-            gen: {{temperature: 0.7, top_p: 0.9, n: 3, max_new_tokens: 64}}
-    """))
-    return p
+    return support.write_suite(tmp / "crash.yaml", shared, [
+        {**support.ARC_EASY, "subset_size": 1800},
+        {**support.GSM8K_SAMPLED, "subset_size": 300, "gen": {"temperature": 0.7, "top_p": 0.9, "n": 3, "max_new_tokens": 64}},
+    ], name="crash", seeds=(0, 1))
 
 
 def gen_cmd(suite: Path, store: Path, *extra: str) -> list[str]:

@@ -25,10 +25,11 @@ DIST_METRICS = ("dist_entropy", "dist_tail_mass", "dist_ece")
 
 @pytest.mark.slow  # generates on the tiny model
 def test_dist_metrics_are_rows_of_the_results_table(tmp_path, tiny_model, shared_data):
-    suite = write_suite(tmp_path / "s.yaml", shared_data,
-                        {**ARC_EASY, "subset_size": 8, "dist": {"format": {"topk": 16}}},
-                        {**WIKI_PAGES, "subset_size": 2, "dist": {"positions": {"every": 5}, "format": "full"}},
-                        {**WIKI_PAGES, "name": "wiki_plain", "subset_size": 1}, name="distsuite")
+    suite = write_suite(tmp_path / "s.yaml", shared_data, [
+        {**ARC_EASY, "subset_size": 8, "dist": {"format": {"topk": 16}}},
+        {**WIKI_PAGES, "subset_size": 2, "dist": {"positions": {"every": 5}, "format": "full"}},
+        {**WIKI_PAGES, "name": "wiki_plain", "subset_size": 1},
+    ], name="distsuite")
     st = Store(tmp_path / "st")
     m = ModelConfig(name="tiny", path=str(tiny_model), device="cpu", batch_size=4, max_length=64, step=0)
     run_units(st, plan_units(st, load_suite(str(suite)), [m]))

@@ -29,7 +29,7 @@ def plans_for(store: Store, suite_file: Path, shared_data: Path) -> list[Any]:
 
 @pytest.fixture()
 def suite_file(tmp_path: Path, shared_data: Path) -> Path:
-    return write_suite(tmp_path / "s.yaml", shared_data, {**ARC_EASY, "subset_size": ROWS})
+    return write_suite(tmp_path / "s.yaml", shared_data, [{**ARC_EASY, "subset_size": ROWS}])
 
 
 @pytest.fixture()

@@ -227,7 +227,7 @@ def nanotron_matrix(tmp: Path, ckpts: Path, steps: str, dist: dict[str, Any] | N
     from support import ARC_EASY, write_suite
 
     task = {**ARC_EASY, "subset_size": 4, **({"dist": dist} if dist else {})}
-    suite = write_suite(tmp / "suite.yaml", Path(__file__).resolve().parents[1] / "rescore" / "data", task, name="one")
+    suite = write_suite(tmp / "suite.yaml", Path(__file__).resolve().parents[1] / "rescore" / "data", [task], name="one")
     matrix = tmp / "matrix.yaml"
     matrix.write_text(textwrap.dedent(f"""
         name: nt

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import cli
+from support import ARC_EASY, GSM8K_SAMPLED, cli, write_suite
 
 from rescore.artifacts.store import Store
 
@@ -18,25 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_suite(tmp: Path, shared: Path) -> Path:
-    p = tmp / "small.yaml"
-    p.write_text(textwrap.dedent(f"""
-        name: small
-        data_root: {shared}
-        seeds: [0, 1]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 20
-            params: {{prompt: arc, schema: llm_foundry}}
-          - name: gsm8k_sampled
-            family: gsm8k
-            source: {{path: gsm8k/test.jsonl}}
-            subset_size: 6
-            chat: true
-            gen: {{temperature: 0.7, n: 2, max_new_tokens: 32}}
-    """))
-    return p
+    return write_suite(tmp / "small.yaml", shared, [
+        {**ARC_EASY, "subset_size": 20},
+        {**GSM8K_SAMPLED, "subset_size": 6, "gen": {"temperature": 0.7, "n": 2, "max_new_tokens": 32}},
+    ], name="small", seeds=(0, 1))
 
 
 def write_matrix(tmp: Path, suite: Path, extra: str = "", backend: str = "fake", root: str = "fake") -> Path:

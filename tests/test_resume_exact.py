@@ -132,7 +132,7 @@ def test_a_resumed_unit_keeps_the_batch_plan_it_started_with(tmp_path, tiny_mode
     from rescore.gen.runner import Progress, plan_units, run_units
     from rescore.tasks.suites import load_suite
 
-    suite_file = write_suite(tmp_path / "s.yaml", shared_data, {**ARC_EASY, "subset_size": 12}, name="plan")
+    suite_file = write_suite(tmp_path / "s.yaml", shared_data, [{**ARC_EASY, "subset_size": 12}], name="plan")
     suite = load_suite(str(suite_file))
 
     class StopsAfterOneBatch:

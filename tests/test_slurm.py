@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import cli
+from support import ARC_EASY, GSM8K_SAMPLED, cli, write_suite
 
 pytestmark = pytest.mark.slow
 
@@ -55,23 +55,10 @@ def env() -> dict[str, str]:
 
 
 def small_matrix(tmp: Path, shared: Path) -> Path:
-    (tmp / "small.yaml").write_text(textwrap.dedent(f"""
-        name: small
-        data_root: {shared}
-        seeds: [0, 1]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 10
-            params: {{prompt: arc, schema: llm_foundry}}
-          - name: gsm8k_sampled
-            family: gsm8k
-            source: {{path: gsm8k/test.jsonl}}
-            subset_size: 4
-            chat: true
-            gen: {{temperature: 0.7, n: 2, max_new_tokens: 16}}
-    """))
+    write_suite(tmp / "small.yaml", shared, [
+        {**ARC_EASY, "subset_size": 10},
+        {**GSM8K_SAMPLED, "subset_size": 4, "gen": {"temperature": 0.7, "n": 2, "max_new_tokens": 16}},
+    ], name="small", seeds=(0, 1))
     p = tmp / "matrix.yaml"
     p.write_text(textwrap.dedent(f"""
         name: m
