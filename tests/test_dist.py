@@ -119,6 +119,8 @@ def test_side_files_are_written_referenced_checked_and_byte_identical_after_a_re
     for u in Store(tmp_path / "ref").units():
         d = read_dist(u)
         info = u.manifest["dist"]
+        if d.format == "topk":  # read into memory (a few hundred bytes a position): nothing is kept open
+            assert open_handles(u.path / info["file"]) == 0
         assert info["positions"] == len(d.positions) > 0 and info["bytes"] == (u.path / info["file"]).stat().st_size
         rows = {r["sample_id"]: r for r in u.read_table().to_pylist()}
         assert d.sample_ids == sorted(rows)
@@ -235,6 +237,17 @@ def test_kl_from_stored_full_distributions_equals_kl_from_the_logits(tmp_path, t
         assert "KL(bridge ‖ checkpoint) ↓" in fig.group(0) and "KL(checkpoint ‖ bridge) ↓" in fig.group(0)
 
 
+def open_handles(path: Path) -> int:
+    """How many file descriptors and mappings of this process point at ``path``."""
+    import gc
+    import os
+
+    gc.collect()
+    fds = sum(1 for f in Path("/proc/self/fd").iterdir() if os.path.realpath(f) == str(path.resolve()))
+    maps = sum(1 for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(path.resolve())))
+    return fds + maps
+
+
 def test_full_distributions_are_mapped_and_their_metrics_taken_a_block_at_a_time(tmp_path, tiny_model, shared_data,
                                                                                  monkeypatch):
     """A unit's ``full`` file is mapped, not read into memory, and every metric over it is the same, bit for bit,
@@ -249,6 +262,8 @@ def test_full_distributions_are_mapped_and_their_metrics_taken_a_block_at_a_time
     for u in units:
         d = read_dist(u)
         assert isinstance(d.stored_logprobs, np.memmap) and d.stored_logprobs.dtype == np.float16
+        # one mapping of the file (and the descriptor Python's mmap keeps), not one per tensor
+        assert open_handles(u.path / u.manifest["dist"]["file"]) <= 2
         whole = (entropy(d), tail_mass(d), md.top1(d), kl_pair(d, d).forward)
         monkeypatch.setattr(md, "FULL_CHUNK_ENTRIES", 3 * d.vocab)  # three positions per block
         assert len(list(d.full_chunks(3 * d.vocab))) > 2
@@ -428,7 +443,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, shared_data):
         read_dist(u)
     f.write_bytes(data)
     assert hashlib.sha256(f.read_bytes()).hexdigest() == u.manifest["dist"]["sha256"]
-    # a header that does not describe its file (and a manifest rewritten to match it): named, never half-read
+    # a header that does not describe its file (and a manifest rewritten to match it): named, never half-read,
+    # whether a tensor does not fit, has the wrong number of dimensions, or the metadata is not an object
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + n])
     header["logprobs"]["shape"][0] += 1
@@ -438,6 +454,15 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_model, shared_data):
     u.manifest["dist"].update(bytes=len(bad), sha256=hashlib.sha256(bad).hexdigest())
     with pytest.raises(CorruptArtifactError, match="'logprobs' does not fit the file"):
         read_dist(u)
+    rows, cols = json.loads(data[8 : 8 + n])["logprobs"]["shape"]
+    for change in ({"logprobs": {**header["logprobs"], "shape": [rows * cols]}},  # the same bytes, one dimension
+                   {"positions": {**header["positions"], "shape": []}}, {"__metadata__": ["not", "an", "object"]}):
+        hb = json.dumps({**json.loads(data[8 : 8 + n]), **change}).encode()
+        bad = len(hb).to_bytes(8, "little") + hb + data[8 + n :]
+        f.write_bytes(bad)
+        u.manifest["dist"].update(bytes=len(bad), sha256=hashlib.sha256(bad).hexdigest())
+        with pytest.raises(CorruptArtifactError, match="unreadable"):
+            read_dist(u)
 
 
 def test_dist_config_and_run_ids(tmp_path, shared_data):

@@ -125,3 +125,47 @@ def test_a_failed_write_stops_the_run_with_its_error_and_the_unit_resumes(
     fresh = Store(store.root.parent / "fresh")  # the resumed unit equals an uninterrupted run's
     run_units(fresh, plans_for(fresh, suite_file, shared_data))
     assert fresh.units()[0].read_table().equals(store.units()[0].read_table())
+
+
+def test_a_failed_write_is_the_error_shown_when_the_backend_fails_after_it(setup: tuple[Store, list[Any]],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write of batch 1 fails while the backend computes batch 2, which fails too: the run reports the
+    write's error (it came first, and it is the one that says what to do), and the unit keeps batch 0."""
+    store, plans = setup
+    real_append = UnitWriter.append
+    calls: list[int] = []
+
+    def append(self: UnitWriter, rows: Any) -> int:
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise StoreError("no space left on device while writing rows", hint="free space")
+        return real_append(self, rows)
+
+    def fail(i: int) -> None:
+        if i == 2:
+            raise Stop
+
+    monkeypatch.setattr(UnitWriter, "append", append)
+    with pytest.raises(StoreError, match="no space left"):
+        run_units(store, plans, backend_factory=factory(fail))
+    assert rows_on_disk(store) == BATCH
+
+
+def test_waiting_for_the_batch_being_written_outlasts_a_second_interrupt() -> None:
+    """A stop waits for the batch in flight to be on disk; a second Ctrl-C (or SIGTERM) meanwhile does not cut
+    that wait short (the unit's lock would be released while its files are still being written)."""
+    from rescore.gen.runner import _settle
+
+    class Pending:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def exception(self) -> BaseException | None:
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyboardInterrupt  # the second signal arrives while waiting
+            return None
+
+    p = Pending()
+    assert _settle(p) is None and p.calls == 2  # type: ignore[arg-type]
+    assert _settle(None) is None

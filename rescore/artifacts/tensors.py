@@ -223,17 +223,23 @@ class DistTensors:
             yield a, b, to_f32(np.asarray(lp[a:b]), self.dtype)
 
 
+_NDIM = {"offsets": 1, "positions": 1, "targets": 1, "tail_logmass": 1, "logprobs": 2, "topk_ids": 2,
+         "topk_logprobs": 2, "counts": 1}
+
+
 def _mapped(path: Path, size: int, hint: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """The tensors of a safetensors file, mapped read-only, and its metadata; a header that does not describe the
-    file is an error naming it."""
+    """The tensors of a safetensors file, read-only views of one mapping of it (one open file, whatever the
+    number of tensors), and its metadata; a header that does not describe the file is an error naming it."""
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if not 0 < n <= size - 8:
                 raise ValueError(f"a header of {n} bytes")
             header = json.loads(f.read(n))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not an object")
+        meta = header.get("__metadata__") or {} if isinstance(header, dict) else None
+        if not isinstance(meta, dict):
+            raise ValueError("the header or its metadata is not an object")
+        buf = np.memmap(path, dtype=np.uint8, mode="r")
         out: dict[str, np.ndarray] = {}
         for name, spec in header.items():
             if name == "__metadata__":
@@ -241,13 +247,12 @@ def _mapped(path: Path, size: int, hint: str) -> tuple[dict[str, np.ndarray], di
             dt = np.dtype(_np_dtype(spec["dtype"]))
             shape = tuple(int(x) for x in spec["shape"])
             a, b = (int(x) for x in spec["data_offsets"])
-            if min(shape, default=1) < 0 or b - a != int(np.prod(shape)) * dt.itemsize or a < 0 or 8 + n + b > size:
+            if (min(shape, default=1) < 0 or b - a != int(np.prod(shape)) * dt.itemsize or a < 0 or 8 + n + b > size
+                    or len(shape) != _NDIM.get(name, len(shape))):
                 raise ValueError(f"tensor {name!r} does not fit the file")
-            out[name] = (np.memmap(path, dtype=dt, mode="r", offset=8 + n + a, shape=shape) if b > a
-                         else np.zeros(shape, dt))
-        meta = header.get("__metadata__") or {}
+            out[name] = buf[8 + n + a : 8 + n + b].view(dt).reshape(shape)
         return out, {str(k): str(v) for k, v in meta.items()}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise corrupt(path, f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", hint) from None
 
 
@@ -293,6 +298,11 @@ def read_dist(unit: Any) -> DistTensors:
     if (offsets[0] != 0 or offsets[-1] != n or np.any(np.diff(offsets) < 0) or len(t["targets"]) != n
             or any(len(t[k]) != n for k in want[3:])):
         raise corrupt(path, "its tensors do not agree on the number of positions", hint)
+    vocab = int(meta.get("vocab", 0))
+    if fmt == "full" and t["logprobs"].shape[1] != vocab:
+        raise corrupt(path, f"its logprobs have {t['logprobs'].shape[1]} columns, its vocabulary is {vocab}", hint)
+    if fmt == "topk" and t["topk_ids"].shape != t["topk_logprobs"].shape:
+        raise corrupt(path, "its top-k ids and logprobs differ in shape", hint)
     if "dist_positions" in rows.column_names:  # the rows name the positions the file holds
         flat = rows.column("dist_positions").combine_chunks()
         counts = np.asarray(flat.value_lengths().fill_null(0), np.int64)
@@ -300,13 +310,15 @@ def read_dist(unit: Any) -> DistTensors:
                 np.asarray(flat.flatten(), np.int32), t["positions"]):
             raise corrupt(path, "its positions are not the ones its unit's rows name", hint)
     dtype = meta.get("dtype", "float16")
+    # everything but full logprobs is read into memory (a few hundred bytes per position): only a full unit
+    # keeps its file mapped
     return DistTensors(
-        run_id=unit.run_id, sample_ids=ids, offsets=offsets, positions=np.asarray(t["positions"]),
-        targets=np.asarray(t["targets"]), vocab=int(meta.get("vocab", 0)), format=fmt, dtype=dtype,
+        run_id=unit.run_id, sample_ids=ids, offsets=np.array(offsets), positions=np.array(t["positions"]),
+        targets=np.array(t["targets"]), vocab=vocab, format=fmt, dtype=dtype,
         stored_logprobs=t["logprobs"] if fmt == "full" else None,
         topk_ids=t["topk_ids"].astype(np.int64) if fmt == "topk" else None,
-        topk_logprobs=to_f32(np.asarray(t["topk_logprobs"]), dtype) if fmt == "topk" else None,
-        tail_logmass=np.asarray(t["tail_logmass"], np.float32) if fmt == "topk" else None,
+        topk_logprobs=to_f32(np.array(t["topk_logprobs"]), dtype) if fmt == "topk" else None,
+        tail_logmass=np.array(t["tail_logmass"], np.float32) if fmt == "topk" else None,
     )
 
 

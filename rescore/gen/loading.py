@@ -243,15 +243,17 @@ def window(config_value: Any, tokenizer: Any, cfg: ModelConfig) -> int:
 def preview_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Preview:
     """The tokenizer, vocabulary and context window of a local ``save_pretrained`` directory, without its
     weights (a hub id: known once gen downloads it)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = Path(cfg.path).expanduser()
     if not (path / "config.json").is_file():
         raise BackendError(f"{cfg.path} is not a local model directory", hint="known when gen loads the model")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
-    conf = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    conf = conf.get("text_config") or conf
-    return Preview(tokenizer, int(conf.get("vocab_size") or len(tokenizer)), window(conf.get, tokenizer, cfg))
+    common = {"local_files_only": True, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **common)
+    conf = AutoConfig.from_pretrained(str(path), **common)  # with the defaults the loaded model's config has
+    conf = getattr(conf, "text_config", None) or conf
+    vocab = getattr(conf, "vocab_size", None) or len(tokenizer)
+    return Preview(tokenizer, int(vocab), window(lambda attr: getattr(conf, attr, None), tokenizer, cfg))
 
 
 def library_versions() -> dict[str, str]:

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,19 +380,37 @@ def _generate_and_write(batches: Iterator[list[dict[str, Any]]], done: frozenset
 
     written = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-writer") as writer:
-        pending = None
-        for rows in batches:
-            rows = [r for r in rows if r["sample_id"] not in done]
+        pending: Future[int] | None = None
+        try:
+            for rows in batches:
+                rows = [r for r in rows if r["sample_id"] not in done]
+                if pending is not None:
+                    n = pending.result()
+                    written += n
+                    progress.advance(n)
+                pending = writer.submit(persist, rows)
             if pending is not None:
                 n = pending.result()
                 written += n
                 progress.advance(n)
-            pending = writer.submit(persist, rows)
-        if pending is not None:
-            n = pending.result()
-            written += n
-            progress.advance(n)
+        except BaseException as e:
+            # the unit's files and lock stay this process's until the batch being written is on disk, also
+            # through a second Ctrl-C; a failed write came first (an earlier batch): it is the error shown
+            failed = _settle(pending)
+            if failed is not None and failed is not e and isinstance(e, Exception):
+                raise failed from None
+            raise
     return written
+
+
+def _settle(pending: Future[int] | None) -> BaseException | None:
+    """Wait for ``pending`` to finish, whatever signals come meanwhile; its exception (None: it succeeded)."""
+    while pending is not None:
+        try:
+            return pending.exception()
+        except KeyboardInterrupt:
+            continue
+    return None
 
 
 def _run_one(store: Store, plan: UnitPlan, backend: Backend, requests: list[Request], progress: Progress,

@@ -13,6 +13,7 @@ the KL's. A checkpoint that keeps its perplexity but drifts from its bridge show
 from __future__ import annotations
 
 import fnmatch
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,13 +42,21 @@ def _ece_agg(cols: Any, w: np.ndarray | None) -> np.ndarray:
     return ece_from_rows(cols, w)
 
 
-_cache: dict[str, DistTensors] = {}
+_cache: OrderedDict[tuple[str, str], DistTensors] = OrderedDict()
+CACHED_UNITS = 16  # the baseline's units stay while the checkpoints compared with them go through
 
 
 def _dist(u: Unit) -> DistTensors:
-    if u.run_id not in _cache:
-        _cache[u.run_id] = read_dist(u)
-    return _cache[u.run_id]
+    """A unit's distributions, kept for the next comparisons that read them (a few units: each may keep its file
+    mapped); keyed by the file's hash too, so a unit regenerated under the same id is read again."""
+    key = (str(u.path), str((u.manifest.get("dist") or {}).get("sha256")))
+    if key in _cache:
+        _cache.move_to_end(key)
+    else:
+        _cache[key] = read_dist(u)
+        while len(_cache) > CACHED_UNITS:
+            _cache.popitem(last=False)
+    return _cache[key]
 
 
 def kl_rows(make_row: Any, task: str, b_units: dict[str, Unit], c_units: dict[str, Unit], names: list[str], *,
