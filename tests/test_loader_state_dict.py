@@ -172,3 +172,24 @@ def test_bad_input_is_one_line(setup, tiny_model: Path, tmp_path: Path) -> None:
     torch.save({"model": {"x": torch.zeros(1)}, "hook": mygpt.build}, evil)  # a function: unpickling imports code
     assert "needs arbitrary code to unpickle" in _error(root, tiny_model, tmp_path, file="evil.pt")
     assert "not found" in _error(root, tiny_model, tmp_path, file="nope.pt")
+
+
+def test_the_preview_reads_no_weights_and_agrees_with_the_loaded_model(setup, tiny_model: Path, tmp_path: Path) -> None:
+    """`rescore plan` sizes stored distributions from the loader's preview: the module built on the meta device
+    (no weights read; the checkpoint file is not even opened) gives the logits width and context window the
+    loaded model has."""
+    from rescore.gen.loaders import loaders
+    from rescore.plan.dist_cost import _rules
+
+    root, _ = setup
+    c = cfg(root, tiny_model)
+    ld = loaders.get("torch_state_dict")
+    opts = ld.options_model.model_validate(c.options)
+    loaded = ld(c, opts)
+    gone = c.model_copy(update={"path": str(tmp_path / "absent.pt"), "max_length": None})
+    got = ld.preview(gone, opts)  # type: ignore[attr-defined]
+    assert got.vocab == loaded.model.config.vocab_size == 2048
+    assert got.max_length == 128 == loaded.max_length  # the module's block_size; max_length unset
+    assert len(got.tokenizer) == len(loaded.tokenizer)
+    rules, vocab = _rules(c)
+    assert vocab == 2048 and rules.max_length == 128

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from rescore.config import ModelConfig
 from rescore.errors import BackendError
-from rescore.gen.loaders import Loaded, loader
+from rescore.gen.loaders import Loaded, Preview, loader
 from rescore.gen.quantize import QUANTIZED, dtype_for, quantization_info, quantize_linears
 from rescore.params import Params
 
@@ -187,7 +187,24 @@ def _fingerprint(path: Path, options: StateDictOptions) -> str:
     return h.hexdigest()
 
 
-@loader("torch_state_dict", options=StateDictOptions, check=check_state_dict)
+def _max_length(cfg: ModelConfig, module: Any) -> int:
+    return int(cfg.max_length or getattr(getattr(module, "config", None), "block_size", 0) or 2048)
+
+
+def preview_state_dict(cfg: ModelConfig, options: StateDictOptions) -> Preview:
+    """The tokenizer, logits width and context window, from the factory's module built on the meta device (no
+    weights read or allocated; one forward pass of one token gives the width)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(options.tokenizer).expanduser()), local_files_only=True)
+    with torch.device("meta"):
+        module = _build(options)
+        vocab = int(PlainLM(module, 0, 1)._logits(torch.zeros((1, 1), dtype=torch.long)).shape[-1])
+    return Preview(tokenizer, vocab, _max_length(cfg, module))
+
+
+@loader("torch_state_dict", options=StateDictOptions, check=check_state_dict, preview=preview_state_dict)
 def load_state_dict(cfg: ModelConfig, options: StateDictOptions) -> Loaded:
     check_state_dict(cfg, options)
     import torch
@@ -219,7 +236,7 @@ def load_state_dict(cfg: ModelConfig, options: StateDictOptions) -> Loaded:
                            hint="check options.factory and options.factory_kwargs against the checkpoint")
     device = resolve_device(cfg.device)
     dtype = dtype_for(cfg.precision, device)
-    max_length = int(cfg.max_length or getattr(getattr(module, "config", None), "block_size", 0) or 2048)
+    max_length = _max_length(cfg, module)
     module.to(dtype=dtype)
     model = PlainLM(module, 0, max_length).eval()
     with torch.inference_mode():  # the logits' width is the vocabulary the scorer sees (it may pad the tokenizer's)
