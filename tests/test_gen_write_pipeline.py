@@ -101,12 +101,10 @@ def test_every_batch_handed_over_is_on_disk_when_the_backend_fails(setup: tuple[
     assert res.action == "resumed" and res.rows_written == ROWS - 3 * BATCH
 
 
-def test_a_failed_write_stops_the_run_with_its_error_and_the_unit_resumes(
-        setup: tuple[Store, list[Any]], suite_file: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store, plans = setup
+def second_append_fails() -> Any:
+    """UnitWriter.append that fails on the second batch, as on a full disk."""
     real_append = UnitWriter.append
     calls: list[int] = []
-    computed: list[int] = []
 
     def append(self: UnitWriter, rows: Any) -> int:
         calls.append(len(rows))
@@ -114,8 +112,15 @@ def test_a_failed_write_stops_the_run_with_its_error_and_the_unit_resumes(
             raise StoreError("no space left on device while writing rows", hint="free space")
         return real_append(self, rows)
 
+    return append
+
+
+def test_a_failed_write_stops_the_run_with_its_error_and_the_unit_resumes(
+        setup: tuple[Store, list[Any]], suite_file: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, plans = setup
+    computed: list[int] = []
     with monkeypatch.context() as m:
-        m.setattr(UnitWriter, "append", append)
+        m.setattr(UnitWriter, "append", second_append_fails())
         with pytest.raises(StoreError, match="no space left"):
             run_units(store, plans, backend_factory=factory(computed.append))
     assert rows_on_disk(store) == BATCH
@@ -132,20 +137,12 @@ def test_a_failed_write_is_the_error_shown_when_the_backend_fails_after_it(setup
     """The write of batch 1 fails while the backend computes batch 2, which fails too: the run reports the
     write's error (it came first, and it is the one that says what to do), and the unit keeps batch 0."""
     store, plans = setup
-    real_append = UnitWriter.append
-    calls: list[int] = []
-
-    def append(self: UnitWriter, rows: Any) -> int:
-        calls.append(len(rows))
-        if len(calls) == 2:
-            raise StoreError("no space left on device while writing rows", hint="free space")
-        return real_append(self, rows)
 
     def fail(i: int) -> None:
         if i == 2:
             raise Stop
 
-    monkeypatch.setattr(UnitWriter, "append", append)
+    monkeypatch.setattr(UnitWriter, "append", second_append_fails())
     with pytest.raises(StoreError, match="no space left"):
         run_units(store, plans, backend_factory=factory(fail))
     assert rows_on_disk(store) == BATCH
