@@ -181,14 +181,11 @@ def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-FULL_CHUNK_ENTRIES = 1 << 24  # logprobs converted at once by DistTensors.full_chunks (128 MB as float64)
-
-
 @dataclass
 class DistTensors:
-    """A complete unit's distributions, checked (see :func:`read_dist`). The arrays are mapped from the file,
-    not read into memory: ``full`` logprobs stay in their stored type (:meth:`full_chunks` converts a block of
-    positions at a time); top-k logprobs are float32."""
+    """A complete unit's distributions, checked (see :func:`read_dist`). ``full`` logprobs stay mapped from the
+    file in their stored type (:meth:`full_chunks` converts a block of positions at a time); the other arrays
+    are in memory, top-k logprobs as float32."""
 
     run_id: str
     sample_ids: list[str]
@@ -213,8 +210,9 @@ class DistTensors:
         """``full``: every position's logprobs as float32 (all in memory: metrics use :meth:`full_chunks`)."""
         return None if self.stored_logprobs is None else to_f32(np.asarray(self.stored_logprobs), self.dtype)
 
-    def full_chunks(self, entries: int = FULL_CHUNK_ENTRIES) -> Any:
-        """``full``: (start, stop, float32 logprobs of positions start:stop) in order, a bounded block at a time."""
+    def full_chunks(self, entries: int) -> Any:
+        """``full``: (start, stop, float32 logprobs of positions start:stop) in order, blocks of about ``entries``
+        logprobs (at least one position each)."""
         lp = self.stored_logprobs
         assert lp is not None
         step = max(1, entries // max(1, lp.shape[1]))
@@ -224,7 +222,7 @@ class DistTensors:
 
 
 _NDIM = {"offsets": 1, "positions": 1, "targets": 1, "tail_logmass": 1, "logprobs": 2, "topk_ids": 2,
-         "topk_logprobs": 2, "counts": 1}
+         "topk_logprobs": 2}
 
 
 def _mapped(path: Path, size: int, hint: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:

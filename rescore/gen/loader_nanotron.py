@@ -238,7 +238,7 @@ def preview_nanotron(cfg: ModelConfig, options: NanotronOptions) -> Preview:
     conf = _model_config(root)
     tokenizer = AutoTokenizer.from_pretrained(str(_tokenizer_dir(root, options)), local_files_only=True)
     hf_conf = llama_config(conf, options.attn_implementation)  # the config the loaded model has
-    return Preview(tokenizer, int(hf_conf.vocab_size), window(lambda a: getattr(hf_conf, a, None), tokenizer, cfg))
+    return Preview(tokenizer, int(hf_conf.vocab_size), window(hf_conf, tokenizer, cfg))
 
 
 @loader("nanotron", options=NanotronOptions, check=check_nanotron, preview=preview_nanotron)

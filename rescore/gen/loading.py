@@ -117,8 +117,22 @@ def quiet_libraries() -> None:
         pass
 
 
-@loader("hf", options=HFLoaderOptions, check=check_hf,
-        preview=lambda cfg, opts: preview_hf(cfg, opts))  # defined below
+def preview_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Preview:
+    """The tokenizer, vocabulary and context window of a local ``save_pretrained`` directory, without its
+    weights (a hub id: known once gen downloads it)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(cfg.path).expanduser()
+    if not (path / "config.json").is_file():
+        raise BackendError(f"{cfg.path} is not a local model directory", hint="known when gen loads the model")
+    common = {"local_files_only": True, "trust_remote_code": cfg.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **common)
+    conf = AutoConfig.from_pretrained(str(path), **common)  # with the defaults the loaded model's config has
+    vocab = getattr(getattr(conf, "text_config", None) or conf, "vocab_size", None) or len(tokenizer)
+    return Preview(tokenizer, int(vocab), window(conf, tokenizer, cfg))
+
+
+@loader("hf", options=HFLoaderOptions, check=check_hf, preview=preview_hf)
 def load_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Loaded:
     """Load ``cfg``'s model and tokenizer under its precision/device policy; raise BackendError if it cannot."""
     try:
@@ -222,38 +236,23 @@ def chat_template_hash(tokenizer: Any) -> str | None:
 def max_length_of(model: Any, tokenizer: Any, cfg: ModelConfig) -> int:
     """The context window: cfg.max_length, else lm-eval's rule (config n_positions / max_position_embeddings /
     n_ctx, then the tokenizer's model_max_length, then 2048)."""
-    conf = getattr(model.config, "text_config", None) or model.config
-    return window(lambda attr: getattr(conf, attr, None), tokenizer, cfg)
+    return window(model.config, tokenizer, cfg)
 
 
-def window(config_value: Any, tokenizer: Any, cfg: ModelConfig) -> int:
-    """:func:`max_length_of` with the model config's values given by ``config_value(name)`` (None: unset)."""
+def window(config: Any, tokenizer: Any, cfg: ModelConfig) -> int:
+    """:func:`max_length_of` from a model config (a transformers config object; its ``text_config`` when it
+    has one), for loaders that know the config before the weights."""
     if cfg.max_length:
         return int(cfg.max_length)
+    conf = getattr(config, "text_config", None) or config
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = config_value(attr)
+        value = getattr(conf, attr, None)
         if value is not None:
             return int(value)
     mml = getattr(tokenizer, "model_max_length", None)
     if mml is not None and mml < 1_000_000_000_000:
         return int(mml)
     return 2048
-
-
-def preview_hf(cfg: ModelConfig, options: HFLoaderOptions) -> Preview:
-    """The tokenizer, vocabulary and context window of a local ``save_pretrained`` directory, without its
-    weights (a hub id: known once gen downloads it)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    path = Path(cfg.path).expanduser()
-    if not (path / "config.json").is_file():
-        raise BackendError(f"{cfg.path} is not a local model directory", hint="known when gen loads the model")
-    common = {"local_files_only": True, "trust_remote_code": cfg.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(str(path), **common)
-    conf = AutoConfig.from_pretrained(str(path), **common)  # with the defaults the loaded model's config has
-    conf = getattr(conf, "text_config", None) or conf
-    vocab = getattr(conf, "vocab_size", None) or len(tokenizer)
-    return Preview(tokenizer, int(vocab), window(lambda attr: getattr(conf, attr, None), tokenizer, cfg))
 
 
 def library_versions() -> dict[str, str]:

@@ -379,20 +379,22 @@ def _generate_and_write(batches: Iterator[list[dict[str, Any]]], done: frozenset
         return w.append(rows)
 
     written = 0
+
+    def take(batch: Future[int] | None) -> None:  # a batch is written once its write has returned
+        nonlocal written
+        if batch is not None:
+            n = batch.result()
+            written += n
+            progress.advance(n)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-writer") as writer:
         pending: Future[int] | None = None
         try:
             for rows in batches:
                 rows = [r for r in rows if r["sample_id"] not in done]
-                if pending is not None:
-                    n = pending.result()
-                    written += n
-                    progress.advance(n)
+                take(pending)
                 pending = writer.submit(persist, rows)
-            if pending is not None:
-                n = pending.result()
-                written += n
-                progress.advance(n)
+            take(pending)
         except BaseException as e:
             # the unit's files and lock stay this process's until the batch being written is on disk, also
             # through a second Ctrl-C; a failed write came first (an earlier batch): it is the error shown

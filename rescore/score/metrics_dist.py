@@ -145,16 +145,12 @@ def row_stats(d: DistTensors) -> dict[str, dict[str, np.ndarray]]:
     the token-level means of ``dist_entropy`` and ``dist_tail_mass``; for ``dist_ece`` the positions ``n`` and,
     per confidence bin b, ``d{b}`` = sum(hit - confidence), so that ECE = sum_b |sum d_b| / sum n."""
     counts = np.diff(d.offsets).astype(np.float64)
-
-    def sums(v: np.ndarray) -> np.ndarray:
-        return _row_sums(v, d.offsets)
-
     tok, conf = top1(d)
     diff = (tok == d.targets).astype(np.float64) - conf
     b = np.minimum((conf * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-    ece_cols = {"n": counts, **{f"d{i}": sums(np.where(b == i, diff, 0.0)) for i in range(ECE_BINS)}}
-    return {"dist_entropy": {"num": sums(entropy(d)), "den": counts},
-            "dist_tail_mass": {"num": sums(tail_mass(d)), "den": counts}, "dist_ece": ece_cols}
+    ece_cols = {"n": counts, **{f"d{i}": _row_sums(np.where(b == i, diff, 0.0), d.offsets) for i in range(ECE_BINS)}}
+    return {"dist_entropy": {"num": _row_sums(entropy(d), d.offsets), "den": counts},
+            "dist_tail_mass": {"num": _row_sums(tail_mass(d), d.offsets), "den": counts}, "dist_ece": ece_cols}
 
 
 def ece_from_rows(cols: dict[str, np.ndarray], w: np.ndarray | None = None) -> np.ndarray:
