@@ -83,3 +83,14 @@ def write_suite(path: Path, data_root: Path | str, tasks: list[dict[str, Any]], 
     path.write_text(yaml.safe_dump({"name": name, "data_root": str(data_root), "seeds": list(seeds),
                                     "tasks": tasks}, sort_keys=False))
     return path
+
+
+def gen_lm_eval_tasks(tmp: Path, store: Path, model: Path, tasks: Any, include_path: Path, name: str = "new") -> Any:
+    """``rescore gen`` of lm-eval tasks (family lm_eval, from ``include_path``) on a local model, fp32 on CPU."""
+    import yaml
+
+    suite = tmp / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "lmcmp", "tasks": [
+        {"name": t, "family": "lm_eval", "params": {"task": t, "include_path": str(include_path)}} for t in tasks]}))
+    return invoke("gen", str(suite), "--model", str(model), "--name", name, "--store", str(store), "--no-progress",
+                  "--precision", "fp32", "--device", "cpu")

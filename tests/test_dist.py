@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import cli
+from support import ARC_EASY, WIKI_PAGES, cli, write_suite
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -29,26 +28,13 @@ MAX_LEN = 64
 
 
 def suite_file(tmp: Path, shared: Path, mc_dist: str, ppl_dist: str) -> Path:
-    p = tmp / "dist.yaml"
-    p.write_text(textwrap.dedent(f"""
-        name: distsuite
-        data_root: {shared}
-        seeds: [0]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 10
-            params: {{prompt: arc, schema: llm_foundry}}
-            dist: {mc_dist}
-          - name: wiki
-            family: ppl_docs
-            source: {{path: wikitext2/wiki.test.raw, format: txt}}
-            subset_size: 2
-            params: {{documents: wikitext_pages, line_ending: crlf_doubled, detokenize: wikitext}}
-            dist: {ppl_dist}
-    """))
-    return p
+    """arc_easy (10 rows) and two WikiText-2 pages, with the ``dist`` of each given as YAML."""
+    import yaml
+
+    return write_suite(tmp / "dist.yaml", shared, [
+        {**ARC_EASY, "subset_size": 10, "dist": yaml.safe_load(mc_dist)},
+        {**WIKI_PAGES, "subset_size": 2, "dist": yaml.safe_load(ppl_dist)},
+    ], name="distsuite")
 
 
 def model(path: Path, name: str = "tiny", step: int | None = None) -> ModelConfig:

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from support import invoke
+from support import gen_lm_eval_tasks, invoke
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="needs lm-eval (dev extra)")
 FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval"
@@ -34,11 +33,7 @@ def test_imported_and_generated_lm_eval_tasks_compare_metric_by_metric(tiny_mode
     tasks = ("arc_easy_local", "wikitext_local")
     r = invoke("import", "lm-eval", str(run), "--store", str(store), "--model-name", "base", *[a for t in tasks for a in ("-t", t)])
     assert r.exit_code == 0, r.output
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(yaml.safe_dump({"name": "lmcmp", "tasks": [
-        {"name": t, "family": "lm_eval", "params": {"task": t, "include_path": str(out / "tasks")}} for t in tasks]}))
-    r = invoke("gen", str(suite), "--model", str(tiny_model), "--name", "new", "--store", str(store), "--no-progress",
-               "--precision", "fp32", "--device", "cpu")
+    r = gen_lm_eval_tasks(tmp_path, store, tiny_model, tasks, out / "tasks")
     assert r.exit_code == 0, r.output
     assert invoke("score", "--store", str(store)).exit_code == 0
     r = invoke("compare", "-b", "base", "--store", str(store), "-f", "csv")

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from support import invoke
+from support import gen_lm_eval_tasks, invoke
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="needs lm-eval (dev extra)")
 FIXTURES = Path(__file__).parent / "fixtures" / "lm_eval"
@@ -73,11 +72,7 @@ def test_imported_and_generated_units_have_the_same_lm_eval_metrics(tiny_model, 
     # no --include-path: the run's YAMLs (its config_source) are still where lm-eval read them
     r = invoke("import", "lm-eval", str(run), "--store", str(store), "--model-name", "base")
     assert r.exit_code == 0, r.output
-    suite = tmp_path / "suite.yaml"
-    suite.write_text(yaml.safe_dump({"name": "lmcmp", "tasks": [
-        {"name": t, "family": "lm_eval", "params": {"task": t, "include_path": str(out / "tasks")}} for t in TASKS]}))
-    r = invoke("gen", str(suite), "--model", str(tiny_model), "--name", "new", "--store", str(store), "--no-progress",
-               "--precision", "fp32", "--device", "cpu")
+    r = gen_lm_eval_tasks(tmp_path, store, tiny_model, TASKS, out / "tasks")
     assert r.exit_code == 0, r.output
     r = invoke("score", "--store", str(store))
     assert r.exit_code == 0, r.output

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import invoke
+from support import ARC_EASY, WIKI_PAGES, invoke, write_suite
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -25,29 +25,11 @@ from rescore.plan.matrix import load_matrix  # noqa: E402
 def write_matrix(tmp: Path, shared: Path, tiny: Path) -> Path:
     (tmp / "ck" / "s1").mkdir(parents=True)
     (tmp / "ck" / "s1" / "step_1").symlink_to(tiny)
-    (tmp / "suite.yaml").write_text(textwrap.dedent(f"""
-        name: distsuite
-        data_root: {shared}
-        seeds: [0]
-        tasks:
-          - name: arc_easy
-            family: multiple_choice
-            source: {{path: arc_easy/arc_easy.jsonl, split: test}}
-            subset_size: 6
-            params: {{prompt: arc, schema: llm_foundry}}
-            dist: {{format: {{topk: 8}}}}
-          - name: wiki
-            family: ppl_docs
-            source: {{path: wikitext2/wiki.test.raw, format: txt}}
-            subset_size: 1
-            params: {{documents: wikitext_pages, line_ending: crlf_doubled, detokenize: wikitext}}
-            dist: {{positions: all, format: full, max_bytes_per_unit: 1000}}
-          - name: wiki_plain
-            family: ppl_docs
-            source: {{path: wikitext2/wiki.test.raw, format: txt}}
-            subset_size: 1
-            params: {{documents: wikitext_pages, line_ending: crlf_doubled, detokenize: wikitext}}
-    """))
+    write_suite(tmp / "suite.yaml", shared, [
+        {**ARC_EASY, "subset_size": 6, "dist": {"format": {"topk": 8}}},
+        {**WIKI_PAGES, "subset_size": 1, "dist": {"positions": "all", "format": "full", "max_bytes_per_unit": 1000}},
+        {**WIKI_PAGES, "name": "wiki_plain", "subset_size": 1},
+    ], name="distsuite")
     p = tmp / "matrix.yaml"
     p.write_text(textwrap.dedent(f"""
         name: m
